@@ -1,0 +1,379 @@
+"""The exact meta step without second-order backward (L2R / IEG meta-gradients).
+
+Definitions (B training examples, C classes; IEG eq. 2-4, L2R eq. 6-10):
+
+    t_i(lambda)   = lambda_i onehot(y_i) + (1 - lambda_i) q_i          (onehot(y_i) without relabeling)
+    l_i(theta)    = CE(t_i, f(x_i; theta))                             (BatchNorm on batch statistics)
+    theta'        = U(theta, sum_i omega_i grad l_i)                   (one step of the user's optimizer)
+    L_p(theta')   = mean_j CE(onehot(y^p_j), f(x^p_j; theta'))
+
+Because U is element-wise, d theta'/d g = D (diagonal), and the gradient of the weighted loss is
+J^T (omega * r) with J the Jacobian of the batch logits and r_i = softmax(z_i) - t_i. Hence, with
+tau = D * grad L_p(theta') and u = J tau (one forward-mode JVP of the batch logits):
+
+    dL_p/d omega_i  = <u_i, softmax(z_i) - t_i>
+    dL_p/d lambda_i = omega_i <u_i, q_i - onehot(y_i)>
+
+This is exact, including train-mode BatchNorm (J is the Jacobian of the whole batch function). Where a
+layer has no forward-mode formula the same u is obtained by double backward (a one-time warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from iegkit.errors import NonFiniteLossError
+from iegkit.functional.lookahead import trainable_parameters, virtual_step
+from iegkit.functional.losses import check_targets, mix_targets, soft_cross_entropy
+
+__all__ = [
+    "MetaGradients",
+    "meta_gradients",
+    "probe_tangent",
+    "logit_tangent",
+    "dual_forward",
+    "contract_meta_gradients",
+]
+
+
+@dataclass(frozen=True)
+class MetaGradients:
+    """dL_p/d omega (``weight``, shape (B,)) and dL_p/d lambda (``label``, (B,) or None).
+
+    ``probe_loss`` is L_p(theta'), detached; ``used_fallback`` tells whether double backward was used.
+    """
+
+    weight: Tensor
+    label: Tensor | None
+    probe_loss: Tensor
+    used_fallback: bool = False
+
+
+@contextlib.contextmanager
+def train_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the meta passes with BatchNorm on batch statistics, restoring each module's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def buffers_snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Fresh copies of every buffer, so that a pass's BatchNorm statistics updates land nowhere."""
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def _check_finite(name: str, loss: Tensor) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(
+            f"{name}: loss is {float(loss)}; check the inputs and the learning rate "
+            "(the meta step needs a finite loss)"
+        )
+
+
+def probe_tangent(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    probe_inputs: Tensor,
+    probe_targets: Tensor,
+    virtual_grads: list[Tensor] | None = None,
+    *,
+    lr: float | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """tau = D * grad L_p(theta'), keyed by parameter name, and L_p(theta') (detached).
+
+    ``virtual_grads`` is the gradient of sum_i omega0_i l_i for each trainable parameter (in the order
+    of ``trainable_parameters``), or None when omega0 = 0 (then it is zero).
+    """
+    entries = trainable_parameters(model, optimizer)
+    names = [n for n, _, _ in entries]
+    params = [p for _, p, _ in entries]
+    groups = [g for _, _, g in entries]
+    if virtual_grads is None:
+        virtual_grads = [torch.zeros_like(p) for p in params]
+    step = virtual_step(optimizer, params, virtual_grads, groups, lr=lr)
+    lookahead = {n: q.detach().requires_grad_(True) for n, q in zip(names, step.params)}
+    with train_mode(model), torch.enable_grad():
+        probe_logits = functional_call(
+            model, {**buffers_snapshot(model), **lookahead}, (probe_inputs,)
+        )
+        check_targets("probe_targets", probe_targets, probe_inputs.shape[0], probe_logits.shape[-1])
+        probe_loss = F.cross_entropy(probe_logits, probe_targets)
+        _check_finite("probe loss L_p(theta')", probe_loss)
+        probe_grads = torch.autograd.grad(probe_loss, list(lookahead.values()), allow_unused=True)
+    tangents = {
+        n: (torch.zeros_like(p) if g is None else g * s)
+        for n, p, g, s in zip(names, params, probe_grads, step.scale)
+    }
+    return tangents, probe_loss.detach()
+
+
+_FORWARD_AD_FAILURES: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def _is_forward_ad_failure(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, (NotImplementedError, RuntimeError)) and (
+        "forward ad" in text or "forward-mode" in text or "forward mode" in text or "jvp" in text
+        or "functorch" in text
+    )
+
+
+@contextlib.contextmanager
+def _track_current_layer(model: torch.nn.Module, stack: list[str]) -> Iterator[None]:
+    """Record the innermost module being run, so a failure can name the layer."""
+    handles = []
+    for name, module in model.named_modules():
+        def pre(_m, _a, name=name):
+            stack.append(name or type(model).__name__)
+        def post(_m, _a, _o):
+            stack.pop()
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _warn_fallback(model: torch.nn.Module, layer: str, error: BaseException) -> None:
+    if model in _FORWARD_AD_FAILURES:
+        return
+    _FORWARD_AD_FAILURES[model] = layer
+    module = model.get_submodule(layer) if layer and layer != type(model).__name__ else model
+    warnings.warn(
+        f"iegkit: layer '{layer}' ({type(module).__name__}) has no forward-mode (JVP) formula "
+        f"({error}); the meta step falls back to double backward for this model, which is exact "
+        "but slower and uses more memory. Give its autograd.Function a jvp() to use the fast path.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _dual_logits(model, params: Mapping[str, Tensor], tangents: Mapping[str, Tensor],
+                 inputs: Tensor, buffers: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    with fwAD.dual_level():
+        duals = {n: fwAD.make_dual(params[n], tangents[n]) for n in tangents}
+        overrides = duals if buffers is None else {**buffers, **duals}
+        out = functional_call(model, overrides, (inputs,))
+        logits, tangent = fwAD.unpack_dual(out)
+    if tangent is None:  # the logits do not depend on any trainable parameter
+        tangent = torch.zeros_like(logits)
+    return logits, tangent
+
+
+def _double_backward_tangent(model, params: Mapping[str, Tensor], tangents: Mapping[str, Tensor],
+                             inputs: Tensor) -> tuple[Tensor, Tensor]:
+    # u = J tau as the gradient, w.r.t. a dummy cotangent c, of <J^T c, tau> (double backward).
+    primals = {n: params[n].detach().requires_grad_(True) for n in tangents}
+    with torch.enable_grad():
+        logits = functional_call(model, {**buffers_snapshot(model), **primals}, (inputs,))
+        cotangent = torch.zeros_like(logits, requires_grad=True)
+        grads = torch.autograd.grad(
+            logits, list(primals.values()), grad_outputs=cotangent, create_graph=True,
+            allow_unused=True,
+        )
+        inner = sum((g * tangents[n]).sum() for n, g in zip(primals, grads) if g is not None)
+        (u,) = torch.autograd.grad(inner, cotangent)
+    return logits.detach(), u.detach()
+
+
+def logit_tangent(
+    model: torch.nn.Module,
+    tangents: Mapping[str, Tensor],
+    inputs: Tensor,
+) -> tuple[Tensor, Tensor, bool]:
+    """(logits, u = J tau, used_fallback) at the model's current parameters, leaving it untouched.
+
+    One forward-mode pass; double backward (with a one-time warning naming the layer) where a layer
+    has no forward-mode formula.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    with train_mode(model):
+        if model not in _FORWARD_AD_FAILURES:
+            stack: list[str] = []
+            try:
+                with torch.no_grad(), _track_current_layer(model, stack):
+                    logits, u = _dual_logits(model, params, tangents, inputs,
+                                             buffers_snapshot(model))
+                return logits, u, False
+            except (RuntimeError, NotImplementedError) as error:
+                if not _is_forward_ad_failure(error):
+                    raise
+                _warn_fallback(model, stack[-1] if stack else "", error)
+        logits, u = _double_backward_tangent(model, params, tangents, inputs)
+        return logits, u, True
+
+
+def dual_forward(
+    model: torch.nn.Module, tangents: Mapping[str, Tensor], inputs: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """The model's real forward (graph kept, BatchNorm statistics updated once) fused with u = J tau.
+
+    Returns None where forward mode is unavailable; the caller then runs a plain forward and
+    ``logit_tangent``.
+    """
+    if model in _FORWARD_AD_FAILURES:
+        return None
+    params = dict(model.named_parameters())
+    snapshot = buffers_snapshot(model)
+    stack: list[str] = []
+    try:
+        with _track_current_layer(model, stack):
+            return _dual_logits(model, params, tangents, inputs, None)
+    except (RuntimeError, NotImplementedError) as error:
+        if not _is_forward_ad_failure(error):
+            raise
+        with torch.no_grad():  # undo the statistics update of the failed pass
+            for name, b in model.named_buffers():
+                b.copy_(snapshot[name])
+        _warn_fallback(model, stack[-1] if stack else "", error)
+        return None
+
+
+def contract_meta_gradients(
+    logits: Tensor,
+    logit_tangents: Tensor,
+    targets: Tensor,
+    *,
+    weight_init: Tensor,
+    label_init: Tensor | None = None,
+    pseudo_targets: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Closed-form contractions of u = J tau (module docstring): (dL_p/d omega, dL_p/d lambda)."""
+    logits = logits.detach()
+    num_classes = logits.shape[-1]
+    onehot = F.one_hot(targets, num_classes).to(logits.dtype)
+    mixed = mix_targets(targets, num_classes, label_init,
+                        None if pseudo_targets is None else pseudo_targets.detach().to(logits.dtype))
+    residual = torch.softmax(logits, dim=-1) - mixed.to(logits.dtype)
+    weight_grad = (logit_tangents * residual).sum(dim=-1)
+    if label_init is None:
+        return weight_grad, None
+    label_grad = weight_init * (logit_tangents * (pseudo_targets.detach() - onehot)).sum(dim=-1)
+    return weight_grad, label_grad
+
+
+def broadcast_init(name: str, value, batch_size: int, like: Tensor) -> Tensor:
+    """A scalar or (B,) initial value as a (B,) tensor, with a clear error otherwise."""
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if tensor.dim() == 0:
+        return tensor.expand(batch_size).clone()
+    if tensor.shape != (batch_size,):
+        raise ValueError(
+            f"{name}: expected a scalar or shape ({batch_size},), got {tuple(tensor.shape)}"
+        )
+    return tensor.clone()
+
+
+def check_meta_inputs(inputs: Tensor, targets: Tensor, probe_inputs: Tensor,
+                      probe_targets: Tensor) -> None:
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs: empty training batch")
+    check_targets("targets", targets, inputs.shape[0])
+    if probe_inputs.shape[0] == 0:
+        raise ValueError("probe_inputs: empty probe batch; the meta step needs at least one trusted "
+                         "example")
+    if probe_inputs.shape[1:] != inputs.shape[1:]:
+        raise ValueError(
+            f"probe_inputs: expected examples of shape {tuple(inputs.shape[1:])} like inputs, got "
+            f"{tuple(probe_inputs.shape[1:])}"
+        )
+    check_targets("probe_targets", probe_targets, probe_inputs.shape[0])
+
+
+def virtual_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, logits: Tensor,
+                      targets: Tensor, weight_init: Tensor, label_init: Tensor | None,
+                      pseudo_targets: Tensor | None, *, retain_graph: bool) -> list[Tensor]:
+    """grad_theta sum_i omega0_i l_i(theta; lambda0) from logits that carry the model's graph."""
+    params = [p for _, p, _ in trainable_parameters(model, optimizer)]
+    mixed = mix_targets(targets, logits.shape[-1], label_init,
+                        None if pseudo_targets is None else pseudo_targets.detach())
+    loss = (weight_init * soft_cross_entropy(logits, mixed.to(logits.dtype))).sum()
+    _check_finite("look-ahead loss sum_i omega0_i l_i", loss)
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def meta_gradients(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    probe_inputs: Tensor,
+    probe_targets: Tensor,
+    *,
+    weight_init: float | Tensor = 0.0,
+    label_init: float | Tensor | None = None,
+    pseudo_targets: Tensor | None = None,
+    lr: float | None = None,
+) -> MetaGradients:
+    """Exact dL_p/d omega and dL_p/d lambda at (weight_init, label_init) after one optimizer step.
+
+    Leaves the model's parameters and buffers (BatchNorm statistics) and the optimizer's state
+    untouched; uses no second-order backward unless a layer lacks a forward-mode formula.
+
+    Args:
+      model: any ``nn.Module`` mapping ``inputs`` to logits of shape (B, C).
+      optimizer: the user's optimizer (SGD in any configuration, Adam, AdamW); its update rule and
+        live state define the look-ahead theta'.
+      inputs, targets: the training batch, (B, ...) and class indices (B,).
+      probe_inputs, probe_targets: the trusted batch, (B_p, ...) and (B_p,), B_p >= 1.
+      weight_init: omega0, scalar or (B,) (L2R: 0, IEG: 1/B).
+      label_init: lambda0, scalar or (B,) (IEG: 0.9), or None for no relabeling.
+      pseudo_targets: q, (B, C), required with ``label_init``; treated as constants.
+      lr: look-ahead learning rate; default: each param group's current lr.
+
+    Returns:
+      ``MetaGradients`` with ``weight`` (B,) and ``label`` (B,) or None.
+    """
+    check_meta_inputs(inputs, targets, probe_inputs, probe_targets)
+    batch_size = inputs.shape[0]
+    reference = next(iter(model.parameters()))
+    omega0 = broadcast_init("weight_init", weight_init, batch_size, reference)
+    lambda0 = None
+    if label_init is not None:
+        lambda0 = broadcast_init("label_init", label_init, batch_size, reference)
+        if pseudo_targets is None:
+            raise ValueError("pseudo_targets: required (shape (B, C)) when label_init is given")
+    virtual = None
+    if bool((omega0 != 0).any()):
+        with train_mode(model), torch.enable_grad():
+            logits = functional_call(model, buffers_snapshot(model), (inputs,))
+            _check_pseudo(pseudo_targets, logits, lambda0)
+            check_targets("targets", targets, batch_size, logits.shape[-1])
+            virtual = virtual_gradients(model, optimizer, logits, targets, omega0, lambda0,
+                                        pseudo_targets, retain_graph=False)
+    tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
+                                         lr=lr)
+    logits, u, fallback = logit_tangent(model, tangents, inputs)
+    check_targets("targets", targets, batch_size, logits.shape[-1])
+    _check_pseudo(pseudo_targets, logits, lambda0)
+    weight, label = contract_meta_gradients(
+        logits, u, targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo_targets
+    )
+    return MetaGradients(weight, label, probe_loss, fallback)
+
+
+def _check_pseudo(pseudo_targets: Tensor | None, logits: Tensor, label_init: Tensor | None) -> None:
+    if label_init is None or pseudo_targets is None:
+        return
+    if tuple(pseudo_targets.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"pseudo_targets: expected shape {tuple(logits.shape)} (B, C), got "
+            f"{tuple(pseudo_targets.shape)}"
+        )
