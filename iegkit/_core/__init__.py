@@ -1,0 +1,1 @@
+"""Private core: the part protocol, the step context and compose()."""
