@@ -3,7 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0" || .venv/bin/pip install -q "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu
 .venv/bin/pip install -q -e ".[dev]"
 set +e

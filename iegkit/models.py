@@ -1,0 +1,82 @@
+"""Reference networks for the demo and benchmarks: a small BatchNorm CNN and the paper's ResNet-29."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SmallCNN", "PreActBottleneck", "ResNet29"]
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU blocks (the second and third stride 2), global average pool, linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=False),
+            )
+
+        self.features = nn.Sequential(
+            block(in_channels, width, 1), block(width, 2 * width, 2), block(2 * width, 2 * width, 2)
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck (He et al. 2016, ResNet-v2): BN-ReLU-conv1x1-BN-ReLU-conv3x3-..."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+            if stride != 1 or cin != cout else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv3(torch.relu(self.bn3(out)))
+        return out + shortcut
+
+
+class ResNet29(nn.Module):
+    """The pre-activation ResNet-29 of the IEG paper (Keras ResNet-v2, 3 stages x 3 bottlenecks,
+    9 x 3 + 2 = 29 layers) for 32x32 inputs."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, base_width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, base_width, 3, padding=1, bias=False)
+        layers = []
+        cin = base_width
+        for stage, width in enumerate((base_width, 2 * base_width, 4 * base_width)):
+            for i in range(3):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                layers.append(PreActBottleneck(cin, width, stride))
+                cin = width * PreActBottleneck.expansion
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(cin)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.blocks(self.stem(x))
+        out = torch.relu(self.bn(out))
+        return self.head(out.mean(dim=(2, 3)))
