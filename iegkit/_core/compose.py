@@ -200,7 +200,7 @@ class Pipeline:
             raise ValueError("pipeline: no part contributed a loss term")
         for name, value in losses.items():
             if not bool(torch.isfinite(value.detach()).all()):
-                raise NonFiniteLossError(f"loss term '{name}' is {float(value)}")
+                raise NonFiniteLossError(f"loss term '{name}' is {float(value.detach())}")
         # Summed in name order so that the total does not depend on the order of independent parts.
         total = sum(losses[name] for name in sorted(losses))
         values = {k: v.detach() for k, v in ctx._values.items()}

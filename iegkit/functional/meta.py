@@ -79,7 +79,7 @@ def buffers_snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
 def _check_finite(name: str, loss: Tensor) -> None:
     if not bool(torch.isfinite(loss)):
         raise NonFiniteLossError(
-            f"{name}: loss is {float(loss)}; check the inputs and the learning rate "
+            f"{name}: loss is {float(loss.detach())}; check the inputs and the learning rate "
             "(the meta step needs a finite loss)"
         )
 

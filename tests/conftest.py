@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+class TinyMLP(nn.Module):
+    """Linear-BN-ReLU-Linear: cross-example coupling through train-mode BatchNorm."""
+
+    def __init__(self, features: int = 6, classes: int = 4, hidden: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                 nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.Conv2d(4, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(4 * 2 * 2, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make_problem(kind: str, *, batch: int = 8, probe: int = 5, seed: int = 0,
+                 dtype=torch.float64):
+    """A model and a random batch/probe batch, in ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        model, shape, classes = TinyMLP(), (6,), 4
+    else:
+        model, shape, classes = TinyCNN(), (1, 8, 8), 3
+    model = model.to(dtype)
+    x = torch.randn(batch, *shape, generator=gen, dtype=dtype)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    xp = torch.randn(probe, *shape, generator=gen, dtype=dtype)
+    yp = torch.randint(0, classes, (probe,), generator=gen)
+    q = torch.softmax(torch.randn(batch, classes, generator=gen, dtype=dtype), -1)
+    return model, x, y, xp, yp, q
+
+
+def take_real_step(model, optimizer, x, y):
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+@pytest.fixture
+def problem():
+    return make_problem
