@@ -52,7 +52,10 @@ def _cycle_start(i: int, first: int, t_mul: float) -> float:
     """Step at which cycle ``i`` starts: first * (1 + t_mul + ... + t_mul**(i-1))."""
     if t_mul == 1.0:
         return float(first * i)
-    return first * (t_mul**i - 1.0) / (t_mul - 1.0)
+    try:
+        return first * (t_mul**i - 1.0) / (t_mul - 1.0)
+    except OverflowError:  # a start beyond any float step
+        return math.inf
 
 
 def _locate(t: float, first: int, t_mul: float) -> tuple[int, float, float]:
@@ -66,8 +69,9 @@ def _locate(t: float, first: int, t_mul: float) -> tuple[int, float, float]:
     if t_mul == 1.0:
         i = math.floor(t / first)
     else:
-        i = math.floor(math.log1p(t / first * (t_mul - 1.0)) / math.log(t_mul))
-        i = max(i, 0)
+        x = t / first * (t_mul - 1.0)
+        log_x1 = math.log1p(x) if math.isfinite(x) else math.log(t / first) + math.log(t_mul - 1.0)
+        i = max(math.floor(log_x1 / math.log(t_mul)), 0)
         while i > 0 and _cycle_start(i, first, t_mul) > t:
             i -= 1
         while _cycle_start(i + 1, first, t_mul) <= t:
@@ -98,8 +102,8 @@ def sgdr(
     Boundaries follow TF's ``cosine_decay_restarts``: the clock is real-valued and never rounded,
     so a step ``t >= S_i`` belongs to cycle ``i`` and a non-integer start such as 4062.5 (first
     500, ``t_mul`` 1.5) means step 4062 is the last of cycle 3 and step 4063 opens cycle 4 half a
-    step in (lr just under ``peak_4``). The lr reaches ``min_lr`` exactly only when ``S_i`` is an
-    integer; it is never held at ``min_lr``.
+    step in (lr just under ``peak_4``). The lr approaches ``min_lr`` at the end of each cycle, but
+    no integer step runs exactly at it (the step at ``S_{i+1}`` already has the next peak).
 
     ``min_lr`` is an absolute floor (like timm's ``lr_min`` and torch's ``eta_min``), the same for
     every cycle. TF's ``alpha`` is instead a fraction of the initial lr and TF decays only the

@@ -1,0 +1,157 @@
+"""Noisy-label data utilities: the embedded digits default, trusted-set split, noise, probe sampling.
+
+Conventions (followed by every generator here): labels are int64 class indices in [0, C); every
+random choice comes from an explicit ``torch.Generator``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NoisyDataset",
+    "ProbeSampler",
+    "load_digits",
+    "make_noisy_digits",
+    "split_trusted",
+    "uniform_noise",
+]
+
+
+def load_digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits (1,797 real 8x8 images shipped in its wheel) as (N, 1, 8, 8) in [-1, 1]."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
+        raise ImportError(
+            "the digits default needs scikit-learn: pip install 'iegkit[demo]'"
+        ) from error
+    bunch = sk_load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return images * 2.0 - 1.0, torch.tensor(bunch.target, dtype=torch.int64)
+
+
+def split_trusted(labels: Tensor, per_class: int, num_classes: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A class-balanced trusted set: ``per_class`` indices of each class (by clean label), drawn
+    without replacement, and the remaining indices. Taken before noise; disjoint by construction.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class: expected >= 1, got {per_class}")
+    trusted = []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if members.numel() < per_class:
+            raise ValueError(
+                f"per_class: class {c} has only {members.numel()} examples, fewer than the "
+                f"{per_class} requested for the trusted set"
+            )
+        trusted.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
+    # class-interleaved order (c0, c1, ..., c0, ...), as the official IEG probe set
+    trusted_idx = torch.stack(trusted, dim=1).flatten()
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[trusted_idx] = False
+    return trusted_idx, torch.nonzero(mask).flatten()
+
+
+def uniform_noise(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator, *,
+                  include_true_class: bool = True) -> Tensor:
+    """Uniform (symmetric) label noise.
+
+    Each label is selected with probability ``rate``; a selected label is replaced by a class drawn
+    uniformly from all C classes when ``include_true_class`` (IEG, DivideMix: the realised flip rate
+    is rate * (1 - 1/C), so "0.8" flips 72% on 10 classes), or from the C - 1 other classes
+    (Co-teaching: the flip rate is ``rate``).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate: expected a noise rate in [0, 1], got {rate}")
+    selected = torch.rand(labels.shape, generator=generator) < rate
+    if include_true_class:
+        drawn = torch.randint(0, num_classes, labels.shape, generator=generator)
+    else:
+        offset = torch.randint(1, num_classes, labels.shape, generator=generator)
+        drawn = (labels + offset) % num_classes
+    return torch.where(selected, drawn, labels)
+
+
+@dataclass(frozen=True)
+class NoisyDataset:
+    """Train (noisy labels, with clean labels kept for diagnostics), trusted and test splits."""
+
+    train_inputs: Tensor
+    train_labels: Tensor
+    train_clean_labels: Tensor
+    trusted_inputs: Tensor
+    trusted_labels: Tensor
+    test_inputs: Tensor
+    test_labels: Tensor
+    num_classes: int
+
+    @property
+    def noise_rate(self) -> float:
+        """The realised fraction of wrong training labels."""
+        return float((self.train_labels != self.train_clean_labels).float().mean())
+
+
+def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_fraction: float = 0.3,
+                      seed: int = 0, include_true_class: bool = True) -> NoisyDataset:
+    """Digits: a stratified test split, a trusted set removed from the rest before noise, and
+    uniform noise on the remaining training labels (IEG semantics by default)."""
+    images, labels = load_digits()
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = 10
+    test_idx, train_idx = [], []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        n_test = round(test_fraction * members.numel())
+        test_idx.append(members[:n_test])
+        train_idx.append(members[n_test:])
+    test_idx, train_idx = torch.cat(test_idx), torch.cat(train_idx)
+    trusted_local, rest_local = split_trusted(labels[train_idx], trusted_per_class, num_classes,
+                                              generator)
+    trusted_idx, rest_idx = train_idx[trusted_local], train_idx[rest_local]
+    clean = labels[rest_idx]
+    noisy = uniform_noise(clean, noise, num_classes, generator,
+                          include_true_class=include_true_class)
+    return NoisyDataset(images[rest_idx], noisy, clean, images[trusted_idx], labels[trusted_idx],
+                        images[test_idx], labels[test_idx], num_classes)
+
+
+class ProbeSampler:
+    """Cycles through the trusted set in reshuffled passes, with its own generator."""
+
+    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, *, seed: int = 0) -> None:
+        if inputs.shape[0] == 0:
+            raise ValueError("inputs: the trusted set is empty")
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"labels: expected {inputs.shape[0]} labels, got {labels.shape[0]}")
+        self.inputs, self.labels = inputs, labels
+        self.batch_size = min(batch_size, inputs.shape[0])
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order = torch.randperm(inputs.shape[0], generator=self.generator)
+        self._position = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self._position + self.batch_size > self._order.numel():
+            self._order = torch.randperm(self.inputs.shape[0], generator=self.generator)
+            self._position = 0
+        idx = self._order[self._position:self._position + self.batch_size]
+        self._position += self.batch_size
+        return self.inputs[idx], self.labels[idx]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self._order.clone(),
+                "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order = state["order"].clone()
+        self._position = int(state["position"])
