@@ -229,8 +229,13 @@ class Pipeline:
                      "statistics)")
         for view, (owner, _) in self.plan.views.items():
             lines.append(f"  forward '{view}' (declared by {owner}; BatchNorm statistics frozen)")
+        for view, (owner, rows) in self.plan.built_views.items():
+            lines.append(f"  forward '{view}' ({rows} rows built by {owner}; BatchNorm statistics "
+                         "frozen)")
         if self.plan.meta_owners:
-            w0 = self.plan.weight_init or 0.0
+            w0 = self.plan.weight_init
+            if w0 is None:
+                w0 = "1/B" if self.plan.label_init is not None else 0.0
             lines.append(f"  look-ahead for {self.plan.meta_owners}: omega0={w0}, "
                          f"lambda0={self.plan.label_init}")
             if w0 == 0.0:

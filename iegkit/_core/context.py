@@ -113,6 +113,17 @@ class StepContext:
                               self._logits[view].shape[-1])
         return self._logits[view]
 
+    def forward_view(self, name: str, inputs: Tensor) -> Tensor:
+        """Forward inputs built by a part this step (e.g. the MixUp batch) once, BatchNorm statistics
+        frozen. Forwarding the same name twice in a step is an error (it would be a wasted pass)."""
+        if name not in self._plan.built_views:
+            raise KeyError(f"view: '{name}' was not declared with Plan.declare_built_view")
+        if name in self._logits:
+            raise ValueError(f"view: '{name}' is already forwarded this step")
+        self._logits[name] = functional_call(self.model, buffers_snapshot(self.model), (inputs,))
+        self.forward_counts[name] += 1
+        return self._logits[name]
+
     def get(self, key: str) -> Tensor:
         """A value provided by an earlier part."""
         if key not in self._values:
@@ -134,8 +145,12 @@ class StepContext:
                              "probe_targets)")
         plan = self._plan
         reference = next(iter(self.model.parameters()))
+        # omega0 defaults to IEG's 1/B when relabeling (its meta-gradient is 0 at omega0 = 0), else 0
+        default = "1/B" if plan.label_init is not None else 0.0
         omega0 = broadcast_init(
-            "weight_init", resolve_weight_init(plan.weight_init or 0.0, self.batch_size),
+            "weight_init",
+            resolve_weight_init(default if plan.weight_init is None else plan.weight_init,
+                                self.batch_size),
             self.batch_size, reference,
         )
         lambda0 = pseudo = None

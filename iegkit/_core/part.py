@@ -70,6 +70,7 @@ class Plan:
         self.label_init: float | None = None
         self.lookahead_lr: float | None = None
         self.meta_owners: list[str] = []
+        self.built_views: dict[str, tuple[str, str]] = {}
 
     def add_view(self, name: str, make: ViewFn, *, owner: str) -> None:
         """A derived batch view (e.g. ``strong``), computed at most once per step and forwarded once."""
@@ -80,6 +81,12 @@ class Plan:
                 f"view name: '{name}' is declared by both '{self.views[name][0]}' and '{owner}'"
             )
         self.views[name] = (owner, make)
+
+    def declare_built_view(self, name: str, *, owner: str, rows: str) -> None:
+        """A batch a part builds each step and forwards once with ``StepContext.forward_view``."""
+        if name in ("input", "probe") or name in self.views or name in self.built_views:
+            raise ValueError(f"view name: '{name}' is already declared")
+        self.built_views[name] = (owner, rows)
 
     def request_meta(
         self,

@@ -1,0 +1,21 @@
+"""KL consistency between the weak and the strong view (IEG eq. 7)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["kl_consistency"]
+
+
+def kl_consistency(weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
+    """(1/B) sum_i KL(softmax(sg(z_w,i)) || softmax(z_s,i)): gradient only through the strong view.
+
+    The official code averages over B x C and multiplies by C, which is this per-example mean.
+    """
+    if weak_logits.shape != strong_logits.shape:
+        raise ValueError(f"strong_logits: expected shape {tuple(weak_logits.shape)} like "
+                         f"weak_logits, got {tuple(strong_logits.shape)}")
+    target_log = F.log_softmax(weak_logits.detach(), dim=-1)
+    log_q = F.log_softmax(strong_logits, dim=-1)
+    return (target_log.exp() * (target_log - log_q)).sum(dim=-1).mean()
