@@ -1,0 +1,470 @@
+"""SGDR (cosine annealing with warm restarts): the pure function, the LRScheduler and the part."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from iegkit._core.compose import compose
+from iegkit._core.part import Contribution, Part, Plan
+from iegkit.functional.schedule import sgdr, sgdr_restarts
+from iegkit.parts.cross_entropy import CrossEntropy
+from iegkit.parts.sgdr_schedule import SGDRSchedule
+
+IEG = dict(peak_lr=0.1, first_cycle_steps=500, t_mul=1.5, m_mul=0.9)  # the official IEG setting
+
+
+# -- independent references ------------------------------------------------------------------------
+
+def loop_reference(step, *, peak_lr, first_cycle_steps, t_mul=1.5, m_mul=0.9, min_lr=0.0,
+                   warmup_steps=0, warmup_start_lr=0.0):
+    """SGDR eq. 5 with the cycle found by accumulating cycle lengths (no logarithms)."""
+    if step < warmup_steps:
+        return warmup_start_lr + (peak_lr - warmup_start_lr) * step / warmup_steps
+    t = step - warmup_steps
+    start, length, i = 0.0, float(first_cycle_steps), 0
+    while t >= start + length:
+        start += length
+        length *= t_mul
+        i += 1
+    peak_i = max(peak_lr * m_mul**i, min_lr)
+    return min_lr + 0.5 * (peak_i - min_lr) * (1 + math.cos(math.pi * (t - start) / length))
+
+
+def reference_boundaries(first_cycle_steps, t_mul, upto):
+    out, start, length = [], 0.0, float(first_cycle_steps)
+    while start <= upto:
+        start += length
+        length *= t_mul
+        out.append(start)
+    return out
+
+
+def tf_cosine_decay_restarts(step, learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0,
+                             alpha=0.0):
+    """tf.compat.v1.train.cosine_decay_restarts, transcribed (float64)."""
+    completed = step / first_decay_steps
+    if t_mul == 1.0:
+        i = math.floor(completed)
+        completed -= i
+    else:
+        i = math.floor(math.log(1.0 - completed * (1.0 - t_mul)) / math.log(t_mul))
+        sum_r = (1.0 - t_mul**i) / (1.0 - t_mul)
+        completed = (completed - sum_r) / t_mul**i
+    cosine_decayed = 0.5 * m_mul**i * (1.0 + math.cos(math.pi * completed))
+    return learning_rate * ((1 - alpha) * cosine_decayed + alpha)
+
+
+# -- the pure function ------------------------------------------------------------------------------
+
+IEG_RESTARTS = [500.0, 1250.0, 2375.0, 4062.5, 6593.75, 10390.625, 16085.9375, 24628.90625,
+                37443.359375, 56665.0390625, 85497.55859375, 128746.337890625, 193619.5068359375]
+
+
+def _ieg_steps():
+    near = {s + d for r in IEG_RESTARTS for s in (math.floor(r), math.ceil(r)) for d in (-1, 0, 1)}
+    return sorted(near | set(range(0, 200_001, 17)))
+
+
+def test_restart_steps_of_the_ieg_schedule():
+    assert sgdr_restarts(500, 1.5, 13) == IEG_RESTARTS
+    # the rounded cycle ends quoted from the official code's notes (docs, section 6.3)
+    quoted = [500, 1250, 2375, 4063, 6594, 10391, 16086, 24629, 37443, 56665, 85498, 128746,
+              193620]
+    assert all(abs(a - b) <= 0.5 for a, b in zip(IEG_RESTARTS, quoted, strict=True))
+    assert sgdr_restarts(100, 1.0, 3) == [100.0, 200.0, 300.0]
+    assert sgdr_restarts(10, 2, 4) == [10.0, 30.0, 70.0, 150.0]
+    assert sgdr_restarts(500, 1.5, 0) == []
+
+
+def test_matches_the_loop_reference_and_tf_on_the_ieg_schedule():
+    for step in _ieg_steps():
+        ours = sgdr(step, **IEG)
+        assert ours == pytest.approx(loop_reference(step, **IEG), rel=1e-12, abs=1e-15)
+        assert ours == pytest.approx(tf_cosine_decay_restarts(step, 0.1, 500, 1.5, 0.9, 0.0),
+                                     rel=1e-12, abs=1e-15)
+
+
+def test_restarts_jump_to_a_peak_that_decays_by_m_mul():
+    assert sgdr(0, **IEG) == 0.1
+    assert sgdr(250, **IEG) == pytest.approx(0.05, rel=1e-12)
+    for i, restart in enumerate(IEG_RESTARTS, start=1):
+        first_new = math.ceil(restart)  # the clock is real-valued: TF never rounds a boundary
+        before, after = sgdr(first_new - 1, **IEG), sgdr(first_new, **IEG)
+        peak_i = 0.1 * 0.9**i
+        assert before < 1e-5 * peak_i / 0.9  # the very end of cycle i-1: almost 0
+        if restart == first_new:
+            assert after == pytest.approx(peak_i, rel=1e-12)  # exactly at the restart: the peak
+        else:
+            t_cur = first_new - restart  # e.g. step 4063 is 0.5 steps into cycle 4
+            t_i = 500 * 1.5**i
+            expected = 0.5 * peak_i * (1 + math.cos(math.pi * t_cur / t_i))
+            assert after == pytest.approx(expected, rel=1e-12)
+            assert 0.999 * peak_i < after < peak_i
+        # the middle of cycle i is half its peak
+        t_i = 500 * 1.5**i
+        assert sgdr(restart + t_i / 2, **IEG) == pytest.approx(peak_i / 2, rel=1e-9)
+    # a real-valued step sits on the same continuous clock
+    assert sgdr(4062.5, **IEG) == pytest.approx(0.1 * 0.9**4, rel=1e-12)
+
+
+def test_min_lr_is_an_absolute_floor():
+    kw = dict(IEG, min_lr=0.01)
+    assert sgdr(0, **kw) == 0.1
+    assert sgdr(250, **kw) == pytest.approx(0.01 + 0.5 * (0.1 - 0.01), rel=1e-12)
+    assert sgdr(500, **kw) == pytest.approx(0.09, rel=1e-12)  # peak_1 = 0.1 * 0.9, not a mix
+    assert sgdr(499.999999, **kw) == pytest.approx(0.01, rel=1e-9)
+    # once peak_lr * m_mul**i drops below min_lr the peak is clamped: the lr stays at min_lr
+    kw = dict(peak_lr=0.1, first_cycle_steps=10, t_mul=1.0, m_mul=0.5, min_lr=0.02)
+    assert sgdr(30, **kw) == 0.02 and sgdr(35, **kw) == 0.02  # 0.1 * 0.5**3 < 0.02
+
+
+def test_tf_alpha_relation():
+    # TF's alpha is a fraction of the initial lr and TF decays only the cosine part; with m_mul = 1
+    # (or alpha = 0) min_lr = alpha * peak_lr gives the same schedule.
+    for step in range(0, 3000, 7):
+        assert sgdr(step, peak_lr=0.1, first_cycle_steps=300, t_mul=1.5, m_mul=1.0,
+                    min_lr=0.1 * 0.2) == pytest.approx(
+            tf_cosine_decay_restarts(step, 0.1, 300, 1.5, 1.0, 0.2), rel=1e-12)
+    for step in range(0, 3000, 7):
+        assert sgdr(step, peak_lr=0.1, first_cycle_steps=300, t_mul=1.0, m_mul=0.9) == (
+            pytest.approx(tf_cosine_decay_restarts(step, 0.1, 300, 1.0, 0.9, 0.0), rel=1e-12))
+    # with alpha > 0 and m_mul < 1 they differ, as documented: TF's cycle-1 peak is
+    # alpha*lr + (1 - alpha)*lr*m_mul, ours is lr*m_mul.
+    assert tf_cosine_decay_restarts(300, 0.1, 300, 1.5, 0.9, 0.2) == pytest.approx(0.02 + 0.08 * 0.9)
+    assert sgdr(300, peak_lr=0.1, first_cycle_steps=300, m_mul=0.9, min_lr=0.02) == (
+        pytest.approx(0.09))
+
+
+@pytest.mark.parametrize("t_mult", [1, 2, 3])
+def test_matches_torch_cosine_annealing_warm_restarts(t_mult):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.3)
+    torch_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=7, T_mult=t_mult, eta_min=0.01)
+    for step in range(400):
+        ours = sgdr(step, peak_lr=0.3, first_cycle_steps=7, t_mul=t_mult, m_mul=1.0, min_lr=0.01)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(ours, rel=1e-12, abs=1e-15)
+        optimizer.step()
+        torch_sched.step()
+
+
+def test_warmup_then_the_sgdr_clock_starts():
+    kw = dict(IEG, warmup_steps=100, warmup_start_lr=0.001)
+    assert sgdr(0, **kw) == 0.001
+    assert sgdr(50, **kw) == pytest.approx(0.001 + 0.5 * 0.099, rel=1e-12)
+    assert sgdr(100, **kw) == 0.1  # the SGDR clock starts at the end of the warmup
+    for step in (101, 350, 600, 1349, 1350, 4162, 4163):
+        assert sgdr(step, **kw) == sgdr(step - 100, **IEG)
+
+
+# dyadic t_mul (k/8) keeps every cycle boundary exact, so the loop reference agrees bit for bit
+# about which cycle a step is in; for other values a step can sit within rounding of a boundary.
+dyadic_t_mul = st.integers(8, 24).map(lambda k: k / 8)
+any_t_mul = st.one_of(dyadic_t_mul, st.floats(1.0, 4.0))
+fraction = st.floats(0.0, 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=st.integers(0, 10**6), first=st.integers(1, 2000), t_mul=any_t_mul,
+       m_mul=st.floats(0.05, 1.0), peak=st.floats(0.0, 10.0), min_frac=fraction,
+       warmup=st.integers(0, 1000), start_frac=fraction)
+def test_property_matches_the_loop_reference(step, first, t_mul, m_mul, peak, min_frac, warmup,
+                                             start_frac):
+    kw = dict(peak_lr=peak, first_cycle_steps=first, t_mul=t_mul, m_mul=m_mul,
+              min_lr=peak * min_frac, warmup_steps=warmup, warmup_start_lr=peak * start_frac)
+    t = step - warmup
+    if t >= 0:
+        boundaries = reference_boundaries(first, t_mul, t)
+        assume(all(abs(t - b) > 1e-9 * max(1.0, b) for b in boundaries))
+    assert sgdr(step, **kw) == pytest.approx(loop_reference(step, **kw), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(step=st.one_of(st.integers(0, 10**7), st.floats(0.0, 1e7)), first=st.integers(1, 5000),
+       t_mul=any_t_mul, m_mul=st.floats(0.01, 1.0), peak=st.floats(0.0, 10.0), min_frac=fraction,
+       warmup=st.integers(0, 1000), start_frac=fraction)
+def test_property_lr_stays_within_min_and_peak(step, first, t_mul, m_mul, peak, min_frac, warmup,
+                                               start_frac):
+    min_lr, start = peak * min_frac, peak * start_frac
+    lr = sgdr(step, peak_lr=peak, first_cycle_steps=first, t_mul=t_mul, m_mul=m_mul,
+              min_lr=min_lr, warmup_steps=warmup, warmup_start_lr=start)
+    tol = 1e-12 * max(peak, 1e-300)
+    low = start if step < warmup else min_lr
+    assert low - tol <= lr <= peak + tol
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.integers(1, 3000), t_mul=dyadic_t_mul, m_mul=st.floats(0.01, 1.0),
+       peak=st.floats(1e-6, 10.0), min_frac=fraction, cycle=st.integers(0, 8), a=fraction,
+       b=fraction)
+def test_property_lr_is_non_increasing_within_a_cycle(first, t_mul, m_mul, peak, min_frac, cycle,
+                                                      a, b):
+    kw = dict(peak_lr=peak, first_cycle_steps=first, t_mul=t_mul, m_mul=m_mul,
+              min_lr=peak * min_frac)
+    starts = [0.0, *sgdr_restarts(first, t_mul, cycle + 1)]
+    start, end = starts[cycle], starts[cycle + 1]
+    s1, s2 = sorted((start + a * (end - start), start + b * (end - start)))
+    assume(s2 < end)
+    assert sgdr(s2, **kw) <= sgdr(s1, **kw) + 1e-12 * peak
+    # and the next cycle opens at its (m_mul-decayed) peak
+    assert sgdr(end, **kw) == pytest.approx(max(peak * m_mul ** (cycle + 1), peak * min_frac),
+                                            rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(warmup=st.integers(1, 5000), peak=st.floats(0.0, 10.0), start_frac=fraction, a=fraction,
+       b=fraction)
+def test_property_warmup_is_monotone(warmup, peak, start_frac, a, b):
+    kw = dict(peak_lr=peak, first_cycle_steps=100, warmup_steps=warmup,
+              warmup_start_lr=peak * start_frac)
+    s1, s2 = sorted((a * warmup, b * warmup))
+    assert sgdr(s1, **kw) <= sgdr(s2, **kw) + 1e-12 * peak
+    assert sgdr(0, **kw) == peak * start_frac
+    assert sgdr(warmup, **kw) == peak
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        (dict(step=-1), ValueError, "step"),
+        (dict(step=float("nan")), ValueError, "step"),
+        (dict(step="3"), TypeError, "step"),
+        (dict(peak_lr=-0.1), ValueError, "peak_lr"),
+        (dict(first_cycle_steps=0), ValueError, "first_cycle_steps"),
+        (dict(first_cycle_steps=2.5), TypeError, "first_cycle_steps"),
+        (dict(t_mul=0.9), ValueError, "t_mul"),
+        (dict(t_mul=float("inf")), ValueError, "t_mul"),
+        (dict(m_mul=0.0), ValueError, "m_mul"),
+        (dict(m_mul=1.1), ValueError, "m_mul"),
+        (dict(min_lr=0.2), ValueError, "min_lr"),
+        (dict(min_lr=-0.01), ValueError, "min_lr"),
+        (dict(warmup_steps=-1), ValueError, "warmup_steps"),
+        (dict(warmup_start_lr=0.5), ValueError, "warmup_start_lr"),
+        (dict(warmup_start_lr=-0.5), ValueError, "warmup_start_lr"),
+    ],
+)
+def test_errors_name_the_argument(kwargs, error, name):
+    args = dict(IEG, step=10)
+    args.update(kwargs)
+    step = args.pop("step")
+    with pytest.raises(error, match=rf"^{name}:"):
+        sgdr(step, **args)
+
+
+def test_restarts_errors_name_the_argument():
+    with pytest.raises(ValueError, match="^first_cycle_steps:"):
+        sgdr_restarts(0, 1.5, 3)
+    with pytest.raises(ValueError, match="^t_mul:"):
+        sgdr_restarts(500, 0.5, 3)
+    with pytest.raises(ValueError, match="^n:"):
+        sgdr_restarts(500, 1.5, -1)
+
+
+def test_extreme_values_do_not_overflow():
+    assert sgdr(10**9, peak_lr=0.1, first_cycle_steps=1, t_mul=1e300) == pytest.approx(0.09)
+    assert 0.0 <= sgdr(1e300, peak_lr=0.1, first_cycle_steps=1, t_mul=4.0) <= 0.1
+
+
+# -- the LRScheduler --------------------------------------------------------------------------------
+
+def _two_groups(optimizer_cls=torch.optim.SGD, **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = optimizer_cls([{"params": model[0].parameters(), "lr": 0.1},
+                               {"params": model[1].parameters(), "lr": 0.02}], **kw)
+    return model, optimizer
+
+
+def _train_step(model, optimizer):
+    optimizer.zero_grad()
+    model(torch.ones(2, 3)).square().mean().backward()
+    optimizer.step()
+
+
+SCHED = dict(first_cycle_steps=20, t_mul=1.5, m_mul=0.9, min_lr=0.001)
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_scheduler_steps_follow_the_pure_function(optimizer_cls, warmup):
+    model, optimizer = _two_groups(optimizer_cls)
+    scheduler = SGDRSchedule(optimizer, warmup_steps=warmup, warmup_start_lr=0.0005, **SCHED)
+    assert scheduler.last_epoch == 0
+    assert scheduler.base_lrs == [0.1, 0.02]
+    for step in range(300):
+        expected = [sgdr(step, peak_lr=peak, warmup_steps=warmup, warmup_start_lr=0.0005, **SCHED)
+                    for peak in (0.1, 0.02)]
+        assert [g["lr"] for g in optimizer.param_groups] == expected
+        assert scheduler.get_last_lr() == expected
+        if step == 0:
+            assert expected[0] == (0.0005 if warmup else 0.1)
+        _train_step(model, optimizer)
+        scheduler.step()
+        assert scheduler.last_epoch == step + 1
+
+
+def test_scheduler_ieg_defaults_and_closed_form_step():
+    _, optimizer = _two_groups()
+    scheduler = SGDRSchedule(optimizer, 500)
+    assert (scheduler.t_mul, scheduler.m_mul, scheduler.min_lr) == (1.5, 0.9, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # step(epoch) is deprecated in torch, but closed form here
+        scheduler.step(1250)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.9**2)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(0.02 * 0.9**2)
+    assert scheduler.lrs_at(0) == [0.1, 0.02]
+
+
+def test_scheduler_tensor_lr_keeps_its_tensor():
+    model = torch.nn.Linear(3, 2)
+    lr = torch.tensor(0.01)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = SGDRSchedule(optimizer, 10, warmup_steps=4)
+    for step in range(1, 30):
+        _train_step(model, optimizer)
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] is lr
+        assert float(lr) == pytest.approx(sgdr(step, peak_lr=0.01, first_cycle_steps=10,
+                                               warmup_steps=4), rel=1e-6)
+
+
+def test_scheduler_state_dict_round_trip():
+    model, optimizer = _two_groups(torch.optim.SGD, momentum=0.9)
+    scheduler = SGDRSchedule(optimizer, warmup_steps=3, warmup_start_lr=0.0005, **SCHED)
+    for _ in range(37):
+        _train_step(model, optimizer)
+        scheduler.step()
+    state = scheduler.state_dict()
+    assert "optimizer" not in state
+    buffer = io.BytesIO()
+    torch.save({"scheduler": state, "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)  # weights_only: the state is plain numbers, strings and lists
+
+    reference = []
+    for _ in range(60):
+        _train_step(model, optimizer)
+        scheduler.step()
+        reference.append([g["lr"] for g in optimizer.param_groups])
+
+    model2, optimizer2 = _two_groups(torch.optim.SGD, momentum=0.9)
+    scheduler2 = SGDRSchedule(optimizer2, first_cycle_steps=7)  # config comes from the state
+    optimizer2.load_state_dict(saved["optimizer"])
+    scheduler2.load_state_dict(saved["scheduler"])
+    assert scheduler2.optimizer is optimizer2
+    assert scheduler2.first_cycle_steps == 20 and scheduler2.last_epoch == 37
+    resumed = []
+    for _ in range(60):
+        _train_step(model2, optimizer2)
+        scheduler2.step()
+        resumed.append([g["lr"] for g in optimizer2.param_groups])
+    assert resumed == reference
+
+
+def test_scheduler_errors():
+    _, optimizer = _two_groups()
+    with pytest.raises(ValueError, match=r"^min_lr:.*param_groups\[1\]"):
+        SGDRSchedule(optimizer, 100, min_lr=0.05)  # above group 1's peak 0.02
+    with pytest.raises(ValueError, match="^warmup_start_lr:"):
+        SGDRSchedule(optimizer, 100, warmup_steps=10, warmup_start_lr=0.05)
+    with pytest.raises(ValueError, match="^first_cycle_steps:"):
+        SGDRSchedule(optimizer, 0)
+    with pytest.raises(ValueError, match="^t_mul:"):
+        SGDRSchedule(optimizer, 10, t_mul=0.5)
+    with pytest.raises(ValueError, match="^m_mul:"):
+        SGDRSchedule(optimizer, 10, m_mul=0.0)
+    with pytest.raises(TypeError, match="^optimizer:"):
+        SGDRSchedule(torch.nn.Linear(2, 2), 10)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.02]  # failed builds change nothing
+
+
+# -- the part ---------------------------------------------------------------------------------------
+
+def test_is_a_part():
+    _, optimizer = _two_groups()
+    scheduler = SGDRSchedule(optimizer, 500)
+    assert isinstance(scheduler, Part)
+    assert scheduler.name == "sgdr_schedule"
+    assert SGDRSchedule(optimizer, 500, name="lr").name == "lr"
+    assert scheduler.requires == () and scheduler.provides == ("lr",)
+    assert scheduler.setup(Plan()) is None
+
+
+def test_contribute_sets_the_lr_of_ctx_step():
+    model, optimizer = _two_groups()
+    scheduler = SGDRSchedule(optimizer, 500, min_lr=0.001)
+    for step in (1250, 0, 4063, 4062, 77):  # any order: the step is explicit
+        contribution = scheduler.contribute(SimpleNamespace(step=step, optimizer=optimizer))
+        expected = [sgdr(step, peak_lr=p, first_cycle_steps=500, min_lr=0.001) for p in (0.1, 0.02)]
+        assert isinstance(contribution, Contribution)
+        assert set(contribution.values) == {"lr"}
+        assert float(contribution.values["lr"]) == pytest.approx(expected[0], rel=1e-6)
+        assert [g["lr"] for g in optimizer.param_groups] == expected
+        assert scheduler.last_epoch == step and scheduler.get_last_lr() == expected
+    # last_epoch is consistent: a torch-style step() afterwards continues from ctx.step
+    _train_step(model, optimizer)
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == sgdr(78, peak_lr=0.1, first_cycle_steps=500,
+                                                   min_lr=0.001)
+
+
+def test_contribute_rejects_another_optimizer():
+    _, optimizer = _two_groups()
+    _, other = _two_groups()
+    scheduler = SGDRSchedule(optimizer, 500)
+    with pytest.raises(ValueError, match="^optimizer:"):
+        scheduler.contribute(SimpleNamespace(step=3, optimizer=other))
+    with pytest.raises(ValueError, match="^step:"):
+        scheduler.contribute(SimpleNamespace(step=-3, optimizer=optimizer))
+
+
+def test_in_a_composed_pipeline_the_lr_is_set_before_the_step():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipeline = compose(CrossEntropy(), SGDRSchedule(optimizer, 5, warmup_steps=2),
+                       model=model, optimizer=optimizer)
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    for step in range(12):
+        out = pipeline(x, y, step=step)
+        expected = sgdr(step, peak_lr=0.1, first_cycle_steps=5, warmup_steps=2)
+        assert optimizer.param_groups[0]["lr"] == expected
+        assert float(out.values["lr"]) == pytest.approx(expected, rel=1e-6)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    state = pipeline.state_dict()
+    assert state["parts"]["sgdr_schedule"]["last_epoch"] == 11
+    optimizer2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipeline2 = compose(CrossEntropy(), SGDRSchedule(optimizer2, 5, warmup_steps=2),
+                        model=model, optimizer=optimizer2)
+    pipeline2.load_state_dict(state)
+    assert pipeline2.parts[1].last_epoch == 11 and pipeline2.parts[1].optimizer is optimizer2
+
+
+# -- timm, when installed ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("warmup", "min_lr"), [(0, 0.0), (0, 0.004), (30, 0.002)])
+def test_matches_timm_cosine_lr_scheduler(warmup, min_lr):
+    timm_scheduler = pytest.importorskip("timm.scheduler")
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    timm_sched = timm_scheduler.CosineLRScheduler(
+        optimizer, t_initial=50, lr_min=min_lr, cycle_mul=1.5, cycle_decay=0.9, cycle_limit=10**6,
+        warmup_t=warmup, warmup_lr_init=0.001, warmup_prefix=True, t_in_epochs=False)
+    restarts = {warmup + r for r in sgdr_restarts(50, 1.5, 20)}
+    for step in range(3000):
+        timm_sched.step_update(step)
+        if step in restarts:
+            continue  # timm takes the cycle from a bare logarithm: an exact restart may round down
+        ours = sgdr(step, peak_lr=0.1, first_cycle_steps=50, t_mul=1.5, m_mul=0.9, min_lr=min_lr,
+                    warmup_steps=warmup, warmup_start_lr=0.001)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(ours, rel=1e-9, abs=1e-15)
