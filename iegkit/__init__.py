@@ -4,18 +4,33 @@ from iegkit import errors, functional, recipes
 from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, Plan
-from iegkit.parts import CrossEntropy, MetaReweighter
+from iegkit.ema import WeightEMA
+from iegkit.parts import (
+    ConsistencyPseudoLabeler,
+    CrossEntropy,
+    KLConsistency,
+    MetaRelabeler,
+    MetaReweighter,
+    ProbeMixUp,
+    SGDRSchedule,
+)
 
 __version__ = "0.1.0"
 __all__ = [
+    "ConsistencyPseudoLabeler",
     "Contribution",
     "CrossEntropy",
+    "KLConsistency",
+    "MetaRelabeler",
     "MetaReweighter",
     "Part",
     "Pipeline",
     "Plan",
+    "ProbeMixUp",
+    "SGDRSchedule",
     "StepContext",
     "StepOutput",
+    "WeightEMA",
     "compose",
     "errors",
     "functional",

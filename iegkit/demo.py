@@ -18,15 +18,23 @@ import torch
 from torch import Tensor
 
 from iegkit import recipes
+from iegkit.augment import strong_augment, weak_augment
 from iegkit.data import NoisyDataset, ProbeSampler, make_noisy_digits
 from iegkit.models import SmallCNN
 
-__all__ = ["RunResult", "evaluate", "main", "train"]
+__all__ = ["RunResult", "digits_augmentations", "evaluate", "main", "train"]
 
-METHODS: dict[str, Callable] = {"plain": recipes.plain, "l2r": recipes.l2r}
-for _name in ("eg", "ieg"):
-    if hasattr(recipes, _name):
-        METHODS[_name] = getattr(recipes, _name)
+METHODS: dict[str, Callable] = {"plain": recipes.plain, "l2r": recipes.l2r, "eg": recipes.eg,
+                                "ieg": recipes.ieg}
+
+
+def digits_augmentations() -> tuple[Callable, Callable]:
+    """Weak and strong views for 8x8 digits in [-1, 1]: a 1-pixel shift (no flip: digits are not
+    mirror-symmetric), and the shift plus a 4x4 cutout. AutoAugment's CIFAR policy needs RGB, so
+    the digits strong view is the paper's "without AA" chain (crop, cutout)."""
+    weak = weak_augment(pad=1, flip=False, value_range=(-1.0, 1.0))
+    strong = strong_augment(policy=None, pad=1, cutout=4, flip=False, value_range=(-1.0, 1.0))
+    return weak, strong
 
 
 @dataclass(frozen=True)
@@ -64,13 +72,17 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
     steps_per_epoch = max(1, data.train_inputs.shape[0] // batch_size)
     total_steps = epochs * steps_per_epoch
     kwargs = dict(recipe_kwargs or {})
-    if method in ("eg", "ieg"):
-        kwargs.setdefault("steps_per_epoch", steps_per_epoch)
-        kwargs.setdefault("total_steps", total_steps)
+    weak, strong = digits_augmentations()
+    if method == "eg":
+        kwargs.setdefault("strong_augment", strong)
+    if method == "ieg":
+        kwargs.setdefault("strong_augment", strong)
+        kwargs.setdefault("plain_strong_augment", strong)
     pipeline = METHODS[method](model, optimizer, seed=seed, **kwargs)
     scheduler = None
     if not any(type(p).__name__ == "SGDRSchedule" for p in pipeline.parts):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    augment_gen = torch.Generator().manual_seed(seed + 1)
     probe = ProbeSampler(data.trusted_inputs, data.trusted_labels, batch_size, seed=seed)
     order_gen = torch.Generator().manual_seed(seed)
     history = []
@@ -83,7 +95,9 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             probe_inputs, probe_labels = next(probe)
-            out = pipeline(data.train_inputs[idx], data.train_labels[idx], probe_inputs,
+            # the weak view is the user's usual augmentation, the same for every method
+            out = pipeline(weak(data.train_inputs[idx], generator=augment_gen),
+                           data.train_labels[idx], weak(probe_inputs, generator=augment_gen),
                            probe_labels, step=step)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -1,13 +1,57 @@
-"""Named methods built from parts (optax's alias.py): plain, L2R (and IEG, EG as they land)."""
+"""Named methods built from parts (optax's alias.py): plain, L2R, EG, IEG and the ablations IEG-1..8.
+
+Each recipe takes the user's model and optimizer and the paper's hyper-parameters as defaults, and
+returns a composed, bound ``Pipeline``. ``pipeline.describe()`` prints the parts and passes.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection
 
 import torch
 
 from iegkit._core.compose import Pipeline, compose
-from iegkit.parts import CrossEntropy, MetaReweighter
+from iegkit._core.part import Part
+from iegkit.parts import (
+    ConsistencyPseudoLabeler,
+    CrossEntropy,
+    KLConsistency,
+    MetaRelabeler,
+    MetaReweighter,
+    ProbeMixUp,
+    SGDRSchedule,
+)
 
-__all__ = ["l2r", "plain"]
+__all__ = ["TABLE7", "ablation", "eg", "ieg", "l2r", "plain"]
+
+Augment = Callable[..., torch.Tensor]
+
+#: Table 7 of the paper: the components of IEG-1..8 (UC: KL consistency, MC: MixUp cross-entropy,
+#: AA: AutoAugment in the strong view, lambda: meta relabeling). IEG-1 is L2R-style reweighting
+#: only; IEG-5 is the full IEG.
+TABLE7: dict[int, frozenset[str]] = {
+    1: frozenset(),
+    2: frozenset({"lambda"}),
+    3: frozenset({"AA", "lambda"}),
+    4: frozenset({"MC", "AA", "lambda"}),
+    5: frozenset({"UC", "MC", "AA", "lambda"}),
+    6: frozenset({"UC", "AA", "lambda"}),
+    7: frozenset({"UC", "MC", "lambda"}),
+    8: frozenset({"UC", "MC", "AA"}),
+}
+COMPONENTS = frozenset({"UC", "MC", "AA", "lambda"})
+
+
+def _schedule(optimizer, first_cycle_steps: int | None, t_mul: float, m_mul: float) -> list[Part]:
+    if first_cycle_steps is None:
+        return []
+    return [SGDRSchedule(optimizer, first_cycle_steps, t_mul=t_mul, m_mul=m_mul)]
+
+
+def _default_strong(policy: str | None) -> Augment:
+    from iegkit.augment import strong_augment
+
+    return strong_augment(policy=policy)
 
 
 def plain(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, seed: int = 0) -> Pipeline:
@@ -19,14 +63,121 @@ def l2r(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
-    weight_init: float = 0.0,
+    weight_init: float | str = 0.0,
     lookahead_lr: float | None = None,
     normalizer_eps: float = 1e-5,
+    first_cycle_steps: int | None = None,
+    t_mul: float = 1.5,
+    m_mul: float = 0.9,
     seed: int = 0,
 ) -> Pipeline:
     """Learning to Reweight (Ren et al. 2018): omega0 = 0, one exact look-ahead with the user's
     optimizer, weights max(-grad, 0) normalised, loss sum_i omega*_i CE(y_i)."""
     return compose(
         MetaReweighter(weight_init, lookahead_lr=lookahead_lr, normalizer_eps=normalizer_eps),
+        *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),
         model=model, optimizer=optimizer, seed=seed,
     )
+
+
+def eg(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    strong_augment: Augment | None = None,
+    unlabeled_weight: float = 5.0,
+    consistency_weight: float = 20.0,
+    temperature: float = 0.5,
+    mixup_coefficient: str = "official",
+    normalize_logits: bool = True,
+    first_cycle_steps: int | None = None,
+    t_mul: float = 1.5,
+    m_mul: float = 0.9,
+    seed: int = 0,
+) -> Pipeline:
+    """EG (paper section 3.4): IEG without Isolation. The noisy labels are ignored: all training data
+    is unlabeled (pseudo labels), the probe set is the labeled set. Loss L^p + p L^u + k KL.
+    (Not torchopt's "explicit gradient".)"""
+    strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+    return compose(
+        ConsistencyPseudoLabeler(strong, temperature=temperature,
+                                 normalize_logits=normalize_logits),
+        ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
+                   normalize_logits=normalize_logits),
+        KLConsistency(consistency_weight),
+        *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),
+        model=model, optimizer=optimizer, seed=seed,
+    )
+
+
+def ieg(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    strong_augment: Augment | None = None,
+    plain_strong_augment: Augment | None = None,
+    components: Collection[str] = COMPONENTS,
+    unlabeled_weight: float = 5.0,
+    consistency_weight: float = 20.0,
+    label_init: float = 0.9,
+    weight_init: float | str = "1/B",
+    temperature: float = 0.5,
+    mixup_coefficient: str = "official",
+    threshold: float | None = None,
+    normalize_logits: bool = True,
+    lookahead_lr: float | None = None,
+    first_cycle_steps: int | None = None,
+    t_mul: float = 1.5,
+    m_mul: float = 0.9,
+    seed: int = 0,
+) -> Pipeline:
+    """IEG (Algorithm 1) with the official code's choices (docs/method.md):
+
+    1/2 (L_lambda* + L_omega*) + L^p + p L^u + k KL, with omega0 = 1/B, lambda0 = 0.9, L_omega*'s
+    target 0.9 y + 0.1 g, p = 5, k = 20, tau = 0.5, MixUp m = 1 - U^2/2.
+
+    Args:
+      strong_augment: the strong view (default: ``iegkit.augment.strong_augment("cifar10")``:
+        AutoAugment CIFAR-10 policy, flip, crop, cutout 16).
+      plain_strong_augment: the strong view without AutoAugment, used when "AA" is not in
+        ``components`` (default: flip, crop, cutout).
+      components: a subset of {"UC", "MC", "AA", "lambda"} (Table 7); the isolation (reweighting)
+        is always on. Without "lambda" the reweighted loss uses the given labels with weight 1.
+      threshold: None (official, no split) or T of the paper's I(omega* < T) split in the MixUp.
+      lookahead_lr: None uses the optimizer's current lr (exact); the official code uses 0.1.
+      first_cycle_steps: adds SGDRSchedule (the paper: one epoch, t_mul 1.5, m_mul 0.9).
+    """
+    unknown = set(components) - COMPONENTS
+    if unknown:
+        raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
+    components = frozenset(components)
+    parts: list[Part] = []
+    needs_pseudo = bool(components & {"UC", "MC", "lambda"})
+    if needs_pseudo:
+        if "AA" in components:
+            strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+        else:
+            strong = (plain_strong_augment if plain_strong_augment is not None
+                      else _default_strong(None))
+        parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
+                                              normalize_logits=normalize_logits))
+    if "lambda" in components:
+        parts.append(MetaReweighter(weight_init, label_mix=label_init, loss_weight=0.5,
+                                    lookahead_lr=lookahead_lr))
+        parts.append(MetaRelabeler(label_init, loss_weight=0.5))
+    else:
+        parts.append(MetaReweighter(weight_init, lookahead_lr=lookahead_lr))
+    if "MC" in components:
+        parts.append(ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
+                                normalize_logits=normalize_logits, threshold=threshold))
+    if "UC" in components:
+        parts.append(KLConsistency(consistency_weight))
+    parts.extend(_schedule(optimizer, first_cycle_steps, t_mul, m_mul))
+    return compose(*parts, model=model, optimizer=optimizer, seed=seed)
+
+
+def ablation(n: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **kwargs) -> Pipeline:
+    """IEG-n of the paper's Table 7 (n = 1..8): ``ieg(..., components=TABLE7[n])``."""
+    if n not in TABLE7:
+        raise ValueError(f"n: expected an ablation number in 1..8 (Table 7), got {n}")
+    return ieg(model, optimizer, components=TABLE7[n], **kwargs)

@@ -72,13 +72,21 @@ def _order(parts: Sequence[Part]) -> list[Part]:
                 f"compose: '{part.name}' requires {missing} but no part provides "
                 f"{'it' if len(missing) == 1 else 'them'}"
             )
+    # A part may read a key only if some part provides it (e.g. the meta parts read "lr" so that
+    # the look-ahead uses this step's scheduled lr): such optional keys order it but are not required.
+    needs = {
+        part.name: tuple(part.requires) + tuple(
+            key for key in getattr(part, "optional_requires", ()) if key in providers
+        )
+        for part in parts
+    }
     # Stable topological sort: the first part (in the user's order) whose inputs are ready goes next.
     ordered: list[Part] = []
     ready: set[str] = set()
     pending = list(parts)
     while pending:
         for part in pending:
-            if all(key in ready for key in part.requires):
+            if all(key in ready for key in needs[part.name]):
                 ordered.append(part)
                 ready.update(part.provides)
                 pending.remove(part)

@@ -1,6 +1,19 @@
 """The composable parts, one file each."""
 
+from iegkit.parts.consistency_pseudo_labeler import ConsistencyPseudoLabeler
 from iegkit.parts.cross_entropy import CrossEntropy
+from iegkit.parts.kl_consistency import KLConsistency
+from iegkit.parts.meta_relabeler import MetaRelabeler
 from iegkit.parts.meta_reweighter import MetaReweighter
+from iegkit.parts.probe_mixup import ProbeMixUp
+from iegkit.parts.sgdr_schedule import SGDRSchedule
 
-__all__ = ["CrossEntropy", "MetaReweighter"]
+__all__ = [
+    "ConsistencyPseudoLabeler",
+    "CrossEntropy",
+    "KLConsistency",
+    "MetaRelabeler",
+    "MetaReweighter",
+    "ProbeMixUp",
+    "SGDRSchedule",
+]

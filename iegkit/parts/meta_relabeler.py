@@ -28,6 +28,7 @@ class MetaRelabeler:
 
     requires = ("targets:pseudo",)
     provides = ("relabel",)
+    optional_requires = ("lr",)
 
     def __init__(self, label_init: float = 0.9, *, weight_init: WeightInit | None = None,
                  loss_weight: float = 1.0, name: str = "meta_relabeler") -> None:

@@ -29,6 +29,7 @@ class MetaReweighter:
     """
 
     provides = ("weights",)
+    optional_requires = ("lr",)  # when a schedule sets this step's lr, look ahead with it
 
     def __init__(
         self,

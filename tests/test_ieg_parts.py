@@ -1,0 +1,269 @@
+"""IEG parts: pure functions against direct references, properties, one look-ahead, ablations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_problem
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import iegkit
+from iegkit import recipes
+from iegkit._core import context as context_module
+from iegkit.functional import meta_gradients
+from iegkit.functional.consistency import kl_consistency
+from iegkit.functional.mixup import mix_coefficients, mixup_batch
+from iegkit.functional.pseudo_label import guess_targets, logit_norm, sharpen
+from iegkit.functional.relabel import relabel_from_meta_gradient
+from iegkit.parts.probe_mixup import probe_mixup_pool
+
+seeds = st.integers(0, 2**31 - 1)
+
+
+def randn(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def noise_augment(images, generator=None):
+    return images + 0.1 * torch.randn(images.shape, generator=generator, dtype=images.dtype)
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+def test_guess_targets_matches_a_direct_computation():
+    zw, zs = randn(0, 5, 4), randn(1, 5, 4)
+
+    def ln(z):
+        return z / (z.pow(2).mean() + 1e-8) ** 0.5
+
+    p = (torch.softmax(ln(zw), -1) + torch.softmax(ln(zs), -1)) / 2
+    want = p**2 / (p**2).sum(-1, keepdim=True)
+    torch.testing.assert_close(guess_targets([zw, zs], 0.5), want)
+    p = (torch.softmax(zw, -1) + torch.softmax(zs, -1)) / 2
+    torch.testing.assert_close(guess_targets([zw, zs], 0.5, normalize_logits=False),
+                               p**2 / (p**2).sum(-1, keepdim=True))
+
+
+@given(seeds, st.integers(1, 6), st.integers(2, 7), st.integers(1, 3), st.floats(0.05, 2.0))
+def test_pseudo_labels_are_distributions(seed, b, c, k, tau):
+    g = guess_targets([randn(seed + i, b, c) * 5 for i in range(k)], tau)
+    assert bool((g >= 0).all())
+    torch.testing.assert_close(g.sum(-1), torch.ones(b, dtype=torch.float64))
+
+
+@given(seeds, st.integers(1, 6), st.integers(2, 7), st.floats(0.05, 0.99))
+def test_sharpening_keeps_the_argmax_and_lowers_entropy(seed, b, c, tau):
+    p = torch.softmax(randn(seed, b, c) * 3, -1)
+    s = sharpen(p, tau)
+    assert torch.equal(s.argmax(-1), p.argmax(-1))
+    entropy = lambda q: -(q * q.clamp_min(1e-300).log()).sum(-1)  # noqa: E731
+    assert bool((entropy(s) <= entropy(p) + 1e-9).all())
+
+
+@given(seeds, st.integers(1, 6), st.integers(2, 7))
+def test_logit_norm_has_unit_rms(seed, b, c):
+    z = randn(seed, b, c) * 7
+    assert abs(float(logit_norm(z).pow(2).mean()) - 1.0) < 1e-6
+
+
+def test_relabel_sign_rule():
+    grad = torch.tensor([-1.0, 0.0, 2.0, -1e-30])
+    assert relabel_from_meta_gradient(grad).tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+@given(seeds, st.integers(1, 6), st.integers(2, 7))
+def test_kl_is_nonnegative_zero_for_equal_views_and_matches_torch(seed, b, c):
+    zw, zs = randn(seed, b, c), randn(seed + 1, b, c)
+    kl = kl_consistency(zw, zs)
+    assert float(kl) >= -1e-12
+    assert abs(float(kl_consistency(zw, zw))) < 1e-12
+    want = F.kl_div(F.log_softmax(zs, -1), F.log_softmax(zw, -1), log_target=True,
+                    reduction="batchmean")
+    torch.testing.assert_close(kl, want)
+
+
+def test_kl_gradient_flows_only_through_the_strong_view():
+    zw, zs = randn(0, 4, 3).requires_grad_(), randn(1, 4, 3).requires_grad_()
+    kl_consistency(zw, zs).backward()
+    assert zw.grad is None and zs.grad.abs().sum() > 0
+
+
+@given(seeds, st.integers(1, 8), st.integers(2, 5), st.sampled_from(["official", "beta", "beta_max"]))
+def test_mixup_targets_stay_distributions(seed, n, c, kind):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = randn(seed, n, 3), torch.softmax(randn(seed + 1, n, c), -1)
+    m = mix_coefficients(n, gen, kind=kind, dtype=torch.float64)
+    assert bool((m >= 0).all() and (m <= 1).all())
+    if kind != "beta":
+        assert bool((m >= 0.5).all())
+    perm = torch.randperm(n, generator=gen)
+    mx, my = mixup_batch(x, y, m, perm)
+    torch.testing.assert_close(my.sum(-1), torch.ones(n, dtype=torch.float64))
+    for i in range(n):  # per-sample loop reference
+        torch.testing.assert_close(mx[i], m[i] * x[i] + (1 - m[i]) * x[perm[i]])
+    ident_x, ident_y = mixup_batch(x, y, torch.ones(n, dtype=torch.float64), perm)
+    assert torch.equal(ident_x, x) and torch.equal(ident_y, y)
+
+
+def test_official_mix_coefficient_distribution():
+    m = mix_coefficients(200_000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(float(m.mean()) - (1 - 1 / 6)) < 3e-3  # E[1 - U^2/2] = 5/6
+    b = mix_coefficients(200_000, torch.Generator().manual_seed(0), kind="beta", dtype=torch.float64)
+    assert abs(float(b.mean()) - 0.5) < 3e-3 and abs(float(b.var()) - 0.125) < 3e-3
+
+
+def test_probe_mixup_pool_layout_and_threshold():
+    b, c = 4, 3
+    gen = torch.Generator().manual_seed(0)
+    weak, strong = randn(0, b, 2), randn(1, b, 2)
+    probe_x, probe_y = randn(2, 2, 2), torch.tensor([0, 2])
+    pseudo = torch.softmax(randn(3, b, c), -1)
+    y = torch.tensor([1, 1, 0, 2])
+    x, t = probe_mixup_pool(probe_x, probe_y, weak, strong, pseudo, y, generator=gen)
+    assert x.shape == (3 * b, 2) and t.shape == (3 * b, c)
+    assert torch.equal(x[b:2 * b], weak) and torch.equal(x[2 * b:], strong)
+    assert torch.equal(t[b:2 * b], pseudo) and torch.equal(t[2 * b:], pseudo)
+    weights = torch.tensor([0.5, 0.2, 0.3, 0.0])
+    _, t1 = probe_mixup_pool(probe_x, probe_y, weak, strong, pseudo, y, weights=weights,
+                             threshold=1.0, generator=gen)
+    assert torch.equal(t1[b:], t[b:])  # T = 1 is a no-op on normalised weights
+    _, t2 = probe_mixup_pool(probe_x, probe_y, weak, strong, pseudo, y, weights=weights,
+                             threshold=0.4, generator=gen)
+    assert torch.equal(t2[b], F.one_hot(y[0], c).double()) and torch.equal(t2[b + 1], pseudo[1])
+
+
+# --- parts in a pipeline --------------------------------------------------------------------------
+
+def ieg_pipeline(model, opt, **kwargs):
+    return recipes.ieg(model, opt, strong_augment=noise_augment, plain_strong_augment=noise_augment,
+                       **kwargs)
+
+
+def test_ieg_step_uses_one_lookahead_and_one_jvp(monkeypatch):
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    calls = {"jvp": 0, "probe": 0}
+    real_tangent, real_probe = context_module.logit_tangent, context_module.probe_tangent
+
+    def counted_tangent(*a, **k):
+        calls["jvp"] += 1
+        return real_tangent(*a, **k)
+
+    def counted_probe(*a, **k):
+        calls["probe"] += 1
+        return real_probe(*a, **k)
+
+    monkeypatch.setattr(context_module, "logit_tangent", counted_tangent)
+    monkeypatch.setattr(context_module, "probe_tangent", counted_probe)
+    out = ieg_pipeline(model, opt)(x, y, xp, yp, step=0)
+    assert calls == {"jvp": 1, "probe": 1}
+    assert out.lookahead_count == 1
+    assert out.forward_counts == {"input": 1, "strong": 1, "mixed": 1}
+    assert set(out.losses) == {"meta_reweighter/loss", "meta_relabeler/loss", "probe_mixup/probe",
+                               "probe_mixup/unlabeled", "kl_consistency/loss"}
+    out.loss.backward()
+
+
+def test_ieg_meta_values_match_the_functional_meta_step():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    shadow = copy.deepcopy(model)
+    shadow_opt = torch.optim.SGD(shadow.parameters(), lr=0.1, momentum=0.9)
+    out = ieg_pipeline(model, opt)(x, y, xp, yp, step=0)
+    pseudo = out.values["targets:pseudo"]
+    want = meta_gradients(shadow, shadow_opt, x, y, xp, yp, weight_init=1 / x.shape[0],
+                          label_init=0.9, pseudo_targets=pseudo)
+    assert torch.equal(out.relabel, relabel_from_meta_gradient(want.label))
+    torch.testing.assert_close(out.weights, iegkit.functional.normalize_meta_weights(want.weight))
+
+
+def test_order_of_parts_does_not_change_the_ieg_loss():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    parts = lambda: [  # noqa: E731
+        iegkit.KLConsistency(), iegkit.ProbeMixUp(), iegkit.MetaRelabeler(loss_weight=0.5),
+        iegkit.MetaReweighter("1/B", label_mix=0.9, loss_weight=0.5),
+        iegkit.ConsistencyPseudoLabeler(noise_augment)]
+    losses = []
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        m = copy.deepcopy(model)
+        ps = parts()
+        pipe = iegkit.compose(*[ps[i] for i in order], model=m,
+                              optimizer=torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+        losses.append(pipe(x, y, xp, yp, step=0).loss)
+    assert torch.equal(losses[0], losses[1]) and torch.equal(losses[0], losses[2])
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_every_ablation_builds_and_runs_one_step(n):
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipe = recipes.ablation(n, model, opt, strong_augment=noise_augment,
+                            plain_strong_augment=noise_augment)
+    out = pipe(x, y, xp, yp, step=0)
+    names = {type(p).__name__ for p in pipe.parts}
+    components = recipes.TABLE7[n]
+    assert ("MetaRelabeler" in names) == ("lambda" in components)
+    assert ("ProbeMixUp" in names) == ("MC" in components)
+    assert ("KLConsistency" in names) == ("UC" in components)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="n: expected"):
+        recipes.ablation(9, model, opt)
+
+
+def test_eg_ignores_the_noisy_labels():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    a = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
+                   strong_augment=noise_augment)
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    out1 = recipes.eg(m1, torch.optim.SGD(m1.parameters(), lr=0.1), strong_augment=noise_augment)(
+        x, y, xp, yp, step=0)
+    out2 = recipes.eg(m2, torch.optim.SGD(m2.parameters(), lr=0.1), strong_augment=noise_augment)(
+        x, (y + 1) % 3, xp, yp, step=0)
+    assert torch.equal(out1.loss, out2.loss)
+    assert a.needs_probe and out1.lookahead_count == 0
+
+
+def test_schedule_runs_before_the_lookahead():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipe = recipes.l2r(model, opt, first_cycle_steps=4)
+    names = [p.name for p in pipe.parts]
+    assert names.index("sgdr_schedule") < names.index("meta_reweighter")
+    out = pipe(x, y, xp, yp, step=2)
+    assert abs(opt.param_groups[0]["lr"] - 0.05) < 1e-12  # half-way down the first cosine
+    assert abs(float(out.values["lr"]) - 0.05) < 1e-7
+
+
+def test_pipeline_resume_reproduces_the_next_step():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipe = ieg_pipeline(model, opt)
+    pipe(x, y, xp, yp, step=0)
+    state = pipe.state_dict()
+    first = pipe(x, y, xp, yp, step=1).loss
+    m2 = copy.deepcopy(model)
+    pipe2 = ieg_pipeline(m2, torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9), seed=7)
+    pipe2.load_state_dict(state)
+    assert torch.equal(pipe2(x, y, xp, yp, step=1).loss, first)
+
+
+def test_weight_ema_matches_the_tf_formula():
+    model = torch.nn.Linear(2, 1).double()
+    ema = iegkit.WeightEMA(model, 0.999)
+    shadow = model.weight.detach().clone()
+    for t in range(3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(t)
+        d = min(0.999, (1 + t) / (10 + t))
+        shadow = d * shadow + (1 - d) * model.weight.detach()
+    torch.testing.assert_close(ema.shadow["weight"], shadow)
+    raw = model.weight.detach().clone()
+    with ema.average_parameters():
+        torch.testing.assert_close(model.weight.detach(), shadow)
+    assert torch.equal(model.weight.detach(), raw)
