@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 
 __all__ = ["SmallCNN", "PreActBottleneck", "ResNet29"]
@@ -27,7 +28,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        return self.head(reduce(self.features(x), "b c h w -> b c", "mean"))
 
 
 class PreActBottleneck(nn.Module):
@@ -79,4 +80,4 @@ class ResNet29(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.blocks(self.stem(x))
         out = torch.relu(self.bn(out))
-        return self.head(out.mean(dim=(2, 3)))
+        return self.head(reduce(out, "b c h w -> b c", "mean"))
