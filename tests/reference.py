@@ -47,7 +47,10 @@ def differentiable_update(optimizer, params, grads):
 
 
 def reference_meta_gradients(model, optimizer, inputs, targets, probe_inputs, probe_targets, *,
-                             weight_init=0.0, label_init=None, pseudo_targets=None):
+                             weight_init=0.0, label_init=None, pseudo_targets=None,
+                             pseudo_fn=None, strong_inputs=None):
+    """With ``pseudo_fn`` the pseudo labels are pseudo_fn(weak logits, strong logits) WITH graph
+    (the official look-ahead), else the constant ``pseudo_targets``."""
     names = [n for n, p in model.named_parameters()
              if p.requires_grad and any(p is q for g in optimizer.param_groups for q in g["params"])]
     params = dict(model.named_parameters())
@@ -60,6 +63,10 @@ def reference_meta_gradients(model, optimizer, inputs, targets, probe_inputs, pr
     onehot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
     if label_init is not None:
         lam = torch.as_tensor(label_init, dtype=inputs.dtype).expand(batch).clone().requires_grad_()
+        if pseudo_fn is not None:
+            strong = functional_call(model, {n: b.clone() for n, b in model.named_buffers()},
+                                     (strong_inputs,))
+            pseudo_targets = pseudo_fn(logits, strong)
         t = lam[:, None] * onehot + (1 - lam[:, None]) * pseudo_targets
     else:
         t = onehot

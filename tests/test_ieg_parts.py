@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_problem
+from conftest import make_problem, take_real_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -267,3 +267,35 @@ def test_weight_ema_matches_the_tf_formula():
     with ema.average_parameters():
         torch.testing.assert_close(model.weight.detach(), shadow)
     assert torch.equal(model.weight.detach(), raw)
+
+
+def flip_augment(images, generator=None):
+    return 0.8 * images.flip(-1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_official_lookahead_through_pseudo_labels_matches_double_backward(kind):
+    from reference import reference_meta_gradients
+
+    model, x, y, xp, yp, _ = make_problem(kind)
+    augment = flip_augment
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    take_real_step(model, opt, x, y)
+    labeler = iegkit.ConsistencyPseudoLabeler(augment)
+    shadow = copy.deepcopy(model)
+    shadow_opt = torch.optim.SGD(shadow.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    shadow_opt.load_state_dict(opt.state_dict())
+    pipe = iegkit.compose(labeler, iegkit.MetaReweighter("1/B", label_mix=0.9, loss_weight=0.5),
+                          iegkit.MetaRelabeler(loss_weight=0.5, through_pseudo_labels=True),
+                          model=model, optimizer=opt)
+    out = pipe(x, y, xp, yp, step=1)
+    want_w, want_l = reference_meta_gradients(
+        shadow, shadow_opt, x, y, xp, yp, weight_init=1 / x.shape[0], label_init=0.9,
+        pseudo_fn=labeler.pseudo_labels, strong_inputs=augment(x))
+    torch.testing.assert_close(out.weights, iegkit.functional.normalize_meta_weights(want_w),
+                               rtol=1e-10, atol=1e-14)
+    assert torch.equal(out.relabel, relabel_from_meta_gradient(want_l))
+    # and the option really changes the meta-gradient (the constant-q version differs)
+    const_w, _ = reference_meta_gradients(shadow, shadow_opt, x, y, xp, yp, weight_init=1 / x.shape[0],
+                                          label_init=0.9, pseudo_targets=out.values["targets:pseudo"])
+    assert not torch.allclose(const_w, want_w, rtol=1e-6)

@@ -157,11 +157,18 @@ class StepContext:
         if plan.label_init is not None:
             lambda0 = broadcast_init("label_init", plan.label_init, self.batch_size, reference)
             pseudo = self.get("targets:pseudo")
+        through = plan.through_pseudo_labels and lambda0 is not None
+        if through:
+            if plan.pseudo_label_fn is None:
+                raise ValueError("through_pseudo_labels: needs a ConsistencyPseudoLabeler")
+            pseudo_graph = plan.pseudo_label_fn(self.logits("input"), self.logits("strong"))
         virtual = None
         if bool((omega0 != 0).any()):
             # The virtual gradient reuses the real forward's graph; the real backward runs later.
             virtual = virtual_gradients(self.model, self.optimizer, self.logits("input"),
-                                        self.targets, omega0, lambda0, pseudo, retain_graph=True)
+                                        self.targets, omega0, lambda0,
+                                        pseudo_graph if through else pseudo, retain_graph=True,
+                                        through_pseudo_targets=through)
         tangents, probe_loss = probe_tangent(
             self.model, self.optimizer, self.probe_inputs, self.probe_targets, virtual,
             lr=plan.lookahead_lr,
@@ -178,8 +185,16 @@ class StepContext:
         else:
             logits = self.logits("input")
             _, u, fallback = logit_tangent(self.model, tangents, self.inputs)
+        pseudo_tangents = None
+        if through:
+            _, u_strong, _ = logit_tangent(self.model, tangents, self.view("strong"))
+            _, pseudo_tangents = torch.func.jvp(
+                plan.pseudo_label_fn, (logits.detach(), self.logits("strong").detach()),
+                (u, u_strong),
+            )
         weight, label = contract_meta_gradients(
-            logits, u, self.targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo
+            logits, u, self.targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
+            pseudo_tangents=pseudo_tangents,
         )
         self.lookahead_count += 1
         self._meta = MetaGradients(weight.detach(), None if label is None else label.detach(),

@@ -71,6 +71,10 @@ class Plan:
         self.lookahead_lr: float | None = None
         self.meta_owners: list[str] = []
         self.built_views: dict[str, tuple[str, str]] = {}
+        #: (weak logits, strong logits) -> pseudo labels with graph, set by the pseudo labeler, for
+        #: meta parts that differentiate the look-ahead through the pseudo labels (official IEG).
+        self.pseudo_label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        self.through_pseudo_labels = False
 
     def add_view(self, name: str, make: ViewFn, *, owner: str) -> None:
         """A derived batch view (e.g. ``strong``), computed at most once per step and forwarded once."""
@@ -95,8 +99,10 @@ class Plan:
         weight_init: WeightInit | None = None,
         label_init: float | None = None,
         lr: float | None = None,
+        through_pseudo_labels: bool = False,
     ) -> None:
         """Register meta variables; two parts must agree on any value both set."""
+        self.through_pseudo_labels = self.through_pseudo_labels or through_pseudo_labels
         for attr, value in (("weight_init", weight_init), ("label_init", label_init),
                             ("lookahead_lr", lr)):
             if value is None:

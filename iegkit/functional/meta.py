@@ -253,8 +253,15 @@ def contract_meta_gradients(
     weight_init: Tensor,
     label_init: Tensor | None = None,
     pseudo_targets: Tensor | None = None,
+    pseudo_tangents: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Closed-form contractions of u = J tau (module docstring): (dL_p/d omega, dL_p/d lambda)."""
+    """Closed-form contractions of u = J tau (module docstring): (dL_p/d omega, dL_p/d lambda).
+
+    ``pseudo_tangents`` = (J_q tau), the directional derivative of the pseudo labels q(theta) along
+    tau, for the official variant whose look-ahead differentiates through q: it adds
+    <J_q tau, -(1 - lambda_i) log p_i> to dL_p/d omega_i and omega_i <J_q tau, log p_i> to
+    dL_p/d lambda_i (the q-path of d l_i / d theta along tau).
+    """
     logits = logits.detach()
     num_classes = logits.shape[-1]
     onehot = F.one_hot(targets, num_classes).to(logits.dtype)
@@ -265,6 +272,11 @@ def contract_meta_gradients(
     if label_init is None:
         return weight_grad, None
     label_grad = weight_init * (logit_tangents * (pseudo_targets.detach() - onehot)).sum(dim=-1)
+    if pseudo_tangents is not None:
+        log_p = torch.log_softmax(logits, dim=-1)
+        along_q = (pseudo_tangents * log_p).sum(dim=-1)
+        weight_grad = weight_grad - (1.0 - label_init) * along_q
+        label_grad = label_grad + weight_init * along_q
     return weight_grad, label_grad
 
 
@@ -298,11 +310,17 @@ def check_meta_inputs(inputs: Tensor, targets: Tensor, probe_inputs: Tensor,
 
 def virtual_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, logits: Tensor,
                       targets: Tensor, weight_init: Tensor, label_init: Tensor | None,
-                      pseudo_targets: Tensor | None, *, retain_graph: bool) -> list[Tensor]:
-    """grad_theta sum_i omega0_i l_i(theta; lambda0) from logits that carry the model's graph."""
+                      pseudo_targets: Tensor | None, *, retain_graph: bool,
+                      through_pseudo_targets: bool = False) -> list[Tensor]:
+    """grad_theta sum_i omega0_i l_i(theta; lambda0) from logits that carry the model's graph.
+
+    With ``through_pseudo_targets`` the gradient also flows through ``pseudo_targets`` (which must
+    then carry their graph), as in the official IEG look-ahead.
+    """
     params = [p for _, p, _ in trainable_parameters(model, optimizer)]
-    mixed = mix_targets(targets, logits.shape[-1], label_init,
-                        None if pseudo_targets is None else pseudo_targets.detach())
+    if pseudo_targets is not None and not through_pseudo_targets:
+        pseudo_targets = pseudo_targets.detach()
+    mixed = mix_targets(targets, logits.shape[-1], label_init, pseudo_targets)
     loss = (weight_init * soft_cross_entropy(logits, mixed.to(logits.dtype))).sum()
     _check_finite("look-ahead loss sum_i omega0_i l_i", loss)
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)

@@ -49,6 +49,12 @@ class ConsistencyPseudoLabeler:
 
     def setup(self, plan: Plan) -> None:
         plan.add_view("strong", self._strong_view, owner=self.name)
+        plan.pseudo_label_fn = self.pseudo_labels
+
+    def pseudo_labels(self, weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
+        """g from the two views' logits, with graph (the part itself provides it detached)."""
+        return guess_targets([weak_logits, strong_logits], self.temperature,
+                             normalize_logits=self.normalize_logits)
 
     def _strong_view(self, ctx: StepContext) -> Tensor:
         with torch.no_grad():
@@ -60,8 +66,7 @@ class ConsistencyPseudoLabeler:
 
     def contribute(self, ctx: StepContext) -> Contribution:
         weak, strong = ctx.logits("input"), ctx.logits("strong")
-        pseudo = guess_targets([weak.detach(), strong.detach()], self.temperature,
-                               normalize_logits=self.normalize_logits)
+        pseudo = self.pseudo_labels(weak.detach(), strong.detach())
         return Contribution(
             values={"targets:pseudo": pseudo, "view:strong": ctx.view("strong")},
             metrics={"agreement": (pseudo.argmax(-1) == ctx.targets).float().mean()},

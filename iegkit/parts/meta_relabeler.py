@@ -24,6 +24,9 @@ class MetaRelabeler:
       label_init: lambda0, where the meta-gradient is taken (0.9, paper footnote 1).
       weight_init: omega0; None uses the MetaReweighter's, or 1/B without one.
       loss_weight: factor on L_lambda* (the official code sums 1/2 (L_lambda* + L_omega*)).
+      through_pseudo_labels: the official code's look-ahead differentiates through the pseudo
+        labels (ieg-official-code.md section 1.2); True reproduces it exactly at the cost of one
+        more JVP (of the strong view). False (default) treats them as constants.
     """
 
     requires = ("targets:pseudo",)
@@ -31,16 +34,19 @@ class MetaRelabeler:
     optional_requires = ("lr",)
 
     def __init__(self, label_init: float = 0.9, *, weight_init: WeightInit | None = None,
-                 loss_weight: float = 1.0, name: str = "meta_relabeler") -> None:
+                 loss_weight: float = 1.0, through_pseudo_labels: bool = False,
+                 name: str = "meta_relabeler") -> None:
         if not 0.0 <= label_init <= 1.0:
             raise ValueError(f"label_init: expected a value in [0, 1], got {label_init}")
         self.name = name
         self.label_init = label_init
         self.weight_init = weight_init
         self.loss_weight = loss_weight
+        self.through_pseudo_labels = through_pseudo_labels
 
     def setup(self, plan: Plan) -> None:
-        plan.request_meta(owner=self.name, weight_init=self.weight_init, label_init=self.label_init)
+        plan.request_meta(owner=self.name, weight_init=self.weight_init, label_init=self.label_init,
+                          through_pseudo_labels=self.through_pseudo_labels)
 
     def contribute(self, ctx: StepContext) -> Contribution:
         meta = ctx.meta()
