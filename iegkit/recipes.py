@@ -126,6 +126,7 @@ def ieg(
     threshold: float | None = None,
     normalize_logits: bool = True,
     lookahead_lr: float | None = None,
+    through_pseudo_labels: bool = False,
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
@@ -145,6 +146,8 @@ def ieg(
         is always on. Without "lambda" the reweighted loss uses the given labels with weight 1.
       threshold: None (official, no split) or T of the paper's I(omega* < T) split in the MixUp.
       lookahead_lr: None uses the optimizer's current lr (exact); the official code uses 0.1.
+      through_pseudo_labels: the official look-ahead differentiates through the pseudo labels
+        (one more JVP per step); False treats them as constants.
       first_cycle_steps: adds SGDRSchedule (the paper: one epoch, t_mul 1.5, m_mul 0.9).
     """
     unknown = set(components) - COMPONENTS
@@ -164,7 +167,8 @@ def ieg(
     if "lambda" in components:
         parts.append(MetaReweighter(weight_init, label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr))
-        parts.append(MetaRelabeler(label_init, loss_weight=0.5))
+        parts.append(MetaRelabeler(label_init, loss_weight=0.5,
+                                   through_pseudo_labels=through_pseudo_labels))
     else:
         parts.append(MetaReweighter(weight_init, lookahead_lr=lookahead_lr))
     if "MC" in components:
