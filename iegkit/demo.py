@@ -73,10 +73,13 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
     total_steps = epochs * steps_per_epoch
     kwargs = dict(recipe_kwargs or {})
     weak, strong = digits_augmentations()
-    if method == "eg":
+    if method in ("eg", "ieg"):
         kwargs.setdefault("strong_augment", strong)
+        # From a random init the pseudo labels all point to one class and, at full weight from
+        # step 0, the MixUp term locks the model there (docs/results.md); the official code has
+        # no ramp-up, MixMatch ramps p and k linearly. We ramp over the whole run.
+        kwargs.setdefault("rampup_steps", total_steps)
     if method == "ieg":
-        kwargs.setdefault("strong_augment", strong)
         kwargs.setdefault("plain_strong_augment", strong)
     pipeline = METHODS[method](model, optimizer, seed=seed, **kwargs)
     scheduler = None

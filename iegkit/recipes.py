@@ -90,6 +90,7 @@ def eg(
     temperature: float = 0.5,
     mixup_coefficient: str = "official",
     normalize_logits: bool = True,
+    rampup_steps: int | None = None,
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
@@ -97,14 +98,15 @@ def eg(
 ) -> Pipeline:
     """EG (paper section 3.4): IEG without Isolation. The noisy labels are ignored: all training data
     is unlabeled (pseudo labels), the probe set is the labeled set. Loss L^p + p L^u + k KL.
-    (Not torchopt's "explicit gradient".)"""
+    (Not torchopt's "explicit gradient".) ``rampup_steps``: None (official) or a linear ramp-up of
+    p and k (MixMatch's), which tiny datasets need against early confirmation bias."""
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
         ConsistencyPseudoLabeler(strong, temperature=temperature,
                                  normalize_logits=normalize_logits),
         ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
-                   normalize_logits=normalize_logits),
-        KLConsistency(consistency_weight),
+                   normalize_logits=normalize_logits, rampup_steps=rampup_steps),
+        KLConsistency(consistency_weight, rampup_steps=rampup_steps),
         *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),
         model=model, optimizer=optimizer, seed=seed,
     )
@@ -127,6 +129,7 @@ def ieg(
     normalize_logits: bool = True,
     lookahead_lr: float | None = None,
     through_pseudo_labels: bool = False,
+    rampup_steps: int | None = None,
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
@@ -148,6 +151,7 @@ def ieg(
       lookahead_lr: None uses the optimizer's current lr (exact); the official code uses 0.1.
       through_pseudo_labels: the official look-ahead differentiates through the pseudo labels
         (one more JVP per step); False treats them as constants.
+      rampup_steps: None (official) or a linear ramp-up of p and k from 0 over that many steps.
       first_cycle_steps: adds SGDRSchedule (the paper: one epoch, t_mul 1.5, m_mul 0.9).
     """
     unknown = set(components) - COMPONENTS
@@ -173,9 +177,10 @@ def ieg(
         parts.append(MetaReweighter(weight_init, lookahead_lr=lookahead_lr))
     if "MC" in components:
         parts.append(ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
-                                normalize_logits=normalize_logits, threshold=threshold))
+                                normalize_logits=normalize_logits, threshold=threshold,
+                                rampup_steps=rampup_steps))
     if "UC" in components:
-        parts.append(KLConsistency(consistency_weight))
+        parts.append(KLConsistency(consistency_weight, rampup_steps=rampup_steps))
     parts.extend(_schedule(optimizer, first_cycle_steps, t_mul, m_mul))
     return compose(*parts, model=model, optimizer=optimizer, seed=seed)
 

@@ -299,3 +299,17 @@ def test_official_lookahead_through_pseudo_labels_matches_double_backward(kind):
     const_w, _ = reference_meta_gradients(shadow, shadow_opt, x, y, xp, yp, weight_init=1 / x.shape[0],
                                           label_init=0.9, pseudo_targets=out.values["targets:pseudo"])
     assert not torch.allclose(const_w, want_w, rtol=1e-6)
+
+
+def test_rampup_scales_the_unlabeled_and_consistency_terms():
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    full = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
+                      strong_augment=flip_augment)
+    ramped = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
+                        strong_augment=flip_augment, rampup_steps=4)
+    a, b = full(x, y, xp, yp, step=1), ramped(x, y, xp, yp, step=1)
+    torch.testing.assert_close(b.losses["probe_mixup/unlabeled"], 0.25 * a.losses["probe_mixup/unlabeled"])
+    torch.testing.assert_close(b.losses["kl_consistency/loss"], 0.25 * a.losses["kl_consistency/loss"])
+    torch.testing.assert_close(b.losses["probe_mixup/probe"], a.losses["probe_mixup/probe"])
+    with pytest.raises(ValueError, match="rampup_steps"):
+        iegkit.KLConsistency(rampup_steps=0)

@@ -15,7 +15,20 @@ from iegkit.functional.losses import soft_cross_entropy
 from iegkit.functional.mixup import mix_coefficients, mixup_batch, resample
 from iegkit.functional.pseudo_label import logit_norm
 
-__all__ = ["ProbeMixUp", "probe_mixup_pool"]
+__all__ = ["ProbeMixUp", "probe_mixup_pool", "rampup"]
+
+
+def rampup(step: int, rampup_steps: int | None) -> float:
+    """min(1, step / rampup_steps): a linear ramp-up factor (1 when rampup_steps is None)."""
+    if rampup_steps is None:
+        return 1.0
+    return min(1.0, max(0, step) / rampup_steps)
+
+
+def _check_rampup(rampup_steps: int | None) -> int | None:
+    if rampup_steps is not None and (int(rampup_steps) != rampup_steps or rampup_steps < 1):
+        raise ValueError(f"rampup_steps: expected None or an integer >= 1, got {rampup_steps}")
+    return rampup_steps
 
 
 def probe_mixup_pool(probe_inputs: Tensor, probe_targets: Tensor, weak: Tensor, strong: Tensor,
@@ -52,6 +65,8 @@ class ProbeMixUp:
       alpha: the Beta parameter (0.5).
       normalize_logits: the official per-chunk RMS logit normalisation before the cross-entropies.
       threshold: None (official: every example is pseudo-labelled) or T of the paper's split.
+      rampup_steps: None (official: p from the first step) or a linear ramp of p from 0 over that
+        many steps (MixMatch's ramp-up), against confirmation bias of early pseudo labels.
     """
 
     provides: tuple[str, ...] = ()
@@ -59,7 +74,7 @@ class ProbeMixUp:
 
     def __init__(self, unlabeled_weight: float = 5.0, *, coefficient: str = "official",
                  alpha: float = 0.5, normalize_logits: bool = True, threshold: float | None = None,
-                 name: str = "probe_mixup") -> None:
+                 rampup_steps: int | None = None, name: str = "probe_mixup") -> None:
         mix_coefficients(1, torch.Generator(), kind=coefficient, alpha=alpha)  # validates
         if unlabeled_weight < 0:
             raise ValueError(f"unlabeled_weight: expected >= 0, got {unlabeled_weight}")
@@ -69,6 +84,7 @@ class ProbeMixUp:
         self.alpha = alpha
         self.normalize_logits = normalize_logits
         self.threshold = threshold
+        self.rampup_steps = _check_rampup(rampup_steps)
         self.requires: tuple[str, ...] = ("targets:pseudo", "view:strong") + (
             ("weights",) if threshold is not None else ())
 
@@ -95,8 +111,9 @@ class ProbeMixUp:
             chunks = [logit_norm(chunk) for chunk in chunks]
         probe_loss = soft_cross_entropy(chunks[0], mixed_targets[:b]).mean()
         unlabeled_loss = soft_cross_entropy(torch.cat(chunks[1:]), mixed_targets[b:]).mean()
-        return Contribution(losses={"probe": probe_loss,
-                                    "unlabeled": self.unlabeled_weight * unlabeled_loss})
+        weight = self.unlabeled_weight * rampup(ctx.step, self.rampup_steps)
+        return Contribution(losses={"probe": probe_loss, "unlabeled": weight * unlabeled_loss},
+                            metrics={"unlabeled_weight": torch.tensor(weight)})
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # its randomness lives in the pipeline's per-part generator
