@@ -13,7 +13,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "CIFAR10_ASYMMETRIC_MAP",
+    "DIGITS_ASYMMETRIC_MAP",
     "NoisyDataset",
+    "asymmetric_noise",
     "ProbeSampler",
     "load_digits",
     "make_noisy_digits",
@@ -78,6 +81,28 @@ def uniform_noise(labels: Tensor, rate: float, num_classes: int, generator: torc
     return torch.where(selected, drawn, labels)
 
 
+#: The CIFAR-10 asymmetric map of IEG/DivideMix: truck->automobile, bird->airplane, cat<->dog,
+#: deer->horse (ieg-official-code.md section 7.1); other classes stay clean.
+CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+
+#: A digits analogue (our choice, look-alike digits, five transitions as in CIFAR-10's map):
+#: 7->1, 9->4, 3->8, 5->6, 2->7.
+DIGITS_ASYMMETRIC_MAP: dict[int, int] = {7: 1, 9: 4, 3: 8, 5: 6, 2: 7}
+
+
+def asymmetric_noise(labels: Tensor, rate: float, class_map: dict[int, int],
+                     generator: torch.Generator) -> Tensor:
+    """Class-dependent noise: a label c in ``class_map`` becomes class_map[c] with probability
+    ``rate``; labels of other classes never change."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate: expected a noise rate in [0, 1], got {rate}")
+    selected = torch.rand(labels.shape, generator=generator) < rate
+    target = labels.clone()
+    for source, dest in class_map.items():
+        target[labels == source] = dest
+    return torch.where(selected, target, labels)
+
+
 @dataclass(frozen=True)
 class NoisyDataset:
     """Train (noisy labels, with clean labels kept for diagnostics), trusted and test splits."""
@@ -98,9 +123,13 @@ class NoisyDataset:
 
 
 def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_fraction: float = 0.3,
-                      seed: int = 0, include_true_class: bool = True) -> NoisyDataset:
+                      seed: int = 0, include_true_class: bool = True,
+                      kind: str = "uniform") -> NoisyDataset:
     """Digits: a stratified test split, a trusted set removed from the rest before noise, and
-    uniform noise on the remaining training labels (IEG semantics by default)."""
+    noise on the remaining training labels: ``kind="uniform"`` (IEG semantics by default) or
+    ``"asymmetric"`` (``DIGITS_ASYMMETRIC_MAP``)."""
+    if kind not in ("uniform", "asymmetric"):
+        raise ValueError(f"kind: expected 'uniform' or 'asymmetric', got {kind!r}")
     images, labels = load_digits()
     generator = torch.Generator().manual_seed(seed)
     num_classes = 10
@@ -116,8 +145,11 @@ def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_f
                                               generator)
     trusted_idx, rest_idx = train_idx[trusted_local], train_idx[rest_local]
     clean = labels[rest_idx]
-    noisy = uniform_noise(clean, noise, num_classes, generator,
-                          include_true_class=include_true_class)
+    if kind == "uniform":
+        noisy = uniform_noise(clean, noise, num_classes, generator,
+                              include_true_class=include_true_class)
+    else:
+        noisy = asymmetric_noise(clean, noise, DIGITS_ASYMMETRIC_MAP, generator)
     return NoisyDataset(images[rest_idx], noisy, clean, images[trusted_idx], labels[trusted_idx],
                         images[test_idx], labels[test_idx], num_classes)
 

@@ -60,9 +60,11 @@ def evaluate(model: torch.nn.Module, inputs: Tensor, labels: Tensor, batch_size:
 
 def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int = 100,
           lr: float = 0.1, seed: int = 0, width: int = 32, progress: bool = True,
-          recipe_kwargs: dict | None = None) -> RunResult:
+          recipe_kwargs: dict | None = None, recipe: Callable | None = None,
+          on_step: Callable[[int, Tensor, object], None] | None = None) -> RunResult:
     """Train ``SmallCNN`` on ``data`` with one recipe; report the final test accuracy (no model
-    selection on the test split)."""
+    selection on the test split). ``recipe`` overrides ``METHODS[method]``; ``on_step(step, dataset_indices, step_output)`` sees every step
+    (e.g. to record omega* and lambda* per example)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -73,15 +75,16 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
     total_steps = epochs * steps_per_epoch
     kwargs = dict(recipe_kwargs or {})
     weak, strong = digits_augmentations()
-    if method in ("eg", "ieg"):
+    is_ieg_like = method in ("eg", "ieg") or method.startswith("ieg-")
+    if is_ieg_like:
         kwargs.setdefault("strong_augment", strong)
         # From a random init the pseudo labels all point to one class and, at full weight from
         # step 0, the MixUp term locks the model there (docs/results.md); the official code has
         # no ramp-up, MixMatch ramps p and k linearly. We ramp over the whole run.
         kwargs.setdefault("rampup_steps", total_steps)
-    if method == "ieg":
+    if method == "ieg" or method.startswith("ieg-"):
         kwargs.setdefault("plain_strong_augment", strong)
-    pipeline = METHODS[method](model, optimizer, seed=seed, **kwargs)
+    pipeline = (recipe or METHODS[method])(model, optimizer, seed=seed, **kwargs)
     scheduler = None
     if not any(type(p).__name__ == "SGDRSchedule" for p in pipeline.parts):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
@@ -105,6 +108,8 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(step, idx, out)
             if scheduler is not None:
                 scheduler.step()
             step += 1
