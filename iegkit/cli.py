@@ -23,7 +23,7 @@ from torch import Tensor
 from iegkit import recipes
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.checkpoint import load_checkpoint, save_checkpoint
-from iegkit.data import ProbeSampler, load_digits, split_trusted
+from iegkit.data import ProbeSampler, load_digits, split_trusted, stratified_split
 from iegkit.models import SmallCNN
 
 __all__ = ["main"]
@@ -69,18 +69,6 @@ class Splits:
     class_names: list[str]
 
 
-def _stratified_split(labels: Tensor, fraction: float, num_classes: int,
-                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    test, train = [], []
-    for c in range(num_classes):
-        members = torch.nonzero(labels == c).flatten()
-        members = members[torch.randperm(members.numel(), generator=generator)]
-        n_test = round(fraction * members.numel())
-        test.append(members[:n_test])
-        train.append(members[n_test:])
-    return torch.cat(train), torch.cat(test)
-
-
 def _load_folder(root: Path, image_size: int | None) -> tuple[Tensor, Tensor, list[str]]:
     from iegkit.datasets import load_image_folder
 
@@ -122,7 +110,7 @@ def build_splits(config: RunConfig) -> Splits:
             images, labels, names = _load_folder(root, config.image_size)
     num_classes = len(names)
     if train_root is None:
-        train_idx, test_idx = _stratified_split(labels, config.test_fraction, num_classes,
+        train_idx, test_idx = stratified_split(labels, config.test_fraction, num_classes,
                                                 generator)
         test_images, test_labels = images[test_idx], labels[test_idx]
         images, labels = images[train_idx], labels[train_idx]

@@ -21,6 +21,7 @@ __all__ = [
     "load_digits",
     "make_noisy_digits",
     "split_trusted",
+    "stratified_split",
     "uniform_noise",
 ]
 
@@ -103,6 +104,21 @@ def asymmetric_noise(labels: Tensor, rate: float, class_map: dict[int, int],
     return torch.where(selected, target, labels)
 
 
+def stratified_split(labels: Tensor, fraction: float, num_classes: int,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(kept, held_out) indices: round(fraction * n_c) of each class c held out at random."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction: expected a value in [0, 1], got {fraction}")
+    kept, held_out = [], []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        n_held = round(fraction * members.numel())
+        held_out.append(members[:n_held])
+        kept.append(members[n_held:])
+    return torch.cat(kept), torch.cat(held_out)
+
+
 @dataclass(frozen=True)
 class NoisyDataset:
     """Train (noisy labels, with clean labels kept for diagnostics), trusted and test splits."""
@@ -133,14 +149,7 @@ def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_f
     images, labels = load_digits()
     generator = torch.Generator().manual_seed(seed)
     num_classes = 10
-    test_idx, train_idx = [], []
-    for c in range(num_classes):
-        members = torch.nonzero(labels == c).flatten()
-        members = members[torch.randperm(members.numel(), generator=generator)]
-        n_test = round(test_fraction * members.numel())
-        test_idx.append(members[:n_test])
-        train_idx.append(members[n_test:])
-    test_idx, train_idx = torch.cat(test_idx), torch.cat(train_idx)
+    train_idx, test_idx = stratified_split(labels, test_fraction, num_classes, generator)
     trusted_local, rest_local = split_trusted(labels[train_idx], trusted_per_class, num_classes,
                                               generator)
     trusted_idx, rest_idx = train_idx[trusted_local], train_idx[rest_local]
