@@ -1,0 +1,683 @@
+"""Cost of one training step: plain SGD vs. the L2R meta step (iegkit, double backward, higher, torchopt).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/meta_step.py                       # CPU (+ CUDA when available)
+    .venv/bin/python benchmarks/meta_step.py --write docs/results.md
+    .venv/bin/python benchmarks/meta_step.py --models small_cnn --batch-sizes 256 --repeats 11
+    .venv/bin/python benchmarks/meta_step.py --models small_cnn --profile iegkit_l2r
+
+Defaults: SmallCNN(in_channels=3, num_classes=10, width=32) at B=128 and ResNet29(num_classes=10) at
+B=64 on 32x32 inputs, probe batch 100, 7 repeats (3 for ResNet29 on CPU, ``--cpu-repeats``),
+torch.set_num_threads(2). Inputs are fixed random tensors (the cost does not depend on the values).
+
+What one "step" is, per variant (every variant owns an identical copy of the model and an SGD optimizer
+with lr 0.1, momentum 0.9, weight decay 5e-4; one untimed warm-up step of each variant runs first so
+that the momentum buffers exist and the look-ahead uses them):
+
+  plain            forward, mean cross-entropy, zero_grad, backward, optimizer.step()
+  iegkit_l2r       pipe = iegkit.recipes.l2r(model, opt); out = pipe(x, y, xp, yp, step=i);
+                   opt.zero_grad(); out.loss.backward(); opt.step()
+  double_backward  the classic L2R step, written inline here (not tests/reference.py, which runs an
+                   extra training forward): one real forward (BatchNorm statistics updated once),
+                   per-example losses l_i, g = grad(sum_i eps_i l_i, theta, create_graph=True) at
+                   eps = 0, the differentiable SGD-momentum look-ahead
+                   theta' = theta - lr (mu buf + g + wd theta), the probe loss through
+                   torch.func.functional_call at theta' with cloned buffers, grad(probe loss, eps),
+                   weights relu(-grad) / (sum + 1e-5), then (w * l).sum() backward (on the same
+                   forward's graph) and optimizer.step().
+  higher_l2r       the same step with higher.innerloop_ctx (the optimizer's momentum state is copied
+                   by higher), only when ``higher`` is importable.
+  torchopt_l2r     the same step with torchopt.MetaSGD (momentum and weight decay, but a fresh
+                   momentum buffer: torchopt does not read torch.optim's state; same cost, not the
+                   same value), only when ``torchopt`` is importable.
+
+Timing: all variants run in one process, interleaved round-robin within each repeat (the starting
+variant rotates from repeat to repeat, so no variant always runs first); each sample is one step, the
+table shows the median over ``--repeats`` samples. ``opt.zero_grad(set_to_none=True)`` runs untimed
+before every sample so that each step starts without gradients. CUDA timings are bracketed by
+torch.cuda.synchronize(). On CPU the process CPU time of each step is recorded as well and its ratios
+are printed below the table: on a machine shared with other jobs, two intra-op threads that wait for
+each other can lose whole scheduler time slices, which inflates wall time far more than CPU time.
+
+Peak memory ("peak MiB"): the highest amount of tensor memory live during one step *above* what was
+live when the step began (parameters, BatchNorm buffers, momentum buffers, the batch); it includes the
+gradients, activations, the look-ahead copies and every temporary. It is measured in a separate,
+untimed step per variant:
+
+  * CUDA: torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated() at the start, after
+    torch.cuda.reset_peak_memory_stats().
+  * CPU: torch.profiler.profile(profile_memory=True) records every allocation and free made through
+    PyTorch's CPU allocator as a "[memory]" event (size, +/- bytes, timestamp); the peak is the maximum
+    of the cumulative sum of those events in time order. This is exact for tensors; memory that a
+    library allocates on its own (oneDNN/MKL scratch space, Python objects) is not counted, and the
+    profiler does not see the free of a block allocated before it started (only torchopt's state
+    restore frees such a block, about a kilobyte), which could only raise the figure. Process RSS is
+    not used (it is noisy and glibc rarely returns memory).
+
+The memory the step starts with (parameters + BatchNorm buffers + momentum buffers) is printed below the
+table as "resident"; add it to a peak for the absolute footprint.
+
+Before timing, a check (skip it with ``--no-check``) computes the example weights of every meta
+variant, and of tests/reference.py's reference_meta_gradients, from one identical model/optimizer state
+and prints the largest difference to the double-backward weights, so the timings compare equal
+computations (torchopt's differ by design, see above).
+
+Nothing here is tuned to a target: the script measures and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import gc
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import iegkit  # noqa: E402
+import iegkit.models  # noqa: E402
+
+SECTION_HEADING = "## Meta-step overhead (benchmarks/meta_step.py)"
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+NORMALIZER_EPS = 1e-5
+
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "small_cnn": lambda: iegkit.models.SmallCNN(in_channels=3, num_classes=10, width=32),
+    "resnet29": lambda: iegkit.models.ResNet29(num_classes=10),
+}
+NUM_CLASSES = 10
+
+
+# --------------------------------------------------------------------------------------------------
+# Optional third-party variants
+# --------------------------------------------------------------------------------------------------
+
+try:
+    import higher  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    higher = None
+
+try:
+    import torchopt  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    torchopt = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants: each owns a model copy and an optimizer and runs one full training step per call
+# --------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    xp: torch.Tensor
+    yp: torch.Tensor
+
+
+class Variant:
+    name = "variant"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.opt = make_optimizer(model)
+
+    def step(self, b: Batch, i: int) -> None:
+        raise NotImplementedError
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor | None:
+        """The example weights of one step, without stepping (for --check); None if not applicable."""
+        return None
+
+
+class Plain(Variant):
+    name = "plain"
+
+    def step(self, b: Batch, i: int) -> None:
+        loss = F.cross_entropy(self.model(b.x), b.y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+class IegkitL2R(Variant):
+    name = "iegkit_l2r"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        self.pipe = iegkit.recipes.l2r(model, self.opt)
+
+    def step(self, b: Batch, i: int) -> None:
+        out = self.pipe(b.x, b.y, b.xp, b.yp, step=i)
+        self.opt.zero_grad()
+        out.loss.backward()
+        self.opt.step()
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        return self.pipe(b.x, b.y, b.xp, b.yp, step=i).weights
+
+
+def _trainable(model: torch.nn.Module, opt: torch.optim.Optimizer):
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    names, params = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad and id(p) in ids:
+            names.append(n)
+            params.append(p)
+    return names, params
+
+
+def normalize(grad: torch.Tensor) -> torch.Tensor:
+    w = torch.relu(-grad.detach())
+    return w / (w.sum() + NORMALIZER_EPS)
+
+
+class DoubleBackwardL2R(Variant):
+    """The classic L2R step by second-order backward (see the module docstring)."""
+
+    name = "double_backward"
+
+    def _meta(self, b: Batch):
+        model, opt = self.model, self.opt
+        names, params = _trainable(model, opt)
+        logits = model(b.x)  # the real forward: BatchNorm statistics updated once, graph kept
+        losses = F.cross_entropy(logits, b.y, reduction="none")
+        eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device, requires_grad=True)
+        grads = torch.autograd.grad((eps * losses).sum(), params, create_graph=True)
+        new = []
+        for p, g in zip(params, grads):
+            group = opt.param_groups[0]
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            d = g + group["weight_decay"] * p
+            if buf is not None:
+                d = group["momentum"] * buf + d  # dampening 0, no Nesterov
+            new.append(p - group["lr"] * d)
+        buffers = {n: t.clone() for n, t in model.named_buffers()}
+        probe_logits = functional_call(model, {**buffers, **dict(zip(names, new))}, (b.xp,))
+        probe_loss = F.cross_entropy(probe_logits, b.yp)
+        (eps_grad,) = torch.autograd.grad(probe_loss, eps)
+        return losses, normalize(eps_grad)
+
+    def step(self, b: Batch, i: int) -> None:
+        losses, w = self._meta(b)
+        loss = (w * losses).sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        return self._meta(b)[1]
+
+
+class HigherL2R(Variant):
+    """L2R with higher.innerloop_ctx (differentiable copy of the optimizer, its state included)."""
+
+    name = "higher_l2r"
+
+    def _meta(self, b: Batch):
+        model = self.model
+        with higher.innerloop_ctx(model, self.opt, copy_initial_weights=False) as (fmodel, diffopt):
+            logits = fmodel(b.x)
+            losses = F.cross_entropy(logits, b.y, reduction="none")
+            eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device,
+                              requires_grad=True)
+            diffopt.step((eps * losses).sum())
+            probe_loss = F.cross_entropy(fmodel(b.xp), b.yp)
+            (eps_grad,) = torch.autograd.grad(probe_loss, eps)
+        return normalize(eps_grad)
+
+    def step(self, b: Batch, i: int) -> None:
+        w = self._meta(b)
+        loss = (w * F.cross_entropy(self.model(b.x), b.y, reduction="none")).sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        return self._meta(b)
+
+
+class TorchoptL2R(Variant):
+    """L2R with torchopt.MetaSGD (fresh momentum buffer each step: same cost, not the same value)."""
+
+    name = "torchopt_l2r"
+
+    def _meta(self, b: Batch):
+        model = self.model
+        net_state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
+        meta_opt = torchopt.MetaSGD(model, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        logits = model(b.x)
+        losses = F.cross_entropy(logits, b.y, reduction="none")
+        eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device, requires_grad=True)
+        meta_opt.step((eps * losses).sum())
+        probe_loss = F.cross_entropy(model(b.xp), b.yp)
+        (eps_grad,) = torch.autograd.grad(probe_loss, eps)
+        torchopt.recover_state_dict(model, net_state)
+        return normalize(eps_grad)
+
+    def step(self, b: Batch, i: int) -> None:
+        w = self._meta(b)
+        loss = (w * F.cross_entropy(self.model(b.x), b.y, reduction="none")).sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        return self._meta(b)
+
+
+VARIANTS: list[type[Variant]] = [Plain, IegkitL2R, DoubleBackwardL2R]
+OPTIONAL = {"higher_l2r": (higher, HigherL2R), "torchopt_l2r": (torchopt, TorchoptL2R)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(v: Variant, b: Batch, i: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
+    v.opt.zero_grad(set_to_none=True)
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    v.step(b, i)
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence kineto's C++ "profiler_start/stop" lines (written to fd 2, not sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def cpu_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak of the cumulative allocated-minus-freed tensor bytes (CPU allocator) while fn runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def peak_step_bytes(v: Variant, b: Batch, i: int, device: torch.device) -> int:
+    v.opt.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        v.step(b, i)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    return cpu_peak_bytes(lambda: v.step(b, i))
+
+
+def resident_bytes(v: Variant) -> int:
+    tensors = list(v.model.parameters()) + list(v.model.buffers())
+    for state in v.opt.state.values():
+        tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def make_batch(batch_size: int, probe_size: int, device: torch.device, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
+    xp = torch.randn(probe_size, 3, 32, 32, generator=g)
+    yp = torch.randint(0, NUM_CLASSES, (probe_size,), generator=g)
+    return Batch(x.to(device), y.to(device), xp.to(device), yp.to(device))
+
+
+def available_variants() -> list[type[Variant]]:
+    out = list(VARIANTS)
+    for name, (module, cls) in OPTIONAL.items():
+        if module is None:
+            print(f"{name}: {name.split('_')[0]} not installed, skipped")
+        else:
+            out.append(cls)
+    return out
+
+
+def check(model_name: str, device: torch.device, classes: list[type[Variant]], b: Batch) -> str:
+    """Max |w_variant - w_double_backward| from one identical state (after one plain step)."""
+    torch.manual_seed(0)
+    base = MODELS[model_name]().to(device)
+    warm = Plain(base)
+    warm.step(b, 0)
+    lines = []
+    ref_w = None
+    results = {}
+    for cls in classes:
+        if cls is Plain:
+            continue
+        model, opt = copy.deepcopy((warm.model, warm.opt))
+        v = cls.__new__(cls)
+        v.model, v.opt = model, opt
+        if cls is IegkitL2R:
+            v.pipe = iegkit.recipes.l2r(model, opt)
+        results[cls.name] = v.weights(b, 1).detach()
+    ref_w = results.get(DoubleBackwardL2R.name)
+    for name, w in results.items():
+        if name != DoubleBackwardL2R.name and ref_w is not None:
+            lines.append(f"{name} vs double_backward: max |dw| = {float((w - ref_w).abs().max()):.2e}")
+    try:  # the test-suite reference (one extra training forward): meta-gradients, not weights
+        from tests.reference import reference_meta_gradients
+
+        model, opt = copy.deepcopy((warm.model, warm.opt))
+        grad, _ = reference_meta_gradients(model, opt, b.x, b.y, b.xp, b.yp, weight_init=0.0)
+        lines.append("tests/reference.py vs double_backward: max |dw| = "
+                     f"{float((normalize(grad) - ref_w).abs().max()):.2e}")
+    except ImportError as error:
+        lines.append(f"tests/reference.py not importable ({error})")
+    return "; ".join(lines)
+
+
+@dataclass
+class Row:
+    device: str
+    model: str
+    batch: int
+    variant: str
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    cpu_ms: float
+    peak_mib: float
+    resident_mib: float
+
+
+def bench(model_name: str, batch_size: int, device: torch.device, args,
+          classes: list[type[Variant]], checks: list[str]) -> list[Row]:
+    b = make_batch(batch_size, args.probe_batch, device, seed=batch_size)
+    if args.check:
+        line = f"{device.type} {model_name} B={batch_size}: {check(model_name, device, classes, b)}"
+        print(f"  check {line}", flush=True)
+        checks.append(line)
+    torch.manual_seed(0)
+    init = MODELS[model_name]().to(device)
+    variants = [cls(copy.deepcopy(init)) for cls in classes]
+    for v in variants:  # warm-up: momentum buffers exist, lazy initialisation done
+        v.opt.zero_grad(set_to_none=True)
+        v.step(b, 0)
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu_times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for r in range(args.repeats):
+        gc.collect()
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            wall, cpu = time_step(v, b, r + 1, device)
+            times[v.name].append(wall)
+            cpu_times[v.name].append(cpu)
+    rows = []
+    for v in variants:
+        peak = peak_step_bytes(v, b, args.repeats + 1, device)
+        ts = times[v.name]
+        rows.append(Row(device.type, model_name, batch_size, v.name, 1e3 * statistics.median(ts),
+                        1e3 * min(ts), 1e3 * max(ts), 1e3 * statistics.median(cpu_times[v.name]),
+                        peak / 2**20, resident_bytes(v) / 2**20))
+    return rows
+
+
+def profile_variant(model_name: str, batch_size: int, device: torch.device, args,
+                    classes: list[type[Variant]]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    cls = next(c for c in classes if c.name == args.profile)
+    b = make_batch(batch_size, args.probe_batch, device, seed=batch_size)
+    torch.manual_seed(0)
+    v = cls(MODELS[model_name]().to(device))
+    for i in range(2):
+        v.opt.zero_grad(set_to_none=True)
+        v.step(b, i)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(3):
+            v.opt.zero_grad(set_to_none=True)
+            v.step(b, 2 + i)
+            sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {args.profile} [{device.type} {model_name} B={batch_size}], 3 steps:")
+    print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    head = ("| device | model | B | variant | median ms | ratio to plain | peak MiB | "
+            "memory ratio to plain |")
+    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|"]
+    plain = {(r.device, r.model, r.batch): r for r in rows if r.variant == "plain"}
+    for r in rows:
+        p = plain.get((r.device, r.model, r.batch))
+        ratio = f"{r.median_ms / p.median_ms:.2f}x" if p else "-"
+        mratio = f"{r.peak_mib / p.peak_mib:.2f}x" if p and p.peak_mib > 0 else "-"
+        lines.append(f"| {r.device} | {r.model} | {r.batch} | {r.variant} | {r.median_ms:.1f} | "
+                     f"{ratio} | {r.peak_mib:.1f} | {mratio} |")
+    return "\n".join(lines)
+
+
+def notes(rows: list[Row]) -> str:
+    seen = {}
+    for r in rows:
+        seen.setdefault((r.device, r.model), r.resident_mib)
+    resident = ", ".join(f"{d} {m}: {mib:.1f} MiB" for (d, m), mib in seen.items())
+    plain = {(r.device, r.model, r.batch): r for r in rows if r.variant == "plain"}
+    spread, cpu = [], []
+    for r in rows:
+        if r.device != "cpu":
+            continue
+        spread.append(f"{r.model}/B={r.batch}/{r.variant}: {r.min_ms:.0f}-{r.max_ms:.0f} ms")
+        p = plain.get((r.device, r.model, r.batch))
+        if p is not None and r.variant != "plain" and p.cpu_ms > 0:
+            cpu.append(f"{r.model}/B={r.batch}/{r.variant}: {r.cpu_ms / p.cpu_ms:.2f}x")
+    out = [f"- Resident at the start of a step (parameters, BatchNorm and momentum buffers; not in "
+           f"\"peak MiB\"): {resident}."]
+    if spread:
+        out.append(f"- CPU, min-max over the repeats: {'; '.join(spread)}.")
+    if cpu:
+        out.append("- CPU, ratio to plain of the median *process CPU time* (less sensitive to other "
+                   f"processes on the machine than wall time): {'; '.join(cpu)}.")
+    return "\n".join(out)
+
+
+def machine_info(args) -> str:
+    cuda = (f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}"
+            if torch.cuda.is_available() else "no CUDA device")
+    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+            f"torch.set_num_threads({args.threads}), torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {platform.platform()}, {cuda}")
+
+
+def write_section(path: str, body: str) -> None:
+    text = open(path).read() if os.path.exists(path) else "# Results\n"
+    section = f"{SECTION_HEADING}\n\n{body.rstrip()}\n"
+    start = text.find(SECTION_HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        match = re.compile(r"^## ", re.M).search(text, start + len(SECTION_HEADING))
+        end = match.start() if match else len(text)
+        rest = text[end:]
+        text = text[:start] + section + ("\n" + rest if rest else "")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def parse_batch_sizes(spec: str, models: list[str]) -> dict[str, list[int]]:
+    """'128' (every model) or 'small_cnn:128,resnet29:64' (per model), or a mix of both."""
+    out: dict[str, list[int]] = {m: [] for m in models}
+    generic: list[int] = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if ":" in item:
+            model, size = item.split(":", 1)
+            if model not in MODELS:
+                raise SystemExit(f"--batch-sizes: unknown model '{model}' (known: {sorted(MODELS)})")
+            if model in out:
+                out[model].append(int(size))
+        else:
+            generic.append(int(item))
+    for m in models:
+        if not out[m]:
+            out[m] = list(generic) or [128]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Time and peak memory of one training step: plain SGD vs. the L2R meta step "
+                    "(iegkit, double backward, and higher/torchopt when installed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed steps per variant (median reported)")
+    parser.add_argument("--cpu-repeats", type=int, default=None,
+                        help="repeats for resnet29 on CPU (default: min(--repeats, 3))")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--models", default="small_cnn,resnet29",
+                        help=f"comma-separated, from {sorted(MODELS)}")
+    parser.add_argument("--batch-sizes", default="small_cnn:128,resnet29:64",
+                        help="training batch sizes: '128' for every model, or per model "
+                             "'small_cnn:128,resnet29:64'")
+    parser.add_argument("--probe-batch", type=int, default=100, help="probe (trusted) batch size")
+    parser.add_argument("--devices", default="cpu,cuda",
+                        help="comma-separated; cuda is skipped when unavailable")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the check that the meta variants compute the same weights")
+    parser.add_argument("--profile", metavar="VARIANT", default=None,
+                        help="afterwards, print a torch.profiler op table of this variant "
+                             "(e.g. iegkit_l2r) for each device/model/batch size")
+    parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--write", metavar="PATH", default=None,
+                        help="write/replace the section '" + SECTION_HEADING + "' in PATH")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            parser.error(f"--models: unknown model '{m}' (known: {sorted(MODELS)})")
+    batch_sizes = parse_batch_sizes(args.batch_sizes, models)
+    devices = []
+    for d in (s.strip() for s in args.devices.split(",") if s.strip()):
+        if d == "cuda" and not torch.cuda.is_available():
+            print("cuda: not available, skipped")
+            continue
+        devices.append(torch.device(d))
+    if not devices:
+        print("no device to run on (--devices)")
+        return
+    classes = available_variants()
+    if args.profile and args.profile not in {c.name for c in classes}:
+        parser.error(f"--profile: unknown variant '{args.profile}'")
+
+    command = "python benchmarks/meta_step.py" + (
+        " " + shlex.join(sys.argv[1:] if argv is None else argv) if (argv or sys.argv[1:]) else "")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    checks: list[str] = []
+    load_before = os.getloadavg()
+    for device in devices:
+        for m in models:
+            for bs in batch_sizes[m]:
+                repeats = args.repeats
+                if device.type == "cpu" and m == "resnet29":
+                    repeats = args.cpu_repeats if args.cpu_repeats is not None else min(args.repeats, 3)
+                run_args = argparse.Namespace(**{**vars(args), "repeats": repeats})
+                print(f"[{device.type} {m} B={bs} probe={args.probe_batch} repeats={repeats}]",
+                      flush=True)
+                rows.extend(bench(m, bs, device, run_args, classes, checks))
+    elapsed = time.perf_counter() - started
+    load_after = os.getloadavg()
+    load = (f"1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the "
+            f"end ({os.cpu_count()} CPUs); wall time {elapsed:.0f} s")
+    result = table(rows)
+    print()
+    print(result)
+    print()
+    print(notes(rows))
+    print(f"\n({load})")
+    if args.profile:
+        for device in devices:
+            for m in models:
+                for bs in batch_sizes[m]:
+                    profile_variant(m, bs, device, args, classes)
+    if args.write:
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
+        skipped = [n for n, (mod, _) in OPTIONAL.items() if mod is None]
+        body = "\n".join([
+            f"Command: `{command}`",
+            "",
+            f"Date: {date}",
+            "",
+            f"Machine: {machine_info(args)}",
+            "",
+            f"Load: {load}.",
+            "",
+            "One training step (SGD lr 0.1, momentum 0.9, weight decay 5e-4; probe batch "
+            f"{args.probe_batch}); median of the repeats, variants interleaved in one process. "
+            "\"peak MiB\": tensor memory live during the step above what was live at its start "
+            "(CPU: torch.profiler allocation events; CUDA: max_memory_allocated). See the "
+            "docstring of benchmarks/meta_step.py for what each variant does."
+            + (f" Not installed, not run: {', '.join(skipped)}." if skipped else ""),
+            "",
+            result,
+            "",
+            notes(rows),
+        ] + ([f"- Same weights check (one identical state; weights = relu(-grad)/(sum + 1e-5)): "
+              + " | ".join(checks)] if checks else []))
+        write_section(args.write, body)
+        print(f"wrote section '{SECTION_HEADING}' to {args.write}")
+
+
+if __name__ == "__main__":
+    main()
