@@ -247,8 +247,9 @@ class Pipeline:
             lines.append(f"  look-ahead for {self.plan.meta_owners}: omega0={w0}, "
                          f"lambda0={self.plan.label_init}")
             if w0 == 0.0:
-                lines.append("    probe forward+backward at theta'; JVP fused into the 'input' "
-                             "forward (omega0=0: the virtual gradient is 0)")
+                lines.append("    probe forward+backward at theta', one JVP of the training "
+                             "logits (no autograd), then the 'input' forward (omega0=0: the "
+                             "virtual gradient is 0)")
             else:
                 lines.append("    virtual backward on the 'input' graph (kept for the real "
                              "backward), probe forward+backward at theta', one JVP of the "

@@ -16,7 +16,6 @@ from iegkit.functional.meta import (
     broadcast_init,
     buffers_snapshot,
     contract_meta_gradients,
-    dual_forward,
     logit_tangent,
     probe_tangent,
     virtual_gradients,
@@ -173,18 +172,11 @@ class StepContext:
             self.model, self.optimizer, self.probe_inputs, self.probe_targets, virtual,
             lr=plan.lookahead_lr,
         )
-        fused = None
-        if "input" not in self._logits:
-            fused = dual_forward(self.model, tangents, self.inputs)
-        if fused is not None:
-            logits, u = fused
-            self._logits["input"] = logits
-            self.forward_counts["input"] += 1
-            check_targets("targets", self.targets, self.batch_size, logits.shape[-1])
-            fallback = False
-        else:
-            logits = self.logits("input")
-            _, u, fallback = logit_tangent(self.model, tangents, self.inputs)
+        # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it
+        # can: a JVP fused into the real forward (dual-number parameters) would save a forward but
+        # autograd records every tangent operation, which more than doubles the step's peak memory.
+        _, u, fallback = logit_tangent(self.model, tangents, self.inputs)
+        logits = self.logits("input")
         pseudo_tangents = None
         if through:
             _, u_strong, _ = logit_tangent(self.model, tangents, self.view("strong"))

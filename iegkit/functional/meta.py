@@ -41,7 +41,6 @@ __all__ = [
     "meta_gradients",
     "probe_tangent",
     "logit_tangent",
-    "dual_forward",
     "contract_meta_gradients",
 ]
 
@@ -217,32 +216,6 @@ def logit_tangent(
                 _warn_fallback(model, stack[-1] if stack else "", error)
         logits, u = _double_backward_tangent(model, params, tangents, inputs)
         return logits, u, True
-
-
-def dual_forward(
-    model: torch.nn.Module, tangents: Mapping[str, Tensor], inputs: Tensor
-) -> tuple[Tensor, Tensor] | None:
-    """The model's real forward (graph kept, BatchNorm statistics updated once) fused with u = J tau.
-
-    Returns None where forward mode is unavailable; the caller then runs a plain forward and
-    ``logit_tangent``.
-    """
-    if model in _FORWARD_AD_FAILURES:
-        return None
-    params = dict(model.named_parameters())
-    snapshot = buffers_snapshot(model)
-    stack: list[str] = []
-    try:
-        with _track_current_layer(model, stack):
-            return _dual_logits(model, params, tangents, inputs, None)
-    except (RuntimeError, NotImplementedError) as error:
-        if not _is_forward_ad_failure(error):
-            raise
-        with torch.no_grad():  # undo the statistics update of the failed pass
-            for name, b in model.named_buffers():
-                b.copy_(snapshot[name])
-        _warn_fallback(model, stack[-1] if stack else "", error)
-        return None
 
 
 def contract_meta_gradients(
