@@ -93,7 +93,7 @@ def main() -> int:
         body = (f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {now()}; load average "
                 f"at the end {load}.\n\n{args.model}, B = probe batch = {b}, 32x32 inputs, "
                 f"{args.repeats} interleaved repeats. Forwards: 'input' is the training batch "
-                "(fused with the JVP for L2R), 'strong' the strong view, 'mixed' the 3B MixUp "
+                "'strong' the strong view, 'mixed' the 3B MixUp "
                 "batch; the look-ahead adds one probe forward+backward at θ' and one JVP (two with "
                 "the official look-ahead through the pseudo labels). Target: IEG ≤ 2x EG.\n\n"
                 + table)
