@@ -92,7 +92,7 @@ def main() -> int:
         load = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
         body = (f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {now()}; load average "
                 f"at the end {load}.\n\n{args.model}, B = probe batch = {b}, 32x32 inputs, "
-                f"{args.repeats} interleaved repeats. Forwards: 'input' is the training batch "
+                f"{args.repeats} interleaved repeats. Forwards: 'input' is the training batch, "
                 "'strong' the strong view, 'mixed' the 3B MixUp "
                 "batch; the look-ahead adds one probe forward+backward at θ' and one JVP (two with "
                 "the official look-ahead through the pseudo labels). Target: IEG ≤ 2x EG.\n\n"
