@@ -68,6 +68,7 @@ Nothing here is tuned to a target: the script measures and prints.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import copy
@@ -138,15 +139,16 @@ class Batch:
     yp: torch.Tensor
 
 
-class Variant:
+class Variant(abc.ABC):
     name = "variant"
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.opt = make_optimizer(model)
 
+    @abc.abstractmethod
     def step(self, b: Batch, i: int) -> None:
-        raise NotImplementedError
+        """One full training step of this variant."""
 
     def weights(self, b: Batch, i: int) -> torch.Tensor | None:
         """The example weights of one step, without stepping (for --check); None if not applicable."""

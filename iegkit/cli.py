@@ -23,7 +23,13 @@ from torch import Tensor
 from iegkit import recipes
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.checkpoint import load_checkpoint, save_checkpoint
-from iegkit.data import ProbeSampler, load_digits, split_trusted, stratified_split
+from iegkit.data import (
+    NoisyDataset,
+    ProbeSampler,
+    load_digits,
+    split_trusted,
+    stratified_split,
+)
 from iegkit.models import SmallCNN
 
 __all__ = ["main"]
@@ -56,19 +62,6 @@ class RunConfig:
     width: int
 
 
-@dataclass
-class Splits:
-    train_inputs: Tensor
-    train_labels: Tensor
-    train_clean_labels: Tensor
-    trusted_inputs: Tensor
-    trusted_labels: Tensor
-    test_inputs: Tensor
-    test_labels: Tensor
-    num_classes: int
-    class_names: list[str]
-
-
 def _load_folder(root: Path, image_size: int | None) -> tuple[Tensor, Tensor, list[str]]:
     from iegkit.datasets import load_image_folder
 
@@ -83,7 +76,7 @@ def _load_folder(root: Path, image_size: int | None) -> tuple[Tensor, Tensor, li
     return images * 2.0 - 1.0, labels, list(names)
 
 
-def build_splits(config: RunConfig) -> Splits:
+def build_splits(config: RunConfig) -> NoisyDataset:
     """Deterministic in ``config.seed``: test split, trusted set (before noise), noise."""
     from iegkit.noise import apply_noise, parse_noise_spec
 
@@ -124,8 +117,8 @@ def build_splits(config: RunConfig) -> Splits:
                             features=images[rest].flatten(1))
     except (ValueError, OSError) as error:
         raise UsageError(f"--noise: {error}") from error
-    return Splits(images[rest], noisy, clean, images[trusted], labels[trusted], test_images,
-                  test_labels, num_classes, names)
+    return NoisyDataset(images[rest], noisy, clean, images[trusted], labels[trusted], test_images,
+                        test_labels, num_classes, tuple(names))
 
 
 def _augmentations(channels: int, size: int):

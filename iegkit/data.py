@@ -131,6 +131,7 @@ class NoisyDataset:
     test_inputs: Tensor
     test_labels: Tensor
     num_classes: int
+    class_names: tuple[str, ...] = ()
 
     @property
     def noise_rate(self) -> float:
