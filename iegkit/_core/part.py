@@ -36,7 +36,10 @@ class Part(Protocol):
     """A small composable piece of a training step (optax-style: explicit state, no hidden effects).
 
     A part never calls ``backward()`` or ``optimizer.step()`` and never changes the batch, the model
-    or the optimizer; it reads the shared ``StepContext`` and returns a ``Contribution``.
+    or the optimizer (``SGDRSchedule`` alone sets this step's lr); it reads the shared
+    ``StepContext`` and returns a ``Contribution``. A part may also declare
+    ``optional_requires``: keys it reads only if some part provides them (they order it after
+    their provider without being required).
     """
 
     name: str
