@@ -22,7 +22,7 @@ from iegkit.parts import (
     SGDRSchedule,
 )
 
-__all__ = ["TABLE7", "ablation", "eg", "ieg", "l2r", "plain"]
+__all__ = ["RECIPES", "TABLE7", "ablation", "build", "eg", "ieg", "l2r", "method_names", "plain"]
 
 Augment = Callable[..., torch.Tensor]
 
@@ -190,3 +190,47 @@ def ablation(n: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
     if n not in TABLE7:
         raise ValueError(f"n: expected an ablation number in 1..8 (Table 7), got {n}")
     return ieg(model, optimizer, components=TABLE7[n], **kwargs)
+
+
+#: The recipes by the name the demo, the CLI and the benchmarks use ("ieg-1".."ieg-8" via ablation).
+RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg": eg, "ieg": ieg}
+
+
+def method_names() -> list[str]:
+    """Every name ``build`` accepts."""
+    return [*RECIPES, *(f"ieg-{n}" for n in TABLE7)]
+
+
+def build(
+    method: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    strong_augment: Augment | None = None,
+    seed: int = 0,
+    **options,
+) -> Pipeline:
+    """A recipe by name, with the defaults the applications (demo, CLI, benchmarks) share.
+
+    ``total_steps`` is the length of the run. For the methods with pseudo labels (EG, IEG, IEG-n),
+    p and k ramp up linearly over the whole run unless ``rampup_steps`` is passed: from a random
+    initialisation the pseudo labels point to one class and, at full weight from step 0, the MixUp
+    term locks the model there (docs/results.md); the official code has no ramp-up. ``strong_augment``
+    is the strong view for every method that uses one (with or without AutoAugment). ``options`` go
+    to the recipe unchanged.
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+    name = method.lower()
+    if name not in method_names():
+        raise ValueError(f"method: unknown {method!r}; choose from {method_names()}")
+    if name in ("eg", "ieg") or name.startswith("ieg-"):
+        options.setdefault("rampup_steps", total_steps)
+        if strong_augment is not None:
+            options.setdefault("strong_augment", strong_augment)
+            if name != "eg":
+                options.setdefault("plain_strong_augment", strong_augment)
+    if name.startswith("ieg-"):
+        return ablation(int(name.split("-", 1)[1]), model, optimizer, seed=seed, **options)
+    return RECIPES[name](model, optimizer, seed=seed, **options)

@@ -161,6 +161,11 @@ class Pipeline:
         return self
 
     @property
+    def provides(self) -> frozenset[str]:
+        """Every context key some part provides (e.g. ``"lr"`` when a schedule part sets the lr)."""
+        return frozenset(key for part in self.parts for key in part.provides)
+
+    @property
     def needs_probe(self) -> bool:
         return bool(self.plan.meta_owners) or any(
             getattr(part, "needs_probe", False) for part in self.parts
