@@ -1,9 +1,10 @@
 """iegkit: train on severely noisy labels with a tiny trusted set (L2R, EG, IEG as composable parts)."""
 
-from iegkit import errors, functional, recipes
+from iegkit import augment, errors, functional, recipes
+from iegkit._core import keys
 from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Part, Plan
+from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
 from iegkit.ema import WeightEMA
 from iegkit.parts import (
     ConsistencyPseudoLabeler,
@@ -24,15 +25,19 @@ __all__ = [
     "MetaRelabeler",
     "MetaReweighter",
     "Part",
+    "PartBase",
     "Pipeline",
     "Plan",
+    "PseudoLabelSource",
     "ProbeMixUp",
     "SGDRSchedule",
     "StepContext",
     "StepOutput",
     "WeightEMA",
+    "augment",
     "compose",
     "errors",
     "functional",
+    "keys",
     "recipes",
 ]

@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights for evaluation (official IEG code; not in the paper)."""
+"""Exponential moving average of the weights (official IEG code; not in the paper), as a part."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from iegkit._core.context import StepContext
+from iegkit._core.part import Contribution, PartBase
 
 __all__ = ["WeightEMA", "ema_decay"]
 
@@ -18,34 +23,79 @@ def ema_decay(step: int, decay: float = 0.999) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
-class WeightEMA:
+class WeightEMA(PartBase):
     """Shadow copy of the trainable parameters, updated after each ``optimizer.step()``.
 
-    Evaluation uses the averaged parameters with the raw model's BatchNorm statistics, as the
-    official code does::
+    As a part of a pipeline it updates itself through the pipeline's optimizer hook (nothing to add
+    to the loop); alone, call ``update(step)`` after ``optimizer.step()``. Evaluation uses the
+    averaged parameters with the raw model's BatchNorm statistics, as the official code does::
 
-        optimizer.step(); ema.update(step)
+        pipeline = compose(..., ema := WeightEMA(), model=model, optimizer=optimizer)
+        ...
         with ema.average_parameters():
             accuracy = evaluate(model)
+
+    Args:
+      model: the model to average; None binds the pipeline's model.
+      decay: 0.999 (official); the effective decay warms up as TF's num_updates (``ema_decay``).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, model: torch.nn.Module | None = None, decay: float = 0.999, *,
+                 name: str = "weight_ema") -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay: expected a value in [0, 1), got {decay}")
-        self.model = model
+        self.name = name
         self.decay = decay
+        self.model: torch.nn.Module | None = None
+        self.shadow: dict[str, Tensor] = {}
+        if model is not None:
+            self._attach(model)
+
+    def _attach(self, model: torch.nn.Module) -> None:
+        self.model = model
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.model is None:
+            self._attach(model)
+        elif self.model is not model:
+            raise ValueError(f"model: part '{self.name}' averages another model than the pipeline's")
+
+    def contribute(self, ctx: StepContext) -> Contribution:
+        return Contribution()
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.update(step)
+
+    def _model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError(f"'{self.name}': no model; pass one or bind the pipeline first")
+        return self.model
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = ema_decay(step, self.decay)
-        for name, p in self.model.named_parameters():
+        for name, p in self._model().named_parameters():
             if name in self.shadow:
                 self.shadow[name].mul_(d).add_(p.detach(), alpha=1.0 - d)
 
+    @torch.no_grad()
+    def forward(self, inputs: Tensor) -> Tensor:
+        """The averaged model's output (BatchNorm on batch statistics, running statistics untouched),
+        without changing the model: the teacher of mean-teacher pseudo labels."""
+        model = self._model()
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        modes = [(m, m.training) for m in model.modules()]
+        model.train()
+        try:
+            return functional_call(model, {**buffers, **self.shadow}, (inputs,))
+        finally:
+            for m, was_training in modes:
+                m.training = was_training
+
     @contextlib.contextmanager
     def average_parameters(self) -> Iterator[None]:
-        params = dict(self.model.named_parameters())
+        params = dict(self._model().named_parameters())
         saved = {n: params[n].detach().clone() for n in self.shadow}
         with torch.no_grad():
             for n, value in self.shadow.items():

@@ -15,21 +15,20 @@ from iegkit.errors import CycleError, DuplicateProviderError, MissingProviderErr
 from iegkit.functional import meta_gradients, normalize_meta_weights, soft_cross_entropy
 
 
-class Toy:
-    """A minimal part: provides/requires keys, contributes a loss from the 'input' logits."""
+class Toy(iegkit.PartBase):
+    """A minimal part: provides/requires/refines keys, contributes a loss from the 'input' logits."""
 
-    def __init__(self, name, requires=(), provides=(), scale=1.0):
+    def __init__(self, name, requires=(), provides=(), scale=1.0, refines=()):
         self.name, self.requires, self.provides, self.scale = name, tuple(requires), tuple(provides), scale
+        self.refines = tuple(refines)
         self.calls = 0
-
-    def setup(self, plan):
-        pass
 
     def contribute(self, ctx):
         self.calls += 1
         for key in self.requires:
             ctx.get(key)
         values = {k: torch.zeros(ctx.batch_size) for k in self.provides}
+        values.update({k: ctx.get(k) + 1 for k in self.refines})
         return Contribution(values=values, losses={"loss": self.scale * ctx.logits("input").square().mean()})
 
     def state_dict(self) -> dict[str, Any]:

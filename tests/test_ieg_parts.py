@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import iegkit
 from iegkit import recipes
-from iegkit._core import context as context_module
+from iegkit.functional import meta as meta_module
 from iegkit.functional import meta_gradients
 from iegkit.functional.consistency import kl_consistency
 from iegkit.functional.mixup import mix_coefficients, mixup_batch
@@ -147,7 +147,7 @@ def test_ieg_step_uses_one_lookahead_and_one_jvp(monkeypatch):
     model, x, y, xp, yp, _ = make_problem("cnn")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     calls = {"jvp": 0, "probe": 0}
-    real_tangent, real_probe = context_module.logit_tangent, context_module.probe_tangent
+    real_tangent, real_probe = meta_module.logit_tangent, meta_module.probe_tangent
 
     def counted_tangent(*a, **k):
         calls["jvp"] += 1
@@ -157,8 +157,8 @@ def test_ieg_step_uses_one_lookahead_and_one_jvp(monkeypatch):
         calls["probe"] += 1
         return real_probe(*a, **k)
 
-    monkeypatch.setattr(context_module, "logit_tangent", counted_tangent)
-    monkeypatch.setattr(context_module, "probe_tangent", counted_probe)
+    monkeypatch.setattr(meta_module, "logit_tangent", counted_tangent)
+    monkeypatch.setattr(meta_module, "probe_tangent", counted_probe)
     out = ieg_pipeline(model, opt)(x, y, xp, yp, step=0)
     assert calls == {"jvp": 1, "probe": 1}
     assert out.lookahead_count == 1

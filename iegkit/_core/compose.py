@@ -10,14 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Part, Plan
+from iegkit._core.part import Contribution, Part, PartBase, Plan
 from iegkit.errors import (
     CycleError,
     DuplicateProviderError,
     MissingProviderError,
     NonFiniteLossError,
 )
+from iegkit.functional.lookahead import check_lookahead_optimizer
 from iegkit.functional.meta import check_meta_inputs
 
 __all__ = ["Pipeline", "StepOutput", "compose"]
@@ -30,31 +32,50 @@ class StepOutput:
     """The result of one step. ``loss`` is what the user backpropagates.
 
     losses: the named terms (``"part/term"``) that sum to ``loss``.
-    weights: per-example omega* (B,) when a reweighting part ran, else None.
-    relabel: per-example lambda* (B,) when a relabeling part ran, else None.
-    values: every context value the parts provided (detached).
+    values: every tensor the parts provided, as last written (detached); ``weights`` and
+    ``relabel`` are conveniences over it.
     forward_counts: forwards run per view this step; lookahead_count: look-aheads run (0 or 1).
     """
 
     loss: Tensor
     losses: dict[str, Tensor]
-    weights: Tensor | None
-    relabel: Tensor | None
+    values: dict[str, Tensor]
     logits: Tensor
-    values: dict[str, Tensor] = field(default_factory=dict)
     metrics: dict[str, Tensor] = field(default_factory=dict)
     forward_counts: dict[str, int] = field(default_factory=dict)
     lookahead_count: int = 0
 
+    @property
+    def weights(self) -> Tensor | None:
+        """omega* (B,) when a reweighting part ran (``values[keys.WEIGHTS]``), else None."""
+        return self.values.get(keys.WEIGHTS)
 
-def _order(parts: Sequence[Part]) -> list[Part]:
+    @property
+    def relabel(self) -> Tensor | None:
+        """lambda* (B,) when a relabeling part ran: 1 keeps the given label, 0 takes the pseudo
+        label (``values[keys.RELABEL]``), else None."""
+        return self.values.get(keys.RELABEL)
+
+
+_PROTOCOL = ("name", "requires", "optional_requires", "provides", "refines", "needs_probe",
+             "setup", "bind", "contribute", "after_optimizer_step", "state_dict", "load_state_dict")
+
+
+def _order(parts: Sequence[Part], lookahead_inputs: Mapping[str, Sequence[str]] | None = None
+           ) -> list[Part]:
+    """Stable topological order: a key's provider, then its refiners (in the user's order), then
+    its readers; ties keep the user's order. ``lookahead_inputs``: part name -> keys the shared
+    look-ahead reads when that part first runs it (every meta part reads them)."""
+    lookahead_inputs = lookahead_inputs or {}
     names: dict[str, Part] = {}
     providers: dict[str, str] = {}
+    refiners: dict[str, list[str]] = {}
     for part in parts:
         if not isinstance(part, Part):
+            missing = [m for m in _PROTOCOL if not hasattr(part, m)]
             raise TypeError(
-                f"compose: {part!r} is not a part (needs name, requires, provides, setup, "
-                "contribute, state_dict, load_state_dict)"
+                f"compose: {part!r} is not a part: it lacks {missing} (subclass iegkit.PartBase "
+                "for the defaults)"
             )
         if part.name in names:
             raise DuplicateProviderError(f"compose: two parts are named '{part.name}'; pass name=")
@@ -65,36 +86,51 @@ def _order(parts: Sequence[Part]) -> list[Part]:
                     f"compose: '{key}' is provided by both '{providers[key]}' and '{part.name}'"
                 )
             providers[key] = part.name
+        for key in part.refines:
+            if key in part.provides:
+                raise ValueError(f"compose: '{part.name}' both provides and refines '{key}'")
+            refiners.setdefault(key, []).append(part.name)
     for part in parts:
-        missing = [key for key in part.requires if key not in providers]
+        for key in lookahead_inputs.get(part.name, ()):
+            if key not in providers:
+                raise MissingProviderError(
+                    f"compose: '{part.name}' shares the look-ahead, which reads '{key}', but no "
+                    "part provides it"
+                )
+        missing = [key for key in (*part.requires, *part.refines) if key not in providers]
         if missing:
             raise MissingProviderError(
-                f"compose: '{part.name}' requires {missing} but no part provides "
-                f"{'it' if len(missing) == 1 else 'them'}"
+                f"compose: '{part.name}' {'refines' if set(missing) <= set(part.refines) else 'requires'} "
+                f"{missing} but no part provides {'it' if len(missing) == 1 else 'them'}"
             )
-    # A part may read a key only if some part provides it (e.g. the meta parts read "lr" so that
-    # the look-ahead uses this step's scheduled lr): such optional keys order it but are not required.
-    needs = {
-        part.name: tuple(part.requires) + tuple(
-            key for key in getattr(part, "optional_requires", ()) if key in providers
-        )
-        for part in parts
-    }
-    # Stable topological sort: the first part (in the user's order) whose inputs are ready goes next.
+
+    def stages_needed(part: Part) -> dict[str, int]:
+        """How many writes (provider + refiners) of each key must precede this part."""
+        needs: dict[str, int] = {}
+        for key in (*part.requires, *lookahead_inputs.get(part.name, ()),
+                    *(k for k in part.optional_requires if k in providers)):
+            needs[key] = 1 + len(refiners.get(key, ()))
+        for key in part.refines:
+            needs[key] = 1 + refiners[key].index(part.name)
+        return needs
+
+    needs = {part.name: stages_needed(part) for part in parts}
     ordered: list[Part] = []
-    ready: set[str] = set()
+    written: dict[str, int] = {}
     pending = list(parts)
     while pending:
         for part in pending:
-            if all(key in ready for key in needs[part.name]):
+            if all(written.get(key, 0) >= n for key, n in needs[part.name].items()):
                 ordered.append(part)
-                ready.update(part.provides)
+                for key in (*part.provides, *part.refines):
+                    written[key] = written.get(key, 0) + 1
                 pending.remove(part)
                 break
         else:
             raise CycleError(
-                "compose: the parts' requires/provides form a cycle: "
-                + ", ".join(f"{p.name} requires {list(p.requires)}" for p in pending)
+                "compose: the parts' requires/provides/refines form a cycle: "
+                + ", ".join(f"{p.name} requires {list(p.requires)} refines {list(p.refines)}"
+                            for p in pending)
             )
     return ordered
 
@@ -116,6 +152,12 @@ def compose(
     plan = Plan()
     for part in ordered:
         part.setup(plan)
+    plan.check()
+    if plan.meta is not None:
+        # The first meta part to run triggers the shared look-ahead, so every meta part must run
+        # after the look-ahead's inputs (e.g. the relabeler's pseudo labels, fully refined).
+        inputs = [k for k in (plan.meta.pseudo_targets_key, plan.meta.pseudo_source_key) if k]
+        ordered = _order(parts, {owner: inputs for owner in plan.meta.owners})
     pipeline = Pipeline(ordered, plan, seed=seed)
     if model is not None or optimizer is not None:
         if model is None or optimizer is None:
@@ -139,6 +181,8 @@ class Pipeline:
         self.seed = seed
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.last_step: int | None = None
+        self._hook: Any = None
         self.generators: dict[str, torch.Generator] = {}
         for part in parts:
             generator = torch.Generator()
@@ -146,19 +190,43 @@ class Pipeline:
             self.generators[part.name] = generator
 
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Pipeline:
-        """Attach the user's model and optimizer (the pipeline never steps the optimizer)."""
+        """Attach the user's model and optimizer (the pipeline never steps the optimizer).
+
+        Registers one ``optimizer.register_step_post_hook`` that runs each part's
+        ``after_optimizer_step`` after every ``optimizer.step()``; ``close()`` removes it.
+        """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if self.plan.meta is not None:
+            check_lookahead_optimizer(optimizer)
+        self.close()
         self.model, self.optimizer = model, optimizer
         for part in self.parts:
-            bind = getattr(part, "bind", None)
-            if callable(bind):
-                bind(model, optimizer)
+            part.bind(model, optimizer)
+        self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         return self
+
+    def _after_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
+        if self.last_step is None:  # the optimizer stepped before any pipeline step: nothing to do
+            return
+        for part in self.parts:
+            part.after_optimizer_step(self.last_step)
+
+    def close(self) -> None:
+        """Remove the optimizer hook (idempotent). ``with pipeline:`` closes on exit."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def provides(self) -> frozenset[str]:
@@ -167,9 +235,7 @@ class Pipeline:
 
     @property
     def needs_probe(self) -> bool:
-        return bool(self.plan.meta_owners) or any(
-            getattr(part, "needs_probe", False) for part in self.parts
-        )
+        return self.plan.meta is not None or any(part.needs_probe for part in self.parts)
 
     def __call__(
         self,
@@ -198,10 +264,11 @@ class Pipeline:
             contribution = part.contribute(ctx)
             if not isinstance(contribution, Contribution):
                 raise TypeError(f"part '{part.name}': contribute() must return a Contribution")
-            if set(contribution.values) != set(part.provides):
+            declared = {*part.provides, *part.refines}
+            if set(contribution.values) != declared:
                 raise ValueError(
-                    f"part '{part.name}': provided {sorted(contribution.values)} but declares "
-                    f"{sorted(part.provides)}"
+                    f"part '{part.name}': returned values {sorted(contribution.values)} but declares "
+                    f"provides + refines {sorted(declared)}"
                 )
             for key, value in contribution.values.items():
                 ctx._provide(key, value)
@@ -216,50 +283,55 @@ class Pipeline:
                 raise NonFiniteLossError(f"loss term '{name}' is {float(value.detach())}")
         # Summed in name order so that the total does not depend on the order of independent parts.
         total = sum(losses[name] for name in sorted(losses))
-        values = {k: v.detach() for k, v in ctx._values.items()}
+        values = {k: v.detach() for k, v in ctx._values.items() if isinstance(v, Tensor)}
+        self.last_step = step
         return StepOutput(
             loss=total,
             losses=losses,
-            weights=values.get("weights"),
-            relabel=values.get("relabel"),
-            logits=ctx.logits("input").detach(),
             values=values,
+            logits=ctx.logits("input").detach(),
             metrics=metrics,
             forward_counts=dict(ctx.forward_counts),
             lookahead_count=ctx.lookahead_count,
         )
 
     def describe(self) -> str:
-        """The parts in execution order and the passes one step runs."""
+        """The parts in execution order and the passes one step runs, in that order."""
         lines = ["iegkit pipeline, parts in execution order:"]
         for i, part in enumerate(self.parts, 1):
+            refines = f" refines {list(part.refines)}" if part.refines else ""
             lines.append(
                 f"  {i}. {part.name} ({type(part).__name__}) requires {list(part.requires)} "
-                f"provides {list(part.provides)}"
+                f"provides {list(part.provides)}{refines}"
             )
         lines.append("passes per step:")
+        meta = self.plan.meta
+        w0 = meta.resolved_weight_init() if meta is not None else None
+        if meta is not None and w0 == 0.0:
+            lines.append(f"  look-ahead for {meta.owners} (omega0=0, lambda0={meta.label_init}): "
+                         "probe forward+backward at theta', one JVP of the training logits (no "
+                         "autograd); the virtual gradient is 0")
         lines.append("  forward 'input' (training batch; the only pass that updates BatchNorm "
                      "statistics)")
         for view, (owner, _) in self.plan.views.items():
             lines.append(f"  forward '{view}' (declared by {owner}; BatchNorm statistics frozen)")
+        if meta is not None and w0 != 0.0:
+            lines.append(f"  look-ahead for {meta.owners} (omega0={w0}, lambda0={meta.label_init}): "
+                         "virtual backward on the 'input' graph (kept for the real backward), "
+                         "probe forward+backward at theta', one JVP of the training logits")
+            if meta.pseudo_source_key is not None:
+                lines.append("    and one JVP per other pseudo-label view (through the pseudo "
+                             "labels)")
         for view, (owner, rows) in self.plan.built_views.items():
             lines.append(f"  forward '{view}' ({rows} rows built by {owner}; BatchNorm statistics "
                          "frozen)")
-        if self.plan.meta_owners:
-            w0 = self.plan.weight_init
-            if w0 is None:
-                w0 = "1/B" if self.plan.label_init is not None else 0.0
-            lines.append(f"  look-ahead for {self.plan.meta_owners}: omega0={w0}, "
-                         f"lambda0={self.plan.label_init}")
-            if w0 == 0.0:
-                lines.append("    probe forward+backward at theta', one JVP of the training "
-                             "logits (no autograd), then the 'input' forward (omega0=0: the "
-                             "virtual gradient is 0)")
-            else:
-                lines.append("    virtual backward on the 'input' graph (kept for the real "
-                             "backward), probe forward+backward at theta', one JVP of the "
-                             "training logits")
-        lines.append("  backward of the total loss: in the user's loop")
+        lines.append("  backward of the total loss, optimizer.step(): in the user's loop")
+        if any(type(p).after_optimizer_step is not PartBase.after_optimizer_step
+               for p in self.parts if isinstance(p, PartBase)):
+            lines.append("  after optimizer.step() (hook): "
+                         + ", ".join(p.name for p in self.parts if isinstance(p, PartBase)
+                                     and type(p).after_optimizer_step
+                                     is not PartBase.after_optimizer_step))
         return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:

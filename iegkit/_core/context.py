@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,15 +14,16 @@ from iegkit._core.part import Plan
 from iegkit.functional.losses import check_targets
 from iegkit.functional.meta import (
     MetaGradients,
+    PseudoLabelGraph,
     broadcast_init,
     buffers_snapshot,
-    contract_meta_gradients,
-    logit_tangent,
-    probe_tangent,
-    virtual_gradients,
+    lookahead_meta_gradients,
 )
 
 __all__ = ["StepContext"]
+
+
+_MISSING = object()
 
 
 def resolve_weight_init(value, batch_size: int) -> float:
@@ -67,16 +69,12 @@ class StepContext:
         self._generators = generators
         self._views: dict[str, Tensor] = {}
         self._logits: dict[str, Tensor] = {}
-        self._values: dict[str, Tensor] = {}
+        self._values: dict[str, Any] = {}
         self._meta: MetaGradients | None = None
 
     @property
     def batch_size(self) -> int:
         return self.inputs.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.logits("input").shape[-1]
 
     def generator(self, name: str) -> torch.Generator:
         """The named part's own generator: adding a part never shifts another part's draws."""
@@ -123,72 +121,53 @@ class StepContext:
         self.forward_counts[name] += 1
         return self._logits[name]
 
-    def get(self, key: str) -> Tensor:
-        """A value provided by an earlier part."""
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """A value provided (or refined) by an earlier part; ``default`` if none and one is given
+        (for ``optional_requires``)."""
         if key not in self._values:
+            if default is not _MISSING:
+                return default
             raise KeyError(f"context key '{key}' has not been provided (yet) by any part")
         return self._values[key]
 
-    def has(self, key: str) -> bool:
-        return key in self._values
-
-    def _provide(self, key: str, value: Tensor) -> None:
+    def _provide(self, key: str, value: Any) -> None:
         self._values[key] = value
 
     def meta(self) -> MetaGradients:
-        """The meta-gradients of every registered meta variable: one look-ahead per step."""
+        """The meta-gradients of every registered meta variable: one look-ahead per step.
+
+        Its inputs come from the keys the meta parts declared (``Plan.request_meta``), never from
+        a part's name.
+        """
         if self._meta is not None:
             return self._meta
+        request = self._plan.meta
+        if request is None:
+            raise RuntimeError("meta: no part of this pipeline requested the look-ahead")
         if self.probe_inputs is None or self.probe_targets is None:
             raise ValueError("probe_inputs: the meta step needs a probe batch (probe_inputs, "
                              "probe_targets)")
-        plan = self._plan
         reference = next(iter(self.model.parameters()))
-        # omega0 defaults to IEG's 1/B when relabeling (its meta-gradient is 0 at omega0 = 0), else 0
-        default = "1/B" if plan.label_init is not None else 0.0
         omega0 = broadcast_init(
-            "weight_init",
-            resolve_weight_init(default if plan.weight_init is None else plan.weight_init,
-                                self.batch_size),
+            "weight_init", resolve_weight_init(request.resolved_weight_init(), self.batch_size),
             self.batch_size, reference,
         )
-        lambda0 = pseudo = None
-        if plan.label_init is not None:
-            lambda0 = broadcast_init("label_init", plan.label_init, self.batch_size, reference)
-            pseudo = self.get("targets:pseudo")
-        through = plan.through_pseudo_labels and lambda0 is not None
-        if through:
-            if plan.pseudo_label_fn is None:
-                raise ValueError("through_pseudo_labels: needs a ConsistencyPseudoLabeler")
-            pseudo_graph = plan.pseudo_label_fn(self.logits("input"), self.logits("strong"))
-        virtual = None
-        if bool((omega0 != 0).any()):
-            # The virtual gradient reuses the real forward's graph; the real backward runs later.
-            virtual = virtual_gradients(self.model, self.optimizer, self.logits("input"),
-                                        self.targets, omega0, lambda0,
-                                        pseudo_graph if through else pseudo, retain_graph=True,
-                                        through_pseudo_targets=through)
-        tangents, probe_loss = probe_tangent(
-            self.model, self.optimizer, self.probe_inputs, self.probe_targets, virtual,
-            lr=plan.lookahead_lr,
-        )
-        # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it
-        # can: a JVP fused into the real forward (dual-number parameters) would save a forward but
-        # autograd records every tangent operation, which more than doubles the step's peak memory.
-        _, u, fallback = logit_tangent(self.model, tangents, self.inputs)
-        logits = self.logits("input")
-        pseudo_tangents = None
-        if through:
-            _, u_strong, _ = logit_tangent(self.model, tangents, self.view("strong"))
-            _, pseudo_tangents = torch.func.jvp(
-                plan.pseudo_label_fn, (logits.detach(), self.logits("strong").detach()),
-                (u, u_strong),
-            )
-        weight, label = contract_meta_gradients(
-            logits, u, self.targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
-            pseudo_tangents=pseudo_tangents,
+        lambda0 = pseudo = graph = None
+        if request.label_init is not None:
+            lambda0 = broadcast_init("label_init", request.label_init, self.batch_size, reference)
+            pseudo = self.get(request.pseudo_targets_key)
+            if request.pseudo_source_key is not None:
+                source = self.get(request.pseudo_source_key)
+                graph = PseudoLabelGraph(source.fn, [
+                    (None if view == "input" else self.view(view),
+                     lambda view=view: self.logits(view))
+                    for view in source.views
+                ])
+        self._meta = lookahead_meta_gradients(
+            self.model, self.optimizer, self.inputs, self.targets, self.probe_inputs,
+            self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
+            training_logits=lambda: self.logits("input"), pseudo_graph=graph,
+            lr=request.lookahead_lr,
         )
         self.lookahead_count += 1
-        self._meta = MetaGradients(weight.detach(), None if label is None else label.detach(),
-                                   probe_loss, fallback)
         return self._meta

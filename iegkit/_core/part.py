@@ -1,19 +1,21 @@
-"""The one protocol every part implements, and what a part hands back each step."""
+"""The one protocol every part implements, its defaults, and what a part hands back each step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
     from iegkit._core.context import StepContext
 
-__all__ = ["Contribution", "Part", "Plan", "WeightInit"]
+__all__ = ["Contribution", "Part", "PartBase", "Plan", "PseudoLabelSource", "WeightInit"]
 
-#: omega0: a number, or "1/B" for the uniform 1/B of IEG (the batch size is known only per step).
+#: omega0: a number, "1/B" (IEG's uniform start; B is known only per step), or "auto" (1/B when a
+#: relabeler shares the look-ahead, whose meta-gradient is 0 at omega0 = 0; else 0 as in L2R).
 WeightInit = float | str
 
 
@@ -21,67 +23,143 @@ WeightInit = float | str
 class Contribution:
     """What a part adds to a step.
 
-    values: exactly the context keys the part ``provides`` (e.g. ``weights`` (B,)).
+    values: exactly the context keys the part ``provides`` and ``refines`` (tensors, or a
+      ``PseudoLabelSource`` for ``keys.PSEUDO_LABELER``).
     losses: named scalar loss terms; the pipeline prefixes them ``"{part.name}/{term}"`` and sums them.
     metrics: detached tensors for logging.
     """
 
-    values: Mapping[str, Tensor] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
     losses: Mapping[str, Tensor] = field(default_factory=dict)
     metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PseudoLabelSource:
+    """How pseudo labels are made from the logits of some views: ``fn(*logits_of(views))`` with graph.
+
+    The official IEG look-ahead differentiates through the pseudo labels; the context runs one JVP
+    per view (the training view ``input`` reuses the JVP it already has).
+    """
+
+    views: tuple[str, ...]
+    fn: Callable[..., Tensor]
 
 
 @runtime_checkable
 class Part(Protocol):
     """A small composable piece of a training step (optax-style: explicit state, no hidden effects).
 
-    A part never calls ``backward()`` or ``optimizer.step()`` and never changes the batch, the model
-    or the optimizer (``SGDRSchedule`` alone sets this step's lr); it reads the shared
-    ``StepContext`` and returns a ``Contribution``. A part may also declare
-    ``optional_requires``: keys it reads only if some part provides them (they order it after
-    their provider without being required).
+    A part never calls ``backward()`` or ``optimizer.step()`` and never changes the batch or the
+    model's parameters; it reads the shared ``StepContext`` and returns a ``Contribution``. The one
+    declared exception is a schedule part that provides ``lr``: it sets this step's learning rate.
+
+    requires: keys it reads; compose refuses to build without a provider.
+    optional_requires: keys it reads only if some part provides them (they order it after their
+      provider and refiners without being required).
+    provides: keys it writes first. refines: keys another part provides that it rewrites (optax's
+      chain): ordered after the provider (and earlier refiners, in the user's order), before readers.
+    needs_probe: whether a step needs the probe batch (meta parts need it through the plan anyway).
+    setup(plan): once at compose time: declare views and meta variables.
+    bind(model, optimizer): once when the pipeline is bound to the user's model and optimizer.
+    after_optimizer_step(step): runs from ``optimizer.register_step_post_hook`` after each
+      ``optimizer.step()`` of the bound optimizer (EMA weights, running class priors); ``step`` is
+      the step the pipeline last ran.
     """
 
     name: str
     requires: tuple[str, ...]
+    optional_requires: tuple[str, ...]
     provides: tuple[str, ...]
+    refines: tuple[str, ...]
+    needs_probe: bool
 
-    def setup(self, plan: Plan) -> None:
-        """Called once by compose(): declare views and meta variables."""
+    def setup(self, plan: Plan) -> None: ...
 
-    def contribute(self, ctx: StepContext) -> Contribution:
-        """Called once per step, in dependency order."""
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def contribute(self, ctx: StepContext) -> Contribution: ...
+
+    def after_optimizer_step(self, step: int) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+class PartBase:
+    """The defaults of the protocol: no keys, no views, nothing on bind or after a step, no state.
+
+    Subclasses set ``name`` and the key tuples, and implement ``contribute``.
+    """
+
+    name: str = "part"
+    requires: tuple[str, ...] = ()
+    optional_requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    refines: tuple[str, ...] = ()
+    needs_probe: bool = False
+
+    def setup(self, plan: Plan) -> None:
+        """Nothing to declare by default."""
+
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing to attach by default."""
+
+    def contribute(self, ctx: StepContext) -> Contribution:
+        raise NotImplementedError(f"part '{self.name}': contribute() is not implemented")
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Nothing to update after the optimizer step by default."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"state: {type(self).__name__} has no state, got keys {sorted(state)}")
+
+
 ViewFn = Callable[["StepContext"], Tensor]
+
+BUILT_IN_VIEWS = ("input", "probe")
+
+
+@dataclass
+class MetaRequest:
+    """The look-ahead every meta part shares: its initial point and where its inputs come from.
+
+    weight_init: omega0 (None: "auto"). label_init: lambda0, or None without relabeling.
+    pseudo_targets_key: the context key of q (with label_init). pseudo_source_key: the key of a
+    ``PseudoLabelSource`` when the look-ahead differentiates through q (official IEG option).
+    """
+
+    owners: list[str] = field(default_factory=list)
+    weight_init: WeightInit | None = None
+    label_init: float | None = None
+    lookahead_lr: float | None = None
+    pseudo_targets_key: str | None = None
+    pseudo_source_key: str | None = None
+    loss_label_mix: float | None = None
+
+    def resolved_weight_init(self) -> WeightInit:
+        """omega0 with "auto" resolved: "1/B" when relabeling (lambda's meta-gradient is 0 at 0)."""
+        if self.weight_init is None or self.weight_init == "auto":
+            return "1/B" if self.label_init is not None else 0.0
+        return self.weight_init
 
 
 class Plan:
-    """What the composed parts need from each step: extra batch views and the meta variables.
-
-    The look-ahead is shared: every meta part registers its initial value here, and the context runs
-    one virtual step, one probe pass and one JVP per step for all of them.
-    """
+    """What the composed parts need from each step: extra batch views and the shared look-ahead."""
 
     def __init__(self) -> None:
         self.views: dict[str, tuple[str, ViewFn]] = {}
-        self.weight_init: WeightInit | None = None
-        self.label_init: float | None = None
-        self.lookahead_lr: float | None = None
-        self.meta_owners: list[str] = []
         self.built_views: dict[str, tuple[str, str]] = {}
-        #: (weak logits, strong logits) -> pseudo labels with graph, set by the pseudo labeler, for
-        #: meta parts that differentiate the look-ahead through the pseudo labels (official IEG).
-        self.pseudo_label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
-        self.through_pseudo_labels = False
+        self.meta: MetaRequest | None = None
 
     def add_view(self, name: str, make: ViewFn, *, owner: str) -> None:
         """A derived batch view (e.g. ``strong``), computed at most once per step and forwarded once."""
-        if name in ("input", "probe"):
+        if name in BUILT_IN_VIEWS:
             raise ValueError(f"view name: '{name}' is built in; choose another name")
         if name in self.views:
             raise ValueError(
@@ -91,7 +169,7 @@ class Plan:
 
     def declare_built_view(self, name: str, *, owner: str, rows: str) -> None:
         """A batch a part builds each step and forwards once with ``StepContext.forward_view``."""
-        if name in ("input", "probe") or name in self.views or name in self.built_views:
+        if name in BUILT_IN_VIEWS or name in self.views or name in self.built_views:
             raise ValueError(f"view name: '{name}' is already declared")
         self.built_views[name] = (owner, rows)
 
@@ -102,19 +180,60 @@ class Plan:
         weight_init: WeightInit | None = None,
         label_init: float | None = None,
         lr: float | None = None,
-        through_pseudo_labels: bool = False,
+        pseudo_targets_key: str | None = None,
+        pseudo_source_key: str | None = None,
+        loss_label_mix: float | None = None,
     ) -> None:
-        """Register meta variables; two parts must agree on any value both set."""
-        self.through_pseudo_labels = self.through_pseudo_labels or through_pseudo_labels
+        """Register meta variables and their inputs; parts sharing the look-ahead must agree."""
+        if self.meta is None:
+            self.meta = MetaRequest()
+        if weight_init == "auto":
+            weight_init = None
         for attr, value in (("weight_init", weight_init), ("label_init", label_init),
-                            ("lookahead_lr", lr)):
+                            ("lookahead_lr", lr), ("pseudo_targets_key", pseudo_targets_key),
+                            ("pseudo_source_key", pseudo_source_key),
+                            ("loss_label_mix", loss_label_mix)):
             if value is None:
                 continue
-            current = getattr(self, attr)
+            current = getattr(self.meta, attr)
             if current is not None and current != value:
                 raise ValueError(
                     f"{attr}: '{owner}' asks for {value!r} but another meta part set {current!r}; "
                     "parts sharing the look-ahead must agree"
                 )
-            setattr(self, attr, value)
-        self.meta_owners.append(owner)
+            setattr(self.meta, attr, value)
+        self.meta.owners.append(owner)
+
+    def check(self) -> None:
+        """Refuse combinations that would silently give wrong meta-gradients."""
+        meta = self.meta
+        if meta is None:
+            return
+        if meta.label_init is not None:
+            if meta.pseudo_targets_key is None:
+                raise ValueError("label_init: relabeling needs pseudo targets; the relabeler must "
+                                 "declare pseudo_targets_key")
+            w0 = meta.weight_init
+            if w0 is not None and not isinstance(w0, str) and float(w0) == 0.0:
+                raise ValueError(
+                    f"weight_init: 0 with a relabeler ({meta.owners}): the lambda meta-gradient is "
+                    "exactly 0 at omega0 = 0, so every example would take its pseudo label; use "
+                    "'auto' or '1/B'"
+                )
+            if meta.loss_label_mix is not None and meta.loss_label_mix != meta.label_init:
+                raise ValueError(
+                    f"label_mix: the reweighter's target mix {meta.loss_label_mix} differs from the "
+                    f"relabeler's label_init {meta.label_init}; the weights would be taken at "
+                    "another target than the loss uses: pass the same value"
+                )
+
+
+def describe_weight_init(request: MetaRequest) -> str:
+    return str(request.resolved_weight_init())
+
+
+def sequence_of_keys(name: str, value: Sequence[str]) -> tuple[str, ...]:
+    """A part's declared keys as a tuple of strings, with a clear error otherwise."""
+    if isinstance(value, str) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name}: expected a tuple of key strings, got {value!r}")
+    return tuple(value)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from iegkit.errors import UnsupportedOptimizerError
 
-__all__ = ["VirtualStep", "virtual_step", "trainable_parameters"]
+__all__ = ["VirtualStep", "check_lookahead_optimizer", "trainable_parameters", "virtual_step"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,12 @@ def _check_supported(optimizer: torch.optim.Optimizer) -> str:
         "supported: torch.optim.SGD (any momentum, dampening, nesterov, weight_decay), "
         "torch.optim.Adam and torch.optim.AdamW (amsgrad=False)"
     )
+
+
+def check_lookahead_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``UnsupportedOptimizerError`` now (at bind time) for an optimizer the look-ahead cannot
+    model, instead of after the first step's forwards."""
+    _check_supported(optimizer)
 
 
 def _as_float(x) -> float:

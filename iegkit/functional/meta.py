@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,8 @@ from iegkit.functional.losses import check_targets, mix_targets, soft_cross_entr
 
 __all__ = [
     "MetaGradients",
+    "PseudoLabelGraph",
+    "lookahead_meta_gradients",
     "meta_gradients",
     "probe_tangent",
     "logit_tangent",
@@ -300,6 +302,89 @@ def virtual_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+@dataclass(frozen=True)
+class PseudoLabelGraph:
+    """Pseudo labels as a function of view logits, for a look-ahead that differentiates through them.
+
+    ``fn(*[logits() for _, logits in views])`` gives q with graph; ``views`` pairs each view's inputs
+    (None for the training batch, whose JVP is reused) with a callable returning its logits (with
+    graph, forwarded once by the caller).
+    """
+
+    fn: Callable[..., Tensor]
+    views: Sequence[tuple[Tensor | None, Callable[[], Tensor]]]
+
+
+def lookahead_meta_gradients(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    probe_inputs: Tensor,
+    probe_targets: Tensor,
+    *,
+    weight_init: Tensor,
+    label_init: Tensor | None = None,
+    pseudo_targets: Tensor | None = None,
+    training_logits: Callable[[], Tensor] | None = None,
+    pseudo_graph: PseudoLabelGraph | None = None,
+    lr: float | None = None,
+) -> MetaGradients:
+    """The one implementation of the look-ahead: virtual gradient -> probe tangent -> logit tangent
+    -> contraction (module docstring). ``weight_init``/``label_init`` are (B,) tensors.
+
+    ``training_logits``: a callable returning the training batch's logits with graph (the caller's
+    real forward, run at most once; its graph is kept for the caller's backward). None: a forward on
+    a buffer snapshot where the virtual gradient needs one, and the JVP's own logits otherwise.
+    ``pseudo_graph``: differentiate the look-ahead through the pseudo labels (official IEG option);
+    needs ``training_logits`` and ``label_init``.
+    """
+    through = pseudo_graph is not None and label_init is not None
+    if pseudo_graph is not None and training_logits is None:
+        raise ValueError("pseudo_graph: differentiating through the pseudo labels needs "
+                         "training_logits (the caller's forward with graph)")
+    targets_for_virtual = pseudo_targets
+    if through:
+        targets_for_virtual = pseudo_graph.fn(*(logits() for _, logits in pseudo_graph.views))
+    virtual = None
+    if bool((weight_init != 0).any()):
+        if training_logits is not None:
+            # The virtual gradient reuses the real forward's graph; the real backward runs later.
+            virtual = virtual_gradients(model, optimizer, training_logits(), targets,
+                                        weight_init, label_init, targets_for_virtual,
+                                        retain_graph=True, through_pseudo_targets=through)
+        else:
+            with train_mode(model), torch.enable_grad():
+                logits = functional_call(model, buffers_snapshot(model), (inputs,))
+                _check_pseudo(pseudo_targets, logits, label_init)
+                check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
+                virtual = virtual_gradients(model, optimizer, logits, targets, weight_init,
+                                            label_init, pseudo_targets, retain_graph=False)
+    tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
+                                         lr=lr)
+    # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it can: a
+    # JVP fused into the real forward (dual-number parameters) would save a forward but autograd
+    # records every tangent operation, which more than doubles the step's peak memory.
+    jvp_logits, u, fallback = logit_tangent(model, tangents, inputs)
+    logits = jvp_logits if training_logits is None else training_logits()
+    check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
+    _check_pseudo(pseudo_targets, logits, label_init)
+    pseudo_tangents = None
+    if through:
+        view_tangents = [u if view is None else logit_tangent(model, tangents, view)[1]
+                         for view, _ in pseudo_graph.views]
+        _, pseudo_tangents = torch.func.jvp(
+            pseudo_graph.fn, tuple(logits().detach() for _, logits in pseudo_graph.views),
+            tuple(view_tangents),
+        )
+    weight, label = contract_meta_gradients(
+        logits, u, targets, weight_init=weight_init, label_init=label_init,
+        pseudo_targets=pseudo_targets, pseudo_tangents=pseudo_tangents,
+    )
+    return MetaGradients(weight.detach(), None if label is None else label.detach(), probe_loss,
+                         fallback)
+
+
 def meta_gradients(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -341,23 +426,10 @@ def meta_gradients(
         lambda0 = broadcast_init("label_init", label_init, batch_size, reference)
         if pseudo_targets is None:
             raise ValueError("pseudo_targets: required (shape (B, C)) when label_init is given")
-    virtual = None
-    if bool((omega0 != 0).any()):
-        with train_mode(model), torch.enable_grad():
-            logits = functional_call(model, buffers_snapshot(model), (inputs,))
-            _check_pseudo(pseudo_targets, logits, lambda0)
-            check_targets("targets", targets, batch_size, logits.shape[-1])
-            virtual = virtual_gradients(model, optimizer, logits, targets, omega0, lambda0,
-                                        pseudo_targets, retain_graph=False)
-    tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
-                                         lr=lr)
-    logits, u, fallback = logit_tangent(model, tangents, inputs)
-    check_targets("targets", targets, batch_size, logits.shape[-1])
-    _check_pseudo(pseudo_targets, logits, lambda0)
-    weight, label = contract_meta_gradients(
-        logits, u, targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo_targets
+    return lookahead_meta_gradients(
+        model, optimizer, inputs, targets, probe_inputs, probe_targets, weight_init=omega0,
+        label_init=lambda0, pseudo_targets=pseudo_targets, lr=lr,
     )
-    return MetaGradients(weight, label, probe_loss, fallback)
 
 
 def _check_pseudo(pseudo_targets: Tensor | None, logits: Tensor, label_init: Tensor | None) -> None:

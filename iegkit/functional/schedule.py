@@ -1,4 +1,6 @@
-"""SGDR: cosine annealing with warm restarts, as a pure function of the step.
+"""Schedules as pure functions of the step: SGDR, and the linear ramp-up of loss weights.
+
+SGDR: cosine annealing with warm restarts, as a pure function of the step.
 
 Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017, eq. (5)::
 
@@ -16,7 +18,7 @@ import math
 import operator
 from numbers import Real
 
-__all__ = ["sgdr", "sgdr_restarts"]
+__all__ = ["check_rampup", "linear_rampup", "sgdr", "sgdr_restarts"]
 
 
 def _check_real(name: str, value: object) -> float:
@@ -168,3 +170,17 @@ def sgdr_restarts(first_cycle_steps: int, t_mul: float = 1.5, n: int = 10) -> li
     first, t_mul = _check_cycle_args(first_cycle_steps, t_mul)
     n = _check_int("n", n, 0)
     return [_cycle_start(i, first, t_mul) for i in range(1, n + 1)]
+
+
+def linear_rampup(step: int, rampup_steps: int | None) -> float:
+    """min(1, step / rampup_steps): MixMatch's linear ramp-up factor (1 when rampup_steps is None)."""
+    if rampup_steps is None:
+        return 1.0
+    return min(1.0, max(0, step) / rampup_steps)
+
+
+def check_rampup(rampup_steps: int | None) -> int | None:
+    """``rampup_steps`` validated: None or an integer >= 1."""
+    if rampup_steps is not None and (int(rampup_steps) != rampup_steps or rampup_steps < 1):
+        raise ValueError(f"rampup_steps: expected None or an integer >= 1, got {rampup_steps}")
+    return rampup_steps

@@ -8,8 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Plan
+from iegkit._core.part import Contribution, PartBase, Plan, PseudoLabelSource
+from iegkit.ema import WeightEMA
+from iegkit.functional.collapse import pseudo_label_accuracy, pseudo_label_concentration
 from iegkit.functional.pseudo_label import guess_targets
 
 __all__ = ["ConsistencyPseudoLabeler"]
@@ -17,13 +20,20 @@ __all__ = ["ConsistencyPseudoLabeler"]
 Augment = Callable[..., Tensor]
 
 
-class ConsistencyPseudoLabeler:
+class ConsistencyPseudoLabeler(PartBase):
     """g = sharpen(mean_k softmax(LN(z_k)), tau) over the weak view (the training batch as given)
     and a strong view ``strong_augment(inputs, generator=...)``; g is detached (the official code
     detaches it everywhere except in its look-ahead).
 
-    Provides ``targets:pseudo`` (B, C) and ``view:strong`` (the strong inputs, forwarded once per
-    step and shared with KLConsistency and ProbeMixUp).
+    Provides ``keys.PSEUDO_TARGETS`` (B, C), ``keys.STRONG_VIEW`` (the strong inputs, forwarded once
+    per step and shared with KLConsistency and ProbeMixUp) and, without a teacher,
+    ``keys.PSEUDO_LABELER`` (for the official look-ahead through the pseudo labels).
+
+    Collapse diagnostics, every step, detached (``metrics``): ``top_share`` (the share of the
+    batch's most frequent pseudo label), ``marginal_entropy`` (of the batch's mean pseudo label,
+    over log C), ``agreement`` with the given labels and, with ``probe_diagnostics``,
+    ``probe_accuracy``: the pseudo labels of the probe batch's two views (made the same way, with
+    a generator of the part's own so training draws are unchanged) against its trusted labels.
 
     Args:
       strong_augment: any callable ``(images, generator=None) -> images`` (``iegkit.augment`` has the
@@ -31,50 +41,122 @@ class ConsistencyPseudoLabeler:
       temperature: tau = 0.5.
       normalize_logits: the official per-view RMS logit normalisation; False is the paper's plain
         softmax average.
+      teacher_decay: None (official: the pseudo labels come from the model being trained) or the
+        decay of an EMA teacher (mean teacher, Tarvainen & Valpola 2017): the pseudo labels come
+        from ``WeightEMA(decay)`` weights, updated after each optimizer step, with BatchNorm on
+        batch statistics (two extra no-grad forwards per step).
+      probe_diagnostics: measure ``probe_accuracy`` (two no-grad forwards of the probe batch).
     """
 
-    requires: tuple[str, ...] = ()
-    provides = ("targets:pseudo", "view:strong")
-
     def __init__(self, strong_augment: Augment, *, temperature: float = 0.5,
-                 normalize_logits: bool = True, name: str = "pseudo_labeler") -> None:
+                 normalize_logits: bool = True, teacher_decay: float | None = None,
+                 probe_diagnostics: bool = True, name: str = "pseudo_labeler") -> None:
         if not callable(strong_augment):
             raise TypeError("strong_augment: expected a callable (images, generator=None) -> images")
         if temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
+        if teacher_decay is not None and not 0.0 <= teacher_decay < 1.0:
+            raise ValueError(f"teacher_decay: expected None or a value in [0, 1), got "
+                             f"{teacher_decay}")
         self.name = name
         self.strong_augment = strong_augment
         self.temperature = temperature
         self.normalize_logits = normalize_logits
+        self.teacher_decay = teacher_decay
+        self.probe_diagnostics = probe_diagnostics
+        self.teacher: WeightEMA | None = None
+        self._pending_teacher_state: Mapping[str, Any] | None = None
+        self._probe_generator = torch.Generator().manual_seed(0)
+        self.provides: tuple[str, ...] = (keys.PSEUDO_TARGETS, keys.STRONG_VIEW) + (
+            () if teacher_decay is not None else (keys.PSEUDO_LABELER,))
 
     def setup(self, plan: Plan) -> None:
         plan.add_view("strong", self._strong_view, owner=self.name)
-        plan.pseudo_label_fn = self.pseudo_labels
+
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.teacher_decay is None:
+            return
+        self.teacher = WeightEMA(model, self.teacher_decay, name=f"{self.name}/teacher")
+        if self._pending_teacher_state is not None:
+            self.teacher.load_state_dict(self._pending_teacher_state)
+            self._pending_teacher_state = None
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.teacher is not None:
+            self.teacher.update(step)
 
     def pseudo_labels(self, weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
         """g from the two views' logits, with graph (the part itself provides it detached)."""
         return guess_targets([weak_logits, strong_logits], self.temperature,
                              normalize_logits=self.normalize_logits)
 
+    def _check_strong(self, strong: Tensor, inputs: Tensor) -> Tensor:
+        if strong.shape != inputs.shape:
+            raise ValueError(f"strong_augment: returned shape {tuple(strong.shape)}, expected the "
+                             f"input shape {tuple(inputs.shape)}")
+        return strong
+
     def _strong_view(self, ctx: StepContext) -> Tensor:
         with torch.no_grad():
             strong = self.strong_augment(ctx.inputs, generator=ctx.generator(self.name))
-        if strong.shape != ctx.inputs.shape:
-            raise ValueError(f"strong_augment: returned shape {tuple(strong.shape)}, expected the "
-                             f"input shape {tuple(ctx.inputs.shape)}")
-        return strong
+        return self._check_strong(strong, ctx.inputs)
+
+    def _teacher_labels(self, weak: Tensor, strong: Tensor) -> Tensor:
+        if self.teacher is None:
+            raise RuntimeError(f"'{self.name}': the EMA teacher is created when the pipeline is "
+                               "bound; bind(model, optimizer) first")
+        return self.pseudo_labels(self.teacher.forward(weak), self.teacher.forward(strong))
+
+    @torch.no_grad()
+    def _probe_accuracy(self, ctx: StepContext) -> Tensor:
+        probe = ctx.view("probe")
+        strong = self._check_strong(self.strong_augment(probe, generator=self._probe_generator),
+                                    probe)
+        if self.teacher is not None:
+            pseudo = self._teacher_labels(probe, strong)
+        else:
+            pseudo = self.pseudo_labels(_batch_stats_forward(ctx.model, probe),
+                                        _batch_stats_forward(ctx.model, strong))
+        return pseudo_label_accuracy(pseudo, ctx.probe_targets)
 
     def contribute(self, ctx: StepContext) -> Contribution:
         weak, strong = ctx.logits("input"), ctx.logits("strong")
-        pseudo = self.pseudo_labels(weak.detach(), strong.detach())
-        return Contribution(
-            values={"targets:pseudo": pseudo, "view:strong": ctx.view("strong")},
-            metrics={"agreement": (pseudo.argmax(-1) == ctx.targets).float().mean()},
-        )
+        if self.teacher is not None:
+            pseudo = self._teacher_labels(ctx.inputs, ctx.view("strong"))
+        else:
+            pseudo = self.pseudo_labels(weak.detach(), strong.detach())
+        top_share, entropy = pseudo_label_concentration(pseudo)
+        metrics = {"agreement": pseudo_label_accuracy(pseudo, ctx.targets),
+                   "top_share": top_share, "marginal_entropy": entropy}
+        if self.probe_diagnostics and ctx.probe_inputs is not None:
+            metrics["probe_accuracy"] = self._probe_accuracy(ctx)
+        values: dict[str, Any] = {keys.PSEUDO_TARGETS: pseudo, keys.STRONG_VIEW: ctx.view("strong")}
+        if keys.PSEUDO_LABELER in self.provides:
+            values[keys.PSEUDO_LABELER] = PseudoLabelSource(("input", "strong"), self.pseudo_labels)
+        return Contribution(values=values, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        state: dict[str, Any] = {"probe_generator": self._probe_generator.get_state()}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"state: ConsistencyPseudoLabeler has no state, got {sorted(state)}")
+        unknown = set(state) - {"probe_generator", "teacher"}
+        if unknown:
+            raise ValueError(f"state: unexpected keys {sorted(unknown)} for ConsistencyPseudoLabeler")
+        if "probe_generator" in state:
+            self._probe_generator.set_state(state["probe_generator"])
+        if "teacher" in state:
+            if self.teacher is None:
+                self._pending_teacher_state = state["teacher"]
+            else:
+                self.teacher.load_state_dict(state["teacher"])
+
+
+def _batch_stats_forward(model: torch.nn.Module, inputs: Tensor) -> Tensor:
+    """The model's logits with BatchNorm on batch statistics, leaving its running statistics."""
+    from iegkit.functional.meta import buffers_snapshot, train_mode
+
+    with train_mode(model):
+        return torch.func.functional_call(model, buffers_snapshot(model), (inputs,))

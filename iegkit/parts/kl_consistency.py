@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Plan
+from iegkit._core.part import Contribution, PartBase
 from iegkit.functional.consistency import kl_consistency
-from iegkit.parts.probe_mixup import _check_rampup, rampup
+from iegkit.functional.schedule import check_rampup, linear_rampup
 
 __all__ = ["KLConsistency"]
 
 
-class KLConsistency:
-    """k * (1/B) sum_i KL(softmax(sg(z_w,i)) || softmax(z_s,i)) on the training batch (k = 20 for
-    CIFAR, 8 for WebVision). Needs the strong view of ConsistencyPseudoLabeler. ``rampup_steps``:
-    None (official) or a linear ramp of k from 0, as ProbeMixUp's."""
+class KLConsistency(PartBase):
+    """k * (1/B) sum_i m_i KL(softmax(sg(z_w,i)) || softmax(z_s,i)) on the training batch (k = 20 for
+    CIFAR, 8 for WebVision; m_i = 1 unless a part provides ``keys.UNLABELED_MASK``). Needs the strong
+    view of ConsistencyPseudoLabeler. ``rampup_steps``: None (official) or a linear ramp of k from 0,
+    as ProbeMixUp's."""
 
-    requires = ("view:strong",)
-    provides: tuple[str, ...] = ()
+    requires = (keys.STRONG_VIEW,)
+    optional_requires = (keys.UNLABELED_MASK,)
 
     def __init__(self, weight: float = 20.0, *, rampup_steps: int | None = None,
                  name: str = "kl_consistency") -> None:
@@ -27,19 +26,10 @@ class KLConsistency:
             raise ValueError(f"weight: expected >= 0, got {weight}")
         self.name = name
         self.weight = weight
-        self.rampup_steps = _check_rampup(rampup_steps)
-
-    def setup(self, plan: Plan) -> None:
-        pass
+        self.rampup_steps = check_rampup(rampup_steps)
 
     def contribute(self, ctx: StepContext) -> Contribution:
-        kl = kl_consistency(ctx.logits("input"), ctx.logits("strong"))
-        weight = self.weight * rampup(ctx.step, self.rampup_steps)
+        kl = kl_consistency(ctx.logits("input"), ctx.logits("strong"),
+                            mask=ctx.get(keys.UNLABELED_MASK, None))
+        weight = self.weight * linear_rampup(ctx.step, self.rampup_steps)
         return Contribution(losses={"loss": weight * kl}, metrics={"kl": kl.detach()})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"state: KLConsistency has no state, got keys {sorted(state)}")

@@ -2,38 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Plan, WeightInit
+from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
 from iegkit.functional.reweight import OFFICIAL_NORMALIZER_EPS, normalize_meta_weights
 
 __all__ = ["MetaReweighter"]
 
 
-class MetaReweighter:
+class MetaReweighter(PartBase):
     """omega* = max(-dL_p/d omega, 0) / (sum + eps), and the loss sum_i omega*_i CE(t_i, f(x_i)).
 
     Args:
-      weight_init: omega0, the point where the meta-gradient is taken: 0 for L2R (Ren et al. 2018),
-        "1/B" for IEG (paper footnote 1).
+      weight_init: omega0, the point where the meta-gradient is taken: "auto" (default) is 0 as in
+        L2R (Ren et al. 2018) alone and 1/B (IEG, paper footnote 1) when a MetaRelabeler shares the
+        look-ahead (its lambda meta-gradient is exactly 0 at omega0 = 0); or a number, or "1/B".
       label_mix: None for the target onehot(y) (L2R); a number lambda0 for the soft target
-        lambda0 y + (1 - lambda0) g of IEG's L_omega* (official code: 0.9; requires pseudo labels).
+        lambda0 y + (1 - lambda0) g of IEG's L_omega* (official code: 0.9; requires pseudo labels;
+        must equal the relabeler's label_init).
       loss_weight: factor on the loss term (IEG's official code uses 1/2).
       normalizer_eps: the official code divides by sum + 1e-5; 0 normalises exactly.
       lookahead_lr: the look-ahead's learning rate (default: the optimizer's current lr).
     """
 
-    provides = ("weights",)
-    optional_requires = ("lr",)  # when a schedule sets this step's lr, look ahead with it
+    optional_requires = (keys.LR,)  # when a schedule sets this step's lr, look ahead with it
+    provides = (keys.WEIGHTS,)
 
     def __init__(
         self,
-        weight_init: WeightInit = 0.0,
+        weight_init: WeightInit = "auto",
         *,
         label_mix: float | None = None,
         loss_weight: float = 1.0,
@@ -41,8 +41,8 @@ class MetaReweighter:
         lookahead_lr: float | None = None,
         name: str = "meta_reweighter",
     ) -> None:
-        if isinstance(weight_init, str) and weight_init != "1/B":
-            raise ValueError(f"weight_init: expected a number or '1/B', got {weight_init!r}")
+        if isinstance(weight_init, str) and weight_init not in ("1/B", "auto"):
+            raise ValueError(f"weight_init: expected a number, '1/B' or 'auto', got {weight_init!r}")
         if label_mix is not None and not 0.0 <= label_mix <= 1.0:
             raise ValueError(f"label_mix: expected a value in [0, 1], got {label_mix}")
         if normalizer_eps < 0:
@@ -53,30 +53,24 @@ class MetaReweighter:
         self.loss_weight = loss_weight
         self.normalizer_eps = normalizer_eps
         self.lookahead_lr = lookahead_lr
-        self.requires: tuple[str, ...] = ("targets:pseudo",) if label_mix is not None else ()
+        self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS,) if label_mix is not None else ()
 
     def setup(self, plan: Plan) -> None:
-        plan.request_meta(owner=self.name, weight_init=self.weight_init, lr=self.lookahead_lr)
+        plan.request_meta(owner=self.name, weight_init=self.weight_init, lr=self.lookahead_lr,
+                          loss_label_mix=self.label_mix)
 
     def contribute(self, ctx: StepContext) -> Contribution:
         meta = ctx.meta()
         weights = normalize_meta_weights(meta.weight, self.normalizer_eps)
         logits = ctx.logits("input")
-        pseudo = ctx.get("targets:pseudo") if self.label_mix is not None else None
+        pseudo = ctx.get(keys.PSEUDO_TARGETS) if self.label_mix is not None else None
         target = mix_targets(ctx.targets, logits.shape[-1], self.label_mix, pseudo).to(logits.dtype)
         loss = (weights * soft_cross_entropy(logits, target)).sum()
         return Contribution(
-            values={"weights": weights},
+            values={keys.WEIGHTS: weights},
             losses={"loss": self.loss_weight * loss},
             metrics={
                 "probe_loss": meta.probe_loss,
                 "nonzero_fraction": (weights > 0).to(torch.float32).mean(),
             },
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # stateless: omega0 and the look-ahead come from the step and the optimizer
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"state: MetaReweighter has no state, got keys {sorted(state)}")

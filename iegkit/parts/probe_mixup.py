@@ -9,26 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Plan
+from iegkit._core.part import Contribution, PartBase, Plan
 from iegkit.functional.losses import soft_cross_entropy
 from iegkit.functional.mixup import mix_coefficients, mixup_batch, resample
 from iegkit.functional.pseudo_label import logit_norm
+from iegkit.functional.schedule import check_rampup, linear_rampup
 
-__all__ = ["ProbeMixUp", "probe_mixup_pool", "rampup"]
-
-
-def rampup(step: int, rampup_steps: int | None) -> float:
-    """min(1, step / rampup_steps): a linear ramp-up factor (1 when rampup_steps is None)."""
-    if rampup_steps is None:
-        return 1.0
-    return min(1.0, max(0, step) / rampup_steps)
-
-
-def _check_rampup(rampup_steps: int | None) -> int | None:
-    if rampup_steps is not None and (int(rampup_steps) != rampup_steps or rampup_steps < 1):
-        raise ValueError(f"rampup_steps: expected None or an integer >= 1, got {rampup_steps}")
-    return rampup_steps
+__all__ = ["ProbeMixUp", "probe_mixup_pool"]
 
 
 def probe_mixup_pool(probe_inputs: Tensor, probe_targets: Tensor, weak: Tensor, strong: Tensor,
@@ -55,7 +44,7 @@ def probe_mixup_pool(probe_inputs: Tensor, probe_targets: Tensor, weak: Tensor, 
     return pool_inputs, pool_targets
 
 
-class ProbeMixUp:
+class ProbeMixUp(PartBase):
     """L^p_beta + p L^u_beta: the 3B pool mixed with a permutation of itself, forwarded once.
 
     Args:
@@ -69,8 +58,8 @@ class ProbeMixUp:
         many steps (MixMatch's ramp-up), against confirmation bias of early pseudo labels.
     """
 
-    provides: tuple[str, ...] = ()
     needs_probe = True
+    optional_requires = (keys.UNLABELED_MASK,)
 
     def __init__(self, unlabeled_weight: float = 5.0, *, coefficient: str = "official",
                  alpha: float = 0.5, normalize_logits: bool = True, threshold: float | None = None,
@@ -84,9 +73,9 @@ class ProbeMixUp:
         self.alpha = alpha
         self.normalize_logits = normalize_logits
         self.threshold = threshold
-        self.rampup_steps = _check_rampup(rampup_steps)
-        self.requires: tuple[str, ...] = ("targets:pseudo", "view:strong") + (
-            ("weights",) if threshold is not None else ())
+        self.rampup_steps = check_rampup(rampup_steps)
+        self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS, keys.STRONG_VIEW) + (
+            (keys.WEIGHTS,) if threshold is not None else ())
 
     def setup(self, plan: Plan) -> None:
         plan.declare_built_view("mixed", owner=self.name, rows="3B")
@@ -95,9 +84,9 @@ class ProbeMixUp:
         generator = ctx.generator(self.name)
         b = ctx.batch_size
         pool_inputs, pool_targets = probe_mixup_pool(
-            ctx.view("probe"), ctx.probe_targets, ctx.inputs, ctx.get("view:strong"),
-            ctx.get("targets:pseudo"), ctx.targets,
-            weights=ctx.get("weights") if self.threshold is not None else None,
+            ctx.view("probe"), ctx.probe_targets, ctx.inputs, ctx.get(keys.STRONG_VIEW),
+            ctx.get(keys.PSEUDO_TARGETS), ctx.targets,
+            weights=ctx.get(keys.WEIGHTS) if self.threshold is not None else None,
             threshold=self.threshold, generator=generator,
         )
         m = mix_coefficients(3 * b, generator, kind=self.coefficient, alpha=self.alpha,
@@ -110,14 +99,15 @@ class ProbeMixUp:
         if self.normalize_logits:
             chunks = [logit_norm(chunk) for chunk in chunks]
         probe_loss = soft_cross_entropy(chunks[0], mixed_targets[:b]).mean()
-        unlabeled_loss = soft_cross_entropy(torch.cat(chunks[1:]), mixed_targets[b:]).mean()
-        weight = self.unlabeled_weight * rampup(ctx.step, self.rampup_steps)
+        unlabeled_rows = soft_cross_entropy(torch.cat(chunks[1:]), mixed_targets[b:])
+        mask = ctx.get(keys.UNLABELED_MASK, None)
+        if mask is not None:
+            # FixMatch: masked rows count as zero loss over a fixed denominator, so an empty mask
+            # gives 0, not 0/0. Each mixed row is masked by its anchor (m >= 1/2 keeps it dominant).
+            mask = mask.to(unlabeled_rows.dtype)
+            unlabeled_loss = (unlabeled_rows * torch.cat([mask, mask])).mean()
+        else:
+            unlabeled_loss = unlabeled_rows.mean()
+        weight = self.unlabeled_weight * linear_rampup(ctx.step, self.rampup_steps)
         return Contribution(losses={"probe": probe_loss, "unlabeled": weight * unlabeled_loss},
                             metrics={"unlabeled_weight": torch.tensor(weight)})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # its randomness lives in the pipeline's per-part generator
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"state: ProbeMixUp has no state, got keys {sorted(state)}")

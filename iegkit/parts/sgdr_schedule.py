@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 
+from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Plan
+from iegkit._core.part import Contribution, PartBase
 from iegkit.functional.schedule import _check_cycle_args, _check_int, _check_real, sgdr
 
 __all__ = ["SGDRSchedule"]
@@ -27,7 +28,7 @@ def _set_group_lr(group: dict[str, Any], lr: float) -> None:
         group["lr"] = lr
 
 
-class SGDRSchedule(LRScheduler):
+class SGDRSchedule(LRScheduler, PartBase):
     """Cosine annealing with warm restarts (SGDR), per iteration: ``iegkit.functional.sgdr``.
 
     The peak of each param group is its initial lr (``base_lrs``); ``min_lr`` and
@@ -61,8 +62,7 @@ class SGDRSchedule(LRScheduler):
       name: the part's name.
     """
 
-    requires: tuple[str, ...] = ()
-    provides: tuple[str, ...] = ("lr",)
+    provides: tuple[str, ...] = (keys.LR,)
 
     def __init__(
         self,
@@ -122,9 +122,6 @@ class SGDRSchedule(LRScheduler):
 
     # -- the part ---------------------------------------------------------------------------------
 
-    def setup(self, plan: Plan) -> None:
-        """Nothing to declare: the schedule needs no views and no meta variables."""
-
     def contribute(self, ctx: StepContext) -> Contribution:
         """Set every group's lr to the schedule at ``ctx.step`` (before this step's forward)."""
         step = _check_int("step", ctx.step, 0)
@@ -141,7 +138,7 @@ class SGDRSchedule(LRScheduler):
             group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"]
             for group in self.optimizer.param_groups
         ]
-        return Contribution(values={"lr": torch.tensor(lrs[0])})
+        return Contribution(values={keys.LR: torch.tensor(lrs[0])})
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict()

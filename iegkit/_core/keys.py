@@ -1,0 +1,28 @@
+"""The context keys the built-in parts exchange: one place for every name.
+
+A key names a value one part provides (and others may refine) during a step. Third-party parts may
+use their own keys; these are the ones iegkit's parts read and write.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LR", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW", "UNLABELED_MASK",
+           "WEIGHTS"]
+
+#: omega* (B,): per-example weights from the meta-gradient (MetaReweighter).
+WEIGHTS = "weights"
+#: lambda* (B,): 1 keeps the given label, 0 takes the pseudo label (MetaRelabeler).
+RELABEL = "relabel"
+#: g (B, C): detached pseudo labels on the simplex (ConsistencyPseudoLabeler; refined by
+#: DistributionAlignment).
+PSEUDO_TARGETS = "targets:pseudo"
+#: A ``PseudoLabelSource``: how the pseudo labels are made from view logits, for the official
+#: look-ahead that differentiates through them.
+PSEUDO_LABELER = "fn:pseudo_labels"
+#: The strong-view inputs (B, ...), forwarded once per step and shared.
+STRONG_VIEW = "view:strong"
+#: (B,) in [0, 1]: which examples the unlabeled terms keep (ConfidenceMask).
+UNLABELED_MASK = "mask:unlabeled"
+#: This step's learning rate, set on the optimizer by a schedule part. The meta parts order after
+#: it so that the look-ahead uses the lr the real step will use.
+LR = "lr"
