@@ -72,12 +72,8 @@ import abc
 import argparse
 import contextlib
 import copy
-import datetime
 import gc
 import os
-import platform
-import re
-import shlex
 import statistics
 import sys
 import time
@@ -89,13 +85,15 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import iegkit  # noqa: E402
 import iegkit.models  # noqa: E402
+from results_io import command, machine, now, write_section  # noqa: E402
 
-SECTION_HEADING = "## Meta-step overhead (benchmarks/meta_step.py)"
+SECTION = "Meta-step overhead (benchmarks/meta_step.py)"
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 NORMALIZER_EPS = 1e-5
@@ -142,13 +140,20 @@ class Batch:
 class Variant(abc.ABC):
     name = "variant"
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> None:
         self.model = model
-        self.opt = make_optimizer(model)
+        self.opt = make_optimizer(model) if opt is None else opt
 
     @abc.abstractmethod
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        """The loss of one training step: its forward passes, and the meta step if any."""
+
     def step(self, b: Batch, i: int) -> None:
-        """One full training step of this variant."""
+        """One full training step of this variant: loss, zero_grad, backward, optimizer.step()."""
+        loss = self.loss(b, i)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
 
     def weights(self, b: Batch, i: int) -> torch.Tensor | None:
         """The example weights of one step, without stepping (for --check); None if not applicable."""
@@ -158,25 +163,19 @@ class Variant(abc.ABC):
 class Plain(Variant):
     name = "plain"
 
-    def step(self, b: Batch, i: int) -> None:
-        loss = F.cross_entropy(self.model(b.x), b.y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        return F.cross_entropy(self.model(b.x), b.y)
 
 
 class IegkitL2R(Variant):
     name = "iegkit_l2r"
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> None:
+        super().__init__(model, opt)
         self.pipe = iegkit.recipes.l2r(model, self.opt)
 
-    def step(self, b: Batch, i: int) -> None:
-        out = self.pipe(b.x, b.y, b.xp, b.yp, step=i)
-        self.opt.zero_grad()
-        out.loss.backward()
-        self.opt.step()
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        return self.pipe(b.x, b.y, b.xp, b.yp, step=i).loss
 
     def weights(self, b: Batch, i: int) -> torch.Tensor:
         return self.pipe(b.x, b.y, b.xp, b.yp, step=i).weights
@@ -197,17 +196,48 @@ def normalize(grad: torch.Tensor) -> torch.Tensor:
     return w / (w.sum() + NORMALIZER_EPS)
 
 
-class DoubleBackwardL2R(Variant):
+def weighted_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example cross-entropy l_i and the example weights eps = 0 (requiring grad) of the
+    look-ahead loss sum_i eps_i l_i."""
+    losses = F.cross_entropy(logits, y, reduction="none")
+    eps = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device, requires_grad=True)
+    return losses, eps
+
+
+def probe_weights(probe_logits: torch.Tensor, yp: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """relu(-d probe loss / d eps) / (sum + 1e-5): the L2R example weights."""
+    (eps_grad,) = torch.autograd.grad(F.cross_entropy(probe_logits, yp), eps)
+    return normalize(eps_grad)
+
+
+class HandWrittenL2R(Variant):
+    """An L2R step written here: the example weights of a look-ahead, then the weighted loss."""
+
+    @abc.abstractmethod
+    def meta(self, b: Batch) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(per-example training losses of the real forward, or None when the look-ahead did not
+        run one; the example weights)."""
+
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        losses, w = self.meta(b)
+        if losses is None:
+            losses = F.cross_entropy(self.model(b.x), b.y, reduction="none")
+        return (w * losses).sum()
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        return self.meta(b)[1]
+
+
+class DoubleBackwardL2R(HandWrittenL2R):
     """The classic L2R step by second-order backward (see the module docstring)."""
 
     name = "double_backward"
 
-    def _meta(self, b: Batch):
+    def meta(self, b: Batch):
         model, opt = self.model, self.opt
         names, params = _trainable(model, opt)
-        logits = model(b.x)  # the real forward: BatchNorm statistics updated once, graph kept
-        losses = F.cross_entropy(logits, b.y, reduction="none")
-        eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device, requires_grad=True)
+        # the real forward: BatchNorm statistics updated once, graph kept for the weighted loss
+        losses, eps = weighted_losses(model(b.x), b.y)
         grads = torch.autograd.grad((eps * losses).sum(), params, create_graph=True)
         new = []
         for p, g in zip(params, grads):
@@ -219,76 +249,37 @@ class DoubleBackwardL2R(Variant):
             new.append(p - group["lr"] * d)
         buffers = {n: t.clone() for n, t in model.named_buffers()}
         probe_logits = functional_call(model, {**buffers, **dict(zip(names, new))}, (b.xp,))
-        probe_loss = F.cross_entropy(probe_logits, b.yp)
-        (eps_grad,) = torch.autograd.grad(probe_loss, eps)
-        return losses, normalize(eps_grad)
-
-    def step(self, b: Batch, i: int) -> None:
-        losses, w = self._meta(b)
-        loss = (w * losses).sum()
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-
-    def weights(self, b: Batch, i: int) -> torch.Tensor:
-        return self._meta(b)[1]
+        return losses, probe_weights(probe_logits, b.yp, eps)
 
 
-class HigherL2R(Variant):
+class HigherL2R(HandWrittenL2R):
     """L2R with higher.innerloop_ctx (differentiable copy of the optimizer, its state included)."""
 
     name = "higher_l2r"
 
-    def _meta(self, b: Batch):
-        model = self.model
-        with higher.innerloop_ctx(model, self.opt, copy_initial_weights=False) as (fmodel, diffopt):
-            logits = fmodel(b.x)
-            losses = F.cross_entropy(logits, b.y, reduction="none")
-            eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device,
-                              requires_grad=True)
+    def meta(self, b: Batch):
+        inner = higher.innerloop_ctx(self.model, self.opt, copy_initial_weights=False)
+        with inner as (fmodel, diffopt):
+            losses, eps = weighted_losses(fmodel(b.x), b.y)
             diffopt.step((eps * losses).sum())
-            probe_loss = F.cross_entropy(fmodel(b.xp), b.yp)
-            (eps_grad,) = torch.autograd.grad(probe_loss, eps)
-        return normalize(eps_grad)
-
-    def step(self, b: Batch, i: int) -> None:
-        w = self._meta(b)
-        loss = (w * F.cross_entropy(self.model(b.x), b.y, reduction="none")).sum()
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-
-    def weights(self, b: Batch, i: int) -> torch.Tensor:
-        return self._meta(b)
+            w = probe_weights(fmodel(b.xp), b.yp, eps)
+        return None, w
 
 
-class TorchoptL2R(Variant):
+class TorchoptL2R(HandWrittenL2R):
     """L2R with torchopt.MetaSGD (fresh momentum buffer each step: same cost, not the same value)."""
 
     name = "torchopt_l2r"
 
-    def _meta(self, b: Batch):
+    def meta(self, b: Batch):
         model = self.model
         net_state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
         meta_opt = torchopt.MetaSGD(model, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        logits = model(b.x)
-        losses = F.cross_entropy(logits, b.y, reduction="none")
-        eps = torch.zeros(b.x.shape[0], dtype=logits.dtype, device=logits.device, requires_grad=True)
+        losses, eps = weighted_losses(model(b.x), b.y)
         meta_opt.step((eps * losses).sum())
-        probe_loss = F.cross_entropy(model(b.xp), b.yp)
-        (eps_grad,) = torch.autograd.grad(probe_loss, eps)
+        w = probe_weights(model(b.xp), b.yp, eps)
         torchopt.recover_state_dict(model, net_state)
-        return normalize(eps_grad)
-
-    def step(self, b: Batch, i: int) -> None:
-        w = self._meta(b)
-        loss = (w * F.cross_entropy(self.model(b.x), b.y, reduction="none")).sum()
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-
-    def weights(self, b: Batch, i: int) -> torch.Tensor:
-        return self._meta(b)
+        return None, w
 
 
 VARIANTS: list[type[Variant]] = [Plain, IegkitL2R, DoubleBackwardL2R]
@@ -393,17 +384,11 @@ def check(model_name: str, device: torch.device, classes: list[type[Variant]], b
     warm = Plain(base)
     warm.step(b, 0)
     lines = []
-    ref_w = None
     results = {}
     for cls in classes:
         if cls is Plain:
             continue
-        model, opt = copy.deepcopy((warm.model, warm.opt))
-        v = cls.__new__(cls)
-        v.model, v.opt = model, opt
-        if cls is IegkitL2R:
-            v.pipe = iegkit.recipes.l2r(model, opt)
-        results[cls.name] = v.weights(b, 1).detach()
+        results[cls.name] = cls(*copy.deepcopy((warm.model, warm.opt))).weights(b, 1).detach()
     ref_w = results.get(DoubleBackwardL2R.name)
     for name, w in results.items():
         if name != DoubleBackwardL2R.name and ref_w is not None:
@@ -531,30 +516,6 @@ def notes(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def machine_info(args) -> str:
-    cuda = (f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}"
-            if torch.cuda.is_available() else "no CUDA device")
-    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"torch.set_num_threads({args.threads}), torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.platform()}, {cuda}")
-
-
-def write_section(path: str, body: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# Results\n"
-    section = f"{SECTION_HEADING}\n\n{body.rstrip()}\n"
-    start = text.find(SECTION_HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        match = re.compile(r"^## ", re.M).search(text, start + len(SECTION_HEADING))
-        end = match.start() if match else len(text)
-        rest = text[end:]
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def parse_batch_sizes(spec: str, models: list[str]) -> dict[str, list[int]]:
     """'128' (every model) or 'small_cnn:128,resnet29:64' (per model), or a mix of both."""
     out: dict[str, list[int]] = {m: [] for m in models}
@@ -600,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
                              "(e.g. iegkit_l2r) for each device/model/batch size")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--write", metavar="PATH", default=None,
-                        help="write/replace the section '" + SECTION_HEADING + "' in PATH")
+                        help=f"write/replace the section '## {SECTION}' in PATH")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -622,8 +583,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile and args.profile not in {c.name for c in classes}:
         parser.error(f"--profile: unknown variant '{args.profile}'")
 
-    command = "python benchmarks/meta_step.py" + (
-        " " + shlex.join(sys.argv[1:] if argv is None else argv) if (argv or sys.argv[1:]) else "")
     started = time.perf_counter()
     rows: list[Row] = []
     checks: list[str] = []
@@ -654,14 +613,13 @@ def main(argv: list[str] | None = None) -> None:
                 for bs in batch_sizes[m]:
                     profile_variant(m, bs, device, args, classes)
     if args.write:
-        date = datetime.datetime.now(datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
         skipped = [n for n, (mod, _) in OPTIONAL.items() if mod is None]
         body = "\n".join([
-            f"Command: `{command}`",
+            f"Command: `{command(argv)}`",
             "",
-            f"Date: {date}",
+            f"Date: {now()}",
             "",
-            f"Machine: {machine_info(args)}",
+            f"Machine: {machine(details=True)}",
             "",
             f"Load: {load}.",
             "",
@@ -677,8 +635,8 @@ def main(argv: list[str] | None = None) -> None:
             notes(rows),
         ] + ([f"- Same weights check (one identical state; weights = relu(-grad)/(sum + 1e-5)): "
               + " | ".join(checks)] if checks else []))
-        write_section(args.write, body)
-        print(f"wrote section '{SECTION_HEADING}' to {args.write}")
+        write_section(args.write, SECTION, body)
+        print(f"wrote section '## {SECTION}' to {args.write}")
 
 
 if __name__ == "__main__":

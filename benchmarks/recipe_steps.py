@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results_io import command, machine, now, write_section  # noqa: E402
+from results_io import load_average, provenance, write_section  # noqa: E402
 
 from iegkit import recipes  # noqa: E402
 from iegkit.models import ResNet29, SmallCNN  # noqa: E402
@@ -89,14 +89,12 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        load = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
-        body = (f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {now()}; load average "
-                f"at the end {load}.\n\n{args.model}, B = probe batch = {b}, 32x32 inputs, "
-                f"{args.repeats} interleaved repeats. Forwards: 'input' is the training batch, "
-                "'strong' the strong view, 'mixed' the 3B MixUp "
-                "batch; the look-ahead adds one probe forward+backward at θ' and one JVP (two with "
-                "the official look-ahead through the pseudo labels). Target: IEG ≤ 2x EG.\n\n"
-                + table)
+        body = (provenance(f"; load average at the end {load_average()}.") + "\n\n"
+                f"{args.model}, B = probe batch = {b}, 32x32 inputs, {args.repeats} interleaved "
+                "repeats. Forwards: 'input' is the training batch, 'strong' the strong view, "
+                "'mixed' the 3B MixUp batch; the look-ahead adds one probe forward+backward at θ' "
+                "and one JVP (two with the official look-ahead through the pseudo labels). "
+                "Target: IEG ≤ 2x EG.\n\n" + table)
         write_section(args.write, f"Step cost per recipe, {args.model} (benchmarks/recipe_steps.py)",
                       body)
     return 0

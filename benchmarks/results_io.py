@@ -8,24 +8,46 @@ import platform
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 
-def machine() -> str:
+def machine(*, details: bool = False) -> str:
+    """CPU cores, torch and its thread count, Python, GPU. ``details``: also the OS
+    (``platform.platform()``) and the CUDA version."""
     cpu = platform.processor() or platform.machine()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    if torch.cuda.is_available():
+        gpu = f", GPU {torch.cuda.get_device_name(0)}"
+        if details:
+            gpu += f" (CUDA {torch.version.cuda})"
+    else:
+        gpu = ", no GPU"
+    system = f", {platform.platform()}" if details else ""
     return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}{gpu}")
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}{system}{gpu}")
 
 
-def command() -> str:
-    return ".venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
+def command(argv: Sequence[str] | None = None) -> str:
+    """The command line of this run; ``argv`` replaces ``sys.argv[1:]`` (a ``main(argv)`` call)."""
+    args = sys.argv if argv is None else [sys.argv[0], *argv]
+    return ".venv/bin/python " + " ".join(shlex.quote(a) for a in args)
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, e.g. ``"2.18 1.61 2.26"``."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def provenance(date_note: str = "") -> str:
+    """The head of a results section: command, machine and date lines (``date_note`` follows the
+    date, e.g. ``"; total 3.2 min."``)."""
+    return f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {now()}{date_note}"
 
 
 def write_section(path: str | Path, heading: str, body: str) -> None:
@@ -39,4 +61,5 @@ def write_section(path: str | Path, heading: str, body: str) -> None:
         text = pattern.sub(lambda _: section, text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")

@@ -1,91 +1,14 @@
 """Batched weak and strong image augmentation for IEG, on (B, C, H, W) float tensors.
 
-The geometric and AutoAugment operations come from kornia (torch only, batched, any
-device). Cutout is written here because kornia has no matching op (see :func:`cutout`).
+``weak_augment()`` pads (black), random-crops and flips; ``strong_augment()`` runs AutoAugment
+(per-image sub-policy), then pad-crop (gray), flip and a 16x16 gray cutout; ``policy=None`` skips
+AutoAugment (IEG-7). The geometric and AutoAugment ops come from kornia (torch only, batched, any
+device); :func:`cutout` is written here. Every callable is ``fn(images, generator=None)``, takes
+``value_range`` (default ``(0, 1)``), and returns detached outputs of the input's shape and dtype.
 
-What the official code does (google-research ``ieg/dataset_utils``, CIFAR):
-
-* Pixels are scaled to [0, 1] and then mapped to [-1, 1].
-* **Weak view** (done in TF, ``cifar_process``): ``resize_image_with_crop_or_pad`` to
-  36x36, which pads **2** px of zeros per side (black in [0, 1] space), then a random 32x32
-  crop and a horizontal flip with probability 1/2.
-* **Strong view** (done in Python/PIL on the weak view): one AutoAugment CIFAR-10
-  sub-policy drawn **per image** from the 95 "good policies", then zero-pad by 4 and
-  random-crop (the zeros are in [-1, 1] space, so the border is gray), then a horizontal
-  flip, then a 16x16 cutout. The cutout's centre is uniform over the image, the square is
-  clipped at the borders, and it is filled with 0 in [-1, 1] space (gray).
-  The paper states the order "AA -> flip -> crop -> cutout". Flip and crop give the same
-  distribution in either order, because the crop offsets are symmetric.
-
-What this module gives:
-
-* ``weak = weak_augment()`` pads, crops and flips. It pads with black by default. Its default
-  ``pad=4`` is the usual CIFAR setting. ``weak_augment(pad=2)`` is the official weak view.
-* ``strong = strong_augment()`` runs AutoAugment, then pad-crop (gray), flip, and cutout
-  16x16 (gray). To reproduce the official chain, apply it to the weak view:
-  ``strong(weak(x))``.
-* ``strong_augment(policy=None)`` skips AutoAugment and does pad-crop, flip and cutout
-  only. This is the paper's IEG-7 ablation ("without AA").
-
-Value range. Every callable takes ``value_range``: ``(0, 1)`` (the default) or ``(-1, 1)``
-(the official input space), or any ``(lo, hi)``. kornia's AutoAugment ops assume [0, 1],
-so the images are mapped to [0, 1] for AutoAugment, clamped there, and mapped back. The
-other ops work directly in the input's space. A default fill (``fill=None``) is given in
-that space: black (``lo``) for the weak pad, gray (``(lo + hi) / 2``) for the strong pad
-and the cutout, as in the official code. An explicit ``fill`` is a value in the input's
-space.
-
-Randomness. Each callable is ``fn(images, generator=None)``.
-
-* ``generator=None``: the draws come from the global torch RNG and advance it, as kornia
-  normally does.
-* With a ``torch.Generator``, one 62-bit seed is drawn from it. The augmentation then runs
-  inside ``torch.random.fork_rng``, with the CPU RNG seeded from that seed (and the input's
-  CUDA device, if any, as well). kornia draws from the global RNG and cannot take a
-  generator, which is why it is done this way. Two generators in the same state give the
-  same output. The global RNG is left as it was. The generator advances by one draw per
-  call.
-
-Outputs are computed under ``torch.no_grad()`` and are detached. Shape, dtype and device
-are kept; float16 and bfloat16 are processed in float32 and cast back.
-
-Requirements. kornia (tested with 0.7.4, 0.8.1 and 0.9.0). Before 0.9, kornia's
-AutoAugment ops need pillow: without it, kornia prompts on stdin to install it.
-:func:`strong_augment` checks for this and raises ImportError instead. :func:`cutout` needs
-only torch.
-
-Cost. Measured with kornia 0.9 on one CPU thread of a shared 2-core machine, for a
-100x3x32x32 batch (median): about 2 ms for the weak view and 2-8 ms for ``policy=None``.
-AutoAugment drawn per batch takes 8-19 ms. AutoAugment drawn per image takes 30-85 ms,
-because it makes up to 25 small kornia calls. Run it in DataLoader workers, as the official
-code's per-image PIL AutoAugment also has to be.
-
-Differences from the official code, which all come from kornia's ``AutoAugment`` (0.7 to 0.9):
-
-* **Policy set.** ``policy="cifar10"`` is kornia's 25-sub-policy CIFAR-10 list (the one
-  from the AutoAugment paper), not the 95 "good policies" of the official code.
-* **Policy draw.** kornia's ``AutoAugment.forward`` draws *one* sub-policy for the whole
-  batch on each call. The probability and magnitude of each op are drawn per image. The
-  official default path draws the sub-policy per image. ``per_image_policy=True`` (the
-  default) restores the per-image draw: each image gets its own sub-policy index, and
-  each group of images is run through kornia's sub-policy module for that index. This
-  makes up to 25 small kornia calls per batch. ``per_image_policy=False`` uses kornia's
-  single per-batch draw, which is faster but correlates the batch.
-* **Magnitudes.** kornia reads a magnitude bin ``m`` as the interval
-  ``[v[m], v[m+1]]`` of a *signed* 11-point scale, and samples a value from it. The
-  official code uses the fixed value ``level/10 * max`` with a random sign. So in kornia:
-
-  * ``("rotate", 0.7, 2)`` rotates by -18 to -12 degrees (official: +/-6 degrees);
-  * ``("translate_y", 0.7, 9)`` always shifts down by 0.4 to 0.5 of the image, which is
-    13 to 16 px on CIFAR (official: +/-9 px);
-  * ``("solarize", 0.5, 2)`` uses a threshold of 0.2 to 0.3 (official: 205/255, about 0.8);
-  * ``("posterize", 0.3, 7)`` keeps about 7 bits (official: 2 bits).
-* **Fill.** Pixels that a kornia geometric AutoAugment op exposes are 0 in [0, 1] space
-  (black). In the official code they are gray.
-* **Quantisation.** Nothing is quantised to uint8, whereas PIL works in uint8.
-* **Crop offsets.** kornia's pad-crop offsets are uniform on ``{0, ..., 2*pad}``. The
-  official numpy pad-crop of the strong view draws ``randint(0, 2*pad)``, i.e.
-  ``{0, ..., 2*pad - 1}``, which is off by one and slightly biased.
+docs/method.md, section "Augmentation (strong view)", has the details: the official code's views,
+value ranges and fills, randomness with a generator, requirements (kornia, pillow), timings, and
+every difference from the official code (policy set and draw, kornia's magnitudes).
 """
 
 from __future__ import annotations
