@@ -7,8 +7,10 @@ from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
 from iegkit.ema import WeightEMA
 from iegkit.parts import (
+    ConfidenceMask,
     ConsistencyPseudoLabeler,
     CrossEntropy,
+    DistributionAlignment,
     KLConsistency,
     MetaRelabeler,
     MetaReweighter,
@@ -18,9 +20,11 @@ from iegkit.parts import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "ConfidenceMask",
     "ConsistencyPseudoLabeler",
     "Contribution",
     "CrossEntropy",
+    "DistributionAlignment",
     "KLConsistency",
     "MetaRelabeler",
     "MetaReweighter",

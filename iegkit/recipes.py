@@ -13,8 +13,10 @@ import torch
 from iegkit._core.compose import Pipeline, compose
 from iegkit._core.part import Part
 from iegkit.parts import (
+    ConfidenceMask,
     ConsistencyPseudoLabeler,
     CrossEntropy,
+    DistributionAlignment,
     KLConsistency,
     MetaRelabeler,
     MetaReweighter,
@@ -22,7 +24,8 @@ from iegkit.parts import (
     SGDRSchedule,
 )
 
-__all__ = ["RECIPES", "TABLE7", "ablation", "build", "eg", "ieg", "l2r", "method_names", "plain"]
+__all__ = ["RECIPES", "TABLE7", "ablation", "build", "eg", "ieg", "l2r", "method_names", "plain",
+           "robust_eg", "robust_ieg"]
 
 Augment = Callable[..., torch.Tensor]
 
@@ -40,6 +43,9 @@ TABLE7: dict[int, frozenset[str]] = {
     8: frozenset({"UC", "MC", "AA"}),
 }
 COMPONENTS = frozenset({"UC", "MC", "AA", "lambda"})
+#: robust_ieg/robust_eg ramp p and k over this fraction of the run (selected on digits' validation
+#: split, docs/results.md).
+ROBUST_RAMPUP_FRACTION = 0.5
 
 
 def _schedule(optimizer, first_cycle_steps: int | None, t_mul: float, m_mul: float) -> list[Part]:
@@ -185,6 +191,116 @@ def ieg(
     return compose(*parts, model=model, optimizer=optimizer, seed=seed)
 
 
+def robust_ieg(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    strong_augment: Augment | None = None,
+    seed: int = 0,
+    components: Collection[str] = COMPONENTS,
+    plain_strong_augment: Augment | None = None,
+    unlabeled_weight: float = 5.0,
+    consistency_weight: float = 20.0,
+    label_init: float = 0.9,
+    temperature: float = 0.5,
+    teacher_decay: float = 0.99,
+    alignment_momentum: float = 0.99,
+    confidence_threshold: float | None = None,
+    rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
+    lookahead_lr: float | None = None,
+    first_cycle_steps: int | None = None,
+    t_mul: float = 1.5,
+    m_mul: float = 0.9,
+) -> Pipeline:
+    """IEG with safeguards against the collapse of the pseudo labels (docs/method.md, "Robust IEG").
+
+    The official objective and parts of ``ieg`` (1/2 (L_lambda* + L_omega*) + L^p + p L^u + k KL,
+    omega0 = 1/B, lambda0 = 0.9, p = 5, k = 20, tau = 0.5), with three differences:
+
+    1. The pseudo labels come from an EMA teacher (``teacher_decay`` 0.99, mean teacher), not from
+       the weights being trained.
+    2. They are distribution-aligned (ReMixMatch): rescaled by uniform / running marginal of the
+       teacher's predictions (``alignment_momentum`` 0.99).
+    3. p and k ramp up linearly over ``rampup_fraction`` of ``total_steps`` (MixMatch's ramp-up;
+       the paper has none). Derived from the run length, so nothing is set per dataset.
+
+    Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms. The look-ahead
+    treats the pseudo labels as constants (the teacher's do not depend on the weights).
+    ``components`` selects Table 7's pieces as in ``ieg`` (the ablations with safeguards).
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+    if not 0.0 < rampup_fraction <= 1.0:
+        raise ValueError(f"rampup_fraction: expected a value in (0, 1], got {rampup_fraction}")
+    unknown = set(components) - COMPONENTS
+    if unknown:
+        raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
+    components = frozenset(components)
+    rampup_steps = max(1, round(rampup_fraction * total_steps))
+    parts: list[Part] = []
+    if components & {"UC", "MC", "lambda"}:
+        if "AA" in components:
+            strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+        else:
+            strong = (plain_strong_augment if plain_strong_augment is not None
+                      else strong_augment if strong_augment is not None else _default_strong(None))
+        parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
+                                              teacher_decay=teacher_decay))
+        parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
+        if confidence_threshold is not None:
+            parts.append(ConfidenceMask(confidence_threshold))
+    if "lambda" in components:
+        parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
+                                    lookahead_lr=lookahead_lr))
+        parts.append(MetaRelabeler(label_init, loss_weight=0.5))
+    else:
+        parts.append(MetaReweighter("1/B", lookahead_lr=lookahead_lr))
+    if "MC" in components:
+        parts.append(ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps))
+    if "UC" in components:
+        parts.append(KLConsistency(consistency_weight, rampup_steps=rampup_steps))
+    parts.extend(_schedule(optimizer, first_cycle_steps, t_mul, m_mul))
+    return compose(*parts, model=model, optimizer=optimizer, seed=seed)
+
+
+def robust_eg(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    strong_augment: Augment | None = None,
+    seed: int = 0,
+    unlabeled_weight: float = 5.0,
+    consistency_weight: float = 20.0,
+    temperature: float = 0.5,
+    teacher_decay: float = 0.99,
+    alignment_momentum: float = 0.99,
+    confidence_threshold: float | None = None,
+    rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
+    first_cycle_steps: int | None = None,
+    t_mul: float = 1.5,
+    m_mul: float = 0.9,
+) -> Pipeline:
+    """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
+    pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run."""
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+    if not 0.0 < rampup_fraction <= 1.0:
+        raise ValueError(f"rampup_fraction: expected a value in (0, 1], got {rampup_fraction}")
+    rampup_steps = max(1, round(rampup_fraction * total_steps))
+    strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+    return compose(
+        ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay),
+        DistributionAlignment(momentum=alignment_momentum, temperature=temperature),
+        *([ConfidenceMask(confidence_threshold)] if confidence_threshold is not None else []),
+        ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps),
+        KLConsistency(consistency_weight, rampup_steps=rampup_steps),
+        *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),
+        model=model, optimizer=optimizer, seed=seed,
+    )
+
+
 def ablation(n: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **kwargs) -> Pipeline:
     """IEG-n of the paper's Table 7 (n = 1..8): ``ieg(..., components=TABLE7[n])``."""
     if n not in TABLE7:
@@ -193,7 +309,8 @@ def ablation(n: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
 
 
 #: The recipes by the name the demo, the CLI and the benchmarks use ("ieg-1".."ieg-8" via ablation).
-RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg": eg, "ieg": ieg}
+RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg": eg, "ieg": ieg,
+                                               "robust_eg": robust_eg, "robust_ieg": robust_ieg}
 
 
 def method_names() -> list[str]:
@@ -231,6 +348,9 @@ def build(
             options.setdefault("strong_augment", strong_augment)
             if name != "eg":
                 options.setdefault("plain_strong_augment", strong_augment)
+    if name.startswith("robust_"):
+        return RECIPES[name](model, optimizer, total_steps=total_steps,
+                             strong_augment=strong_augment, seed=seed, **options)
     if name.startswith("ieg-"):
         return ablation(int(name.split("-", 1)[1]), model, optimizer, seed=seed, **options)
     return RECIPES[name](model, optimizer, seed=seed, **options)

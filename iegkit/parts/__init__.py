@@ -1,7 +1,9 @@
 """The composable parts, one file each."""
 
+from iegkit.parts.confidence_mask import ConfidenceMask
 from iegkit.parts.consistency_pseudo_labeler import ConsistencyPseudoLabeler
 from iegkit.parts.cross_entropy import CrossEntropy
+from iegkit.parts.distribution_alignment import DistributionAlignment
 from iegkit.parts.kl_consistency import KLConsistency
 from iegkit.parts.meta_relabeler import MetaRelabeler
 from iegkit.parts.meta_reweighter import MetaReweighter
@@ -9,8 +11,10 @@ from iegkit.parts.probe_mixup import ProbeMixUp
 from iegkit.parts.sgdr_schedule import SGDRSchedule
 
 __all__ = [
+    "ConfidenceMask",
     "ConsistencyPseudoLabeler",
     "CrossEntropy",
+    "DistributionAlignment",
     "KLConsistency",
     "MetaRelabeler",
     "MetaReweighter",

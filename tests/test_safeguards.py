@@ -1,0 +1,283 @@
+"""The robust-IEG safeguards: distribution alignment, confidence mask, EMA teacher, collapse signals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_problem
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import iegkit
+from iegkit import keys, recipes
+from iegkit.errors import MissingProviderError
+from iegkit.functional.collapse import pseudo_label_accuracy, pseudo_label_concentration
+from iegkit.functional.consistency import kl_consistency
+from iegkit.functional.distribution_alignment import align_distribution, unsharpen, updated_marginal
+from iegkit.functional.pseudo_label import sharpen
+from iegkit.parts.confidence_mask import confidence_mask
+
+
+def noise_augment(images, generator=None):
+    return images + 0.1 * torch.randn(images.shape, generator=generator, dtype=images.dtype)
+
+
+def simplex_rows(draw, rows, classes):
+    logits = torch.tensor(draw(st.lists(st.floats(-4, 4), min_size=rows * classes,
+                                        max_size=rows * classes)), dtype=torch.float64)
+    return torch.softmax(logits.reshape(rows, classes), -1)
+
+
+@st.composite
+def pseudo_batches(draw):
+    rows, classes = draw(st.integers(1, 12)), draw(st.integers(2, 10))
+    return simplex_rows(draw, rows, classes)
+
+
+@st.composite
+def marginals(draw, classes):
+    return simplex_rows(draw, 1, classes)[0].clamp_min(1e-3)
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_alignment_equals_sharpening_the_aligned_average(data):
+    q = data.draw(pseudo_batches())
+    classes = q.shape[-1]
+    p_model, p_target = data.draw(marginals(classes)), data.draw(marginals(classes))
+    tau = data.draw(st.sampled_from([0.25, 0.5, 1.0]))
+    # reference: ReMixMatch's order (align the average, then sharpen), written out by hand
+    aligned = q * p_target / p_model
+    aligned = aligned / aligned.sum(-1, keepdim=True)
+    expected = aligned ** (1 / tau)
+    expected = expected / expected.sum(-1, keepdim=True)
+    got = align_distribution(sharpen(q, tau), p_model, p_target, temperature=tau)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.sum(-1), torch.ones(q.shape[0], dtype=torch.float64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_alignment_is_identity_for_equal_marginals_and_permutation_equivariant(data):
+    g = data.draw(pseudo_batches())
+    p = data.draw(marginals(g.shape[-1]))
+    torch.testing.assert_close(align_distribution(g, p, p), g, rtol=1e-9, atol=1e-12)
+    perm = torch.randperm(g.shape[0])
+    other = data.draw(marginals(g.shape[-1]))
+    torch.testing.assert_close(align_distribution(g[perm], p, other),
+                               align_distribution(g, p, other)[perm])
+
+
+@settings(max_examples=30, deadline=None)
+@given(pseudo_batches(), st.sampled_from([0.25, 0.5, 2.0]))
+def test_unsharpen_inverts_sharpen(q, tau):
+    torch.testing.assert_close(unsharpen(sharpen(q, tau), tau), q, rtol=1e-6, atol=1e-9)
+
+
+def test_updated_marginal_is_a_convex_update():
+    running = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    batch = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(updated_marginal(running, batch, 0.9),
+                               0.9 * running + 0.1 * torch.tensor([0.5, 0.5, 0.0],
+                                                                  dtype=torch.float64))
+    with pytest.raises(ValueError, match="momentum"):
+        updated_marginal(running, batch, 1.0)
+
+
+def test_alignment_rejects_bad_marginals():
+    g = torch.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="model_marginal: expected shape"):
+        align_distribution(g, torch.ones(4) / 4, torch.ones(3) / 3)
+    with pytest.raises(ValueError, match="target_marginal: expected finite positive"):
+        align_distribution(g, torch.ones(3) / 3, torch.tensor([0.5, 0.5, 0.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(pseudo_batches())
+def test_concentration_bounds_and_invariance(g):
+    classes = g.shape[-1]
+    top, entropy = pseudo_label_concentration(g)
+    assert 1 / classes - 1e-12 <= float(top) <= 1.0
+    assert -1e-9 <= float(entropy) <= 1.0 + 1e-9
+    perm = torch.randperm(g.shape[0])
+    top_p, entropy_p = pseudo_label_concentration(g[perm])
+    assert float(top_p) == float(top)
+    assert math.isclose(float(entropy_p), float(entropy), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_concentration_extremes_and_accuracy():
+    one_class = torch.zeros(6, 4)
+    one_class[:, 2] = 1
+    top, entropy = pseudo_label_concentration(one_class)
+    assert float(top) == 1.0 and float(entropy) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.eye(4).repeat(2, 1)
+    top, entropy = pseudo_label_concentration(uniform)
+    assert float(top) == 0.25 and float(entropy) == pytest.approx(1.0)
+    assert float(pseudo_label_accuracy(uniform, torch.tensor([0, 1, 2, 3, 0, 0, 0, 0]))) == 0.625
+
+
+@settings(max_examples=30, deadline=None)
+@given(pseudo_batches(), st.floats(0, 1))
+def test_confidence_mask_keeps_exactly_the_confident_rows(g, threshold):
+    mask = confidence_mask(g, threshold)
+    assert mask.shape == (g.shape[0],)
+    for row, kept in zip(g, mask):
+        assert bool(kept) == bool(row.max() >= threshold)
+
+
+def test_masked_kl_matches_a_written_out_reference():
+    gen = torch.Generator().manual_seed(0)
+    weak, strong = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    p = torch.softmax(weak, -1)
+    per_row = (p * (p.log() - torch.log_softmax(strong, -1))).sum(-1)
+    torch.testing.assert_close(kl_consistency(weak, strong, mask), (per_row * mask).sum() / 5)
+    assert float(kl_consistency(weak, strong, torch.zeros(5))) == 0.0
+
+
+# --- parts in a pipeline -------------------------------------------------------------------------
+
+def ieg_like(model, opt, *extra, teacher_decay=None):
+    return iegkit.compose(
+        iegkit.ConsistencyPseudoLabeler(noise_augment, teacher_decay=teacher_decay),
+        *extra,
+        iegkit.MetaReweighter("1/B", label_mix=0.9, loss_weight=0.5),
+        iegkit.MetaRelabeler(0.9, loss_weight=0.5),
+        iegkit.ProbeMixUp(5.0),
+        iegkit.KLConsistency(20.0),
+        model=model, optimizer=opt,
+    )
+
+
+def step(pipeline, opt, batch, index):
+    _, x, y, xp, yp, _ = batch
+    out = pipeline(x, y, xp, yp, step=index)
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    return out
+
+
+def test_alignment_refines_what_the_meta_parts_read():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    align = iegkit.DistributionAlignment(momentum=0.5)
+    pipeline = ieg_like(model, opt, align)
+    names = [p.name for p in pipeline.parts]
+    assert names.index("pseudo_labeler") < names.index("distribution_alignment") < names.index(
+        "meta_reweighter")
+    align.model_marginal = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)  # skewed on purpose
+    out = pipeline(*batch[:4], step=0)
+    aligned = out.values[keys.PSEUDO_TARGETS]
+    assert aligned.shape == (12, 3)
+    # the aligned labels moved mass away from the over-predicted class 0 (they are sharpened
+    # then rescaled by (1/3 / 0.6)^2 and (1/3 / 0.1)^2): class 2 gains, class 0 loses
+    before = float(out.metrics["pseudo_labeler/top_share"])
+    assert 0.0 < before <= 1.0
+    assert float(aligned[:, 2].mean()) > float(aligned[:, 0].mean())
+
+
+def test_alignment_marginal_moves_only_after_the_optimizer_step():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    align = iegkit.DistributionAlignment(momentum=0.5)
+    pipeline = ieg_like(model, opt, align)
+    pipeline(*batch[:4], step=0)
+    assert torch.equal(align.model_marginal, torch.full((3,), 1 / 3, dtype=torch.float64))
+    step(pipeline, opt, (model, *batch), 0)
+    assert not torch.equal(align.model_marginal, torch.full((3,), 1 / 3, dtype=torch.float64))
+    torch.testing.assert_close(align.model_marginal.sum(), torch.tensor(1.0, dtype=torch.float64))
+    state = align.state_dict()
+    fresh = iegkit.DistributionAlignment(momentum=0.5)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.model_marginal, align.model_marginal)
+
+
+def test_alignment_without_a_pseudo_labeler_fails_at_build_time():
+    model, *_ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(MissingProviderError, match="refines"):
+        iegkit.compose(iegkit.DistributionAlignment(), iegkit.CrossEntropy(), model=model,
+                       optimizer=opt)
+
+
+def test_empty_confidence_mask_zeroes_the_unlabeled_terms():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = ieg_like(model, opt, iegkit.ConfidenceMask(1.0))
+    out = pipeline(*batch[:4], step=0)
+    assert float(out.metrics["confidence_mask/kept_fraction"]) == 0.0
+    assert float(out.losses["probe_mixup/unlabeled"].detach()) == 0.0
+    assert float(out.losses["kl_consistency/loss"].detach()) == 0.0
+    assert torch.isfinite(out.loss)
+
+
+def test_ema_teacher_labels_follow_the_averaged_weights():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipeline = ieg_like(model, opt, teacher_decay=0.9)
+    labeler = pipeline.parts[0]
+    first = pipeline(*batch[:4], step=0)
+    # before any optimizer step the teacher's weights are the model's: same pseudo labels
+    own = ieg_like(*_copy_model_and_opt(model))(*batch[:4], step=0)
+    torch.testing.assert_close(first.values[keys.PSEUDO_TARGETS], own.values[keys.PSEUDO_TARGETS])
+    step(pipeline, opt, (model, *batch), 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    shadow_before = {n: v.clone() for n, v in labeler.teacher.shadow.items()}
+    step(pipeline, opt, (model, *batch), 1)
+    d = iegkit.ema.ema_decay(1, 0.9)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(labeler.teacher.shadow[name],
+                                   d * shadow_before[name] + (1 - d) * p.detach())
+        assert not torch.equal(p.detach(), before[name])
+    state = pipeline.state_dict()
+    model2, *_ = make_problem("cnn", batch=12)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    again = ieg_like(model2, opt2, teacher_decay=0.9)
+    again.load_state_dict(state)
+    for name, value in labeler.teacher.shadow.items():
+        assert torch.equal(again.parts[0].teacher.shadow[name], value)
+
+
+def _copy_model_and_opt(model):
+    import copy
+
+    clone = copy.deepcopy(model)
+    return clone, torch.optim.SGD(clone.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_teacher_cannot_feed_the_look_ahead_through_the_pseudo_labels():
+    model, *_ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(MissingProviderError, match="fn:pseudo_labels"):
+        iegkit.compose(iegkit.ConsistencyPseudoLabeler(noise_augment, teacher_decay=0.99),
+                       iegkit.MetaRelabeler(through_pseudo_labels=True), model=model,
+                       optimizer=opt)
+
+
+def test_collapse_metrics_are_reported_every_step():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = ieg_like(model, opt)(*batch[:4], step=0)
+    for name in ("top_share", "marginal_entropy", "probe_accuracy", "agreement"):
+        value = float(out.metrics[f"pseudo_labeler/{name}"])
+        assert 0.0 <= value <= 1.0 + 1e-6
+
+
+def test_robust_ieg_builds_from_total_steps_and_runs():
+    model, *batch = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pipeline = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment)
+    kinds = [type(p).__name__ for p in pipeline.parts]
+    assert kinds[:2] == ["ConsistencyPseudoLabeler", "DistributionAlignment"]
+    out = step(pipeline, opt, (model, *batch), 0)
+    assert torch.isfinite(out.loss)
+    assert float(out.metrics["probe_mixup/unlabeled_weight"]) == 0.0  # ramped from 0
+    with pytest.raises(ValueError, match="total_steps"):
+        recipes.robust_ieg(model, opt, total_steps=0, strong_augment=noise_augment)
+    eg = recipes.build("robust_eg", model, opt, total_steps=4, strong_augment=noise_augment)
+    assert "DistributionAlignment" in [type(p).__name__ for p in eg.parts]
