@@ -63,3 +63,30 @@ def write_section(path: str | Path, heading: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+class RunStore:
+    """One JSON line per finished run, keyed by a string: a long table grows over several
+    invocations, and a restarted script skips the runs it already has."""
+
+    def __init__(self, path: str | Path) -> None:
+        import json
+
+        self._json = json
+        self.path = Path(path)
+        self.runs: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.runs[record["key"]] = record
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.runs
+
+    def add(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:  # appended as it finishes: a killed run loses nothing
+            handle.write(self._json.dumps(record) + "\n")
+        self.runs[key] = record

@@ -204,8 +204,8 @@ def robust_ieg(
     consistency_weight: float = 20.0,
     label_init: float = 0.9,
     temperature: float = 0.5,
-    teacher_decay: float = 0.99,
-    alignment_momentum: float = 0.99,
+    teacher_decay: float | None = 0.99,
+    alignment_momentum: float | None = 0.99,
     confidence_threshold: float | None = None,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     lookahead_lr: float | None = None,
@@ -225,6 +225,7 @@ def robust_ieg(
     3. p and k ramp up linearly over ``rampup_fraction`` of ``total_steps`` (MixMatch's ramp-up;
        the paper has none). Derived from the run length, so nothing is set per dataset.
 
+    ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations).
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms. The look-ahead
     treats the pseudo labels as constants (the teacher's do not depend on the weights).
     ``components`` selects Table 7's pieces as in ``ieg`` (the ablations with safeguards).
@@ -247,7 +248,9 @@ def robust_ieg(
                       else strong_augment if strong_augment is not None else _default_strong(None))
         parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
                                               teacher_decay=teacher_decay))
-        parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
+        if alignment_momentum is not None:
+            parts.append(DistributionAlignment(momentum=alignment_momentum,
+                                               temperature=temperature))
         if confidence_threshold is not None:
             parts.append(ConfidenceMask(confidence_threshold))
     if "lambda" in components:
@@ -274,8 +277,8 @@ def robust_eg(
     unlabeled_weight: float = 5.0,
     consistency_weight: float = 20.0,
     temperature: float = 0.5,
-    teacher_decay: float = 0.99,
-    alignment_momentum: float = 0.99,
+    teacher_decay: float | None = 0.99,
+    alignment_momentum: float | None = 0.99,
     confidence_threshold: float | None = None,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     first_cycle_steps: int | None = None,
@@ -292,7 +295,8 @@ def robust_eg(
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
         ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay),
-        DistributionAlignment(momentum=alignment_momentum, temperature=temperature),
+        *([DistributionAlignment(momentum=alignment_momentum, temperature=temperature)]
+          if alignment_momentum is not None else []),
         *([ConfidenceMask(confidence_threshold)] if confidence_threshold is not None else []),
         ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
