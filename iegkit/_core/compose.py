@@ -326,12 +326,10 @@ class Pipeline:
             lines.append(f"  forward '{view}' ({rows} rows built by {owner}; BatchNorm statistics "
                          "frozen)")
         lines.append("  backward of the total loss, optimizer.step(): in the user's loop")
-        if any(type(p).after_optimizer_step is not PartBase.after_optimizer_step
-               for p in self.parts if isinstance(p, PartBase)):
-            lines.append("  after optimizer.step() (hook): "
-                         + ", ".join(p.name for p in self.parts if isinstance(p, PartBase)
-                                     and type(p).after_optimizer_step
-                                     is not PartBase.after_optimizer_step))
+        hooked = [p.name for p in self.parts if getattr(p.after_optimizer_step, "__func__", None)
+                  is not PartBase.after_optimizer_step]
+        if hooked:
+            lines.append("  after optimizer.step() (hook): " + ", ".join(hooked))
         return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:

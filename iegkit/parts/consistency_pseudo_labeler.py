@@ -80,10 +80,8 @@ class ConsistencyPseudoLabeler(PartBase):
         if self._pending_teacher_state is not None:
             self.teacher.load_state_dict(self._pending_teacher_state)
             self._pending_teacher_state = None
-
-    def after_optimizer_step(self, step: int) -> None:
-        if self.teacher is not None:
-            self.teacher.update(step)
+        # only a labeler with a teacher has work after the optimizer step
+        self.after_optimizer_step = self.teacher.update
 
     def pseudo_labels(self, weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
         """g from the two views' logits, with graph (the part itself provides it detached)."""
