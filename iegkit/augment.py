@@ -112,6 +112,20 @@ def _seeded(fn: Any, images: Tensor, generator: torch.Generator | None) -> Tenso
         return fn(images)
 
 
+def _check_in_range(images: Tensor, value_range: tuple[float, float]) -> None:
+    """Refuse images outside ``value_range`` (beyond rounding): a mean/std-normalised batch would
+    otherwise come back clamped to the range without a word."""
+    lo, hi = value_range
+    tolerance = 1e-3 * (hi - lo)
+    low, high = float(images.min()), float(images.max())
+    if low < lo - tolerance or high > hi + tolerance:
+        raise ValueError(
+            f"value_range: the images span [{low:.4g}, {high:.4g}] but the augmentation was built "
+            f"for value_range={value_range}; pass the range your images are in (e.g. "
+            "value_range=(-1, 1)), or augment before normalising"
+        )
+
+
 def _prepare(images: Tensor) -> tuple[Tensor, torch.dtype]:
     dtype = images.dtype
     if dtype in (torch.float16, torch.bfloat16):
@@ -218,6 +232,7 @@ class WeakAugment:
         _check_images(images)
         if images.shape[0] == 0:
             return images.clone()
+        _check_in_range(images, self.value_range)
         x, dtype = _prepare(images)
         with torch.no_grad():
             out = _seeded(self._apply, x.detach(), generator)
@@ -332,6 +347,7 @@ class StrongAugment:
         _check_images(images, rgb=self._aa is not None)
         if images.shape[0] == 0:
             return images.clone()
+        _check_in_range(images, self.value_range)
         x, dtype = _prepare(images)
         with torch.no_grad():
             out = _seeded(self._apply, x.detach(), generator)

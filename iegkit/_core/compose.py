@@ -135,6 +135,12 @@ def _order(parts: Sequence[Part], lookahead_inputs: Mapping[str, Sequence[str]] 
     return ordered
 
 
+def _check_finite_inputs(name: str, inputs: Tensor) -> None:
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise ValueError(f"{name}: the batch holds NaN or inf values; nothing was changed (check the "
+                         "data pipeline)")
+
+
 def compose(
     *parts: Part,
     model: torch.nn.Module | None = None,
@@ -258,6 +264,34 @@ class Pipeline:
             targets=targets, probe_inputs=probe_inputs, probe_targets=probe_targets, step=step,
             generators=self.generators,
         )
+        _check_finite_inputs("inputs", inputs)
+        if probe_inputs is not None:
+            _check_finite_inputs("probe_inputs", probe_inputs)
+        # A step that fails must change nothing: the real forward has already moved the BatchNorm
+        # statistics when a loss turns out non-finite, so they are restored before re-raising.
+        saved_buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        try:
+            losses, metrics = self._run_parts(ctx)
+        except BaseException:
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers():
+                    buffer.copy_(saved_buffers[name])
+            raise
+        # Summed in name order so that the total does not depend on the order of independent parts.
+        total = sum(losses[name] for name in sorted(losses))
+        values = {k: v.detach() for k, v in ctx._values.items() if isinstance(v, Tensor)}
+        self.last_step = step
+        return StepOutput(
+            loss=total,
+            losses=losses,
+            values=values,
+            logits=ctx.logits("input").detach(),
+            metrics=metrics,
+            forward_counts=dict(ctx.forward_counts),
+            lookahead_count=ctx.lookahead_count,
+        )
+
+    def _run_parts(self, ctx: StepContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         losses: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
         for part in self.parts:
@@ -281,19 +315,7 @@ class Pipeline:
         for name, value in losses.items():
             if not bool(torch.isfinite(value.detach()).all()):
                 raise NonFiniteLossError(f"loss term '{name}' is {float(value.detach())}")
-        # Summed in name order so that the total does not depend on the order of independent parts.
-        total = sum(losses[name] for name in sorted(losses))
-        values = {k: v.detach() for k, v in ctx._values.items() if isinstance(v, Tensor)}
-        self.last_step = step
-        return StepOutput(
-            loss=total,
-            losses=losses,
-            values=values,
-            logits=ctx.logits("input").detach(),
-            metrics=metrics,
-            forward_counts=dict(ctx.forward_counts),
-            lookahead_count=ctx.lookahead_count,
-        )
+        return losses, metrics
 
     def describe(self) -> str:
         """The parts in execution order and the passes one step runs, in that order."""
