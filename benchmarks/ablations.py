@@ -25,8 +25,8 @@ from results_io import command, machine, now, write_section  # noqa: E402
 
 from iegkit.augment import strong_augment  # noqa: E402
 from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit.demo import digits_augmentations, train  # noqa: E402
-from iegkit.recipes import TABLE7, ablation  # noqa: E402
+from iegkit.recipes import TABLE7  # noqa: E402
+from iegkit.training import default_augmentations, steps_per_epoch, train  # noqa: E402
 
 #: Paper Table 7 (CIFAR-100, WRN-28-10): test accuracy at noise 0.4 and 0.8.
 PAPER = {1: (64.43, 33.52), 2: (66.14, 36.04), 3: (67.82, 37.01), 4: (78.06, 61.81),
@@ -43,14 +43,10 @@ class GrayAutoAugment:
         return self.rgb(images.expand(-1, 3, -1, -1), generator=generator).mean(1, keepdim=True)
 
 
-def ablation_recipe(n: int):
-    def build(model, optimizer, *, seed=0, **kwargs):
-        kwargs.pop("plain_strong_augment", None)
-        plain_strong = digits_augmentations()[1]
-        kwargs["strong_augment"] = GrayAutoAugment()
-        return ablation(n, model, optimizer, seed=seed, plain_strong_augment=plain_strong,
-                        **kwargs)
-    return build
+def strong_views() -> dict:
+    """``recipes.build`` options of IEG-n: the strong view with AA and the one without."""
+    return {"strong_augment": GrayAutoAugment(),
+            "plain_strong_augment": default_augmentations(channels=1, size=8)[1]}
 
 
 class LambdaRecorder:
@@ -97,14 +93,15 @@ def main() -> int:
         for n in numbers:
             for seed in range(args.seeds):
                 data = make_noisy_digits(rate, 10, seed=seed)
-                steps_per_epoch = max(1, data.train_inputs.shape[0] // 100)
                 recorder = None
                 if n == 5 and seed == 0:
-                    recorder = recorders[rate] = LambdaRecorder(data, steps_per_epoch)
-                run = train(f"ieg-{n}", data, epochs=args.epochs, seed=seed, progress=False,
-                            recipe=ablation_recipe(n), on_step=recorder)
-                accs.setdefault((n, rate), []).append(100 * run.test_accuracy)
-                print(f"IEG-{n} noise {rate} seed {seed}: {100 * run.test_accuracy:.1f}% "
+                    recorder = recorders[rate] = LambdaRecorder(
+                        data, steps_per_epoch(data.train_inputs.shape[0], 100))
+                run = train(f"ieg-{n}", data, epochs=args.epochs, batch_size=100, seed=seed,
+                            progress=False, recipe_options=strong_views(), on_step=recorder)
+                accuracy = run.final["test_accuracy"]
+                accs.setdefault((n, rate), []).append(100 * accuracy)
+                print(f"IEG-{n} noise {rate} seed {seed}: {100 * accuracy:.1f}% "
                       f"({run.seconds:.0f}s)", flush=True)
     cols = " | ".join(f"ours {r}" for r in rates)
     lines = [f"| # | UC | MC | AA | λ | {cols} | paper 0.4 | paper 0.8 |",

@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import json
 import math
 import os
@@ -89,23 +90,17 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from iegkit import WeightEMA, recipes  # noqa: E402
+from iegkit import WeightEMA, recipes, training  # noqa: E402
 from iegkit.augment import strong_augment, weak_augment  # noqa: E402
-from iegkit.data import (  # noqa: E402
-    CIFAR10_ASYMMETRIC_MAP,
-    ProbeSampler,
-    asymmetric_noise,
-    split_trusted,
-    uniform_noise,
-)
+from iegkit.data import NoisyDataset, ProbeSampler, split_trusted  # noqa: E402
 from iegkit.functional.schedule import sgdr_restarts  # noqa: E402
+from iegkit.noise import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise  # noqa: E402
 from iegkit.parts import SGDRSchedule  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 HEADING = "Noisy CIFAR-10 (benchmarks/noisy_cifar10.py)"
 SETTINGS: tuple[tuple[str, float], ...] = (("uniform", 0.4), ("uniform", 0.8), ("asymmetric", 0.4))
-METHODS: tuple[str, ...] = ("plain", "l2r", "eg", "ieg")
-RECIPES = {"plain": recipes.plain, "l2r": recipes.l2r, "eg": recipes.eg, "ieg": recipes.ieg}
+METHODS: tuple[str, ...] = tuple(recipes.RECIPES)
 NUM_CLASSES = 10
 TRUSTED_PER_CLASS = 10
 
@@ -215,130 +210,116 @@ def build_model(cfg: Config) -> torch.nn.Module:
     raise ValueError(f"model: unknown {cfg.model!r}")
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, images: Tensor, labels: Tensor, device: torch.device,
              batch_size: int = 1000) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(to_input(images[start:start + batch_size], device))
-        correct += int((logits.argmax(-1).cpu() == labels[start:start + batch_size]).sum())
-    model.train(was_training)
-    return correct / images.shape[0]
+    return training.accuracy(model, images, labels, batch_size=batch_size,
+                             transform=lambda batch: to_input(batch, device))
 
 
-def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, steps_per_epoch: int,
-                  total_steps: int):
-    kwargs: dict = {}
-    if method in ("eg", "ieg"):
-        kwargs["strong_augment"] = strong_augment(
-            "cifar10", value_range=(-1.0, 1.0), per_image_policy=cfg.per_image_policy)
-        kwargs["rampup_steps"] = max(1, round(cfg.rampup_fraction * total_steps))
-    if cfg.official_lookahead and method in ("l2r", "ieg"):
-        kwargs["lookahead_lr"] = 0.1
-    if cfg.official_lookahead and method == "ieg":
-        kwargs["through_pseudo_labels"] = True
-    if cfg.schedule == "sgdr" and method != "plain":
-        kwargs["first_cycle_steps"] = steps_per_epoch
-    pipeline = RECIPES[method](model, optimizer, seed=seed, **kwargs)
-    scheduler = None
+def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_steps: int):
+    """``recipes.build`` with the configuration's options, each given to the recipes that take it
+    (plain has no look-ahead, L2R no pseudo labels, only IEG relabels through them)."""
+    options: dict = {"rampup_steps": max(1, round(cfg.rampup_fraction * total_steps))}
+    if cfg.official_lookahead:
+        options.update(lookahead_lr=0.1, through_pseudo_labels=True)
+    accepted = inspect.signature(recipes.RECIPES[method]).parameters
+    strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
+                            per_image_policy=cfg.per_image_policy)
+    return recipes.build(method, model, optimizer, total_steps=total_steps, strong_augment=strong,
+                         seed=seed, **{k: v for k, v in options.items() if k in accepted})
+
+
+def make_scheduler(cfg: Config, steps_per_epoch: int):
+    """``training.fit``'s scheduler: SGDR (first cycle one epoch, t_mul 1.5, m_mul 0.9) for every
+    method with ``schedule="sgdr"``; None (fit's cosine decay over the run) with "cosine"."""
     if cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
-    elif method == "plain":  # plain's recipe has no schedule part: the same SGDR as a torch scheduler
-        scheduler = SGDRSchedule(optimizer, steps_per_epoch, t_mul=1.5, m_mul=0.9)
-    return pipeline, scheduler
+        return None
+    return lambda optimizer, _total: SGDRSchedule(optimizer, steps_per_epoch, t_mul=1.5, m_mul=0.9)
+
+
+class RunLog:
+    """``training.fit``'s callbacks for one run: the EMA update after each step; with SGDR, the
+    test accuracy (and the mean loss since the epoch began) where a cycle ends inside an epoch,
+    and ``cycle_end`` on the epoch entries where one ends with the epoch; per-epoch log lines when
+    stderr is not a terminal (the progress bar's place)."""
+
+    def __init__(self, cfg: Config, steps_per_epoch: int, accuracy, ema, desc: str) -> None:
+        self.cfg, self.steps_per_epoch, self.accuracy, self.ema = cfg, steps_per_epoch, accuracy, ema
+        self.desc = desc
+        self.cycle_ends: set[int] = set()
+        if cfg.schedule == "sgdr":  # completed-step counts after which the lr is at a cycle minimum
+            self.cycle_ends = {math.ceil(s) for s in sgdr_restarts(steps_per_epoch, 1.5, n=40)}
+        self.cycle_entries: list[dict] = []
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def on_step(self, step: int, idx: Tensor, out) -> None:
+        if self.ema is not None:
+            self.ema.update(step)
+        if step % self.steps_per_epoch == 0:
+            self.loss_sum, self.loss_count = 0.0, 0
+        self.loss_sum += float(out.loss.detach())
+        self.loss_count += 1
+        done = step + 1
+        if done in self.cycle_ends and done % self.steps_per_epoch:
+            self.cycle_entries.append({"epoch": done / self.steps_per_epoch, "step": done,
+                                       "cycle_end": True, "loss": self.loss_sum / self.loss_count,
+                                       "test_accuracy": self.accuracy(None)["test_accuracy"]})
+
+    def on_epoch(self, entry: dict) -> None:
+        if entry["step"] in self.cycle_ends:
+            entry["cycle_end"] = True
+        if not sys.stderr.isatty():
+            print(f"    {self.desc} epoch {entry['epoch']}/{self.cfg.epochs}: mean loss "
+                  f"{entry['loss']:.3f}, test accuracy {100 * entry['test_accuracy']:.2f}%",
+                  flush=True)
+
+    def history(self, epochs: list[dict]) -> list[dict]:
+        """The epoch entries and the mid-epoch cycle ends, in the order they happened."""
+        return sorted(self.cycle_entries + epochs,
+                      key=lambda h: (h["step"], isinstance(h["epoch"], int)))
 
 
 def train_one(method: str, split: Split, labels: Tensor, cfg: Config, seed: int,
               device: torch.device, *, progress: bool = True, desc: str = "",
               max_steps: int | None = None) -> dict:
-    """One run; returns {"history": [...], "final": acc, "seconds": ...}."""
-    from tqdm.auto import tqdm
-
+    """One run (``iegkit.training.fit``); returns {"history": [...], "final": acc, "seconds": ...}."""
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
-    n = split.train_images.shape[0]
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    pipeline, scheduler = make_pipeline(method, model, optimizer, cfg, seed, steps_per_epoch,
-                                        total_steps)
+    per_epoch = training.steps_per_epoch(split.train_images.shape[0], cfg.batch_size)
+    pipeline = make_pipeline(method, model, optimizer, cfg, seed, cfg.epochs * per_epoch)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    cycle_ends = set()
-    if cfg.schedule == "sgdr":  # completed-step counts after which the lr is at a cycle minimum
-        cycle_ends = {math.ceil(s) for s in sgdr_restarts(steps_per_epoch, 1.5, n=40)}
-    weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
-    augment_gen = torch.Generator().manual_seed(seed + 1)
-    order_gen = torch.Generator().manual_seed(seed)
-    trusted = to_input(split.trusted_images, device)
-    probe = ProbeSampler(trusted, split.trusted_labels.to(device), cfg.batch_size, seed=seed)
-    train_images = split.train_images.to(device)
-    train_labels = labels.to(device)
 
-    def accuracy() -> float:
+    def accuracy(_model=None) -> dict[str, float]:
         if ema is None:
-            return evaluate(model, split.test_images, split.test_labels, device)
+            return {"test_accuracy": evaluate(model, split.test_images, split.test_labels, device)}
         with ema.average_parameters():
-            return evaluate(model, split.test_images, split.test_labels, device)
+            return {"test_accuracy": evaluate(model, split.test_images, split.test_labels, device)}
 
-    history: list[dict] = []
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=total_steps if max_steps is None else min(max_steps, total_steps), desc=desc,
-               disable=not progress, mininterval=1.0 if interactive else 30.0, file=sys.stderr,
-               dynamic_ncols=interactive)
-    start = time.perf_counter()
-    step = 0
-    loss_sum, loss_count = 0.0, 0
-    model.train()
-    done = False
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=order_gen)
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(device)
-            probe_inputs, probe_labels = next(probe)
-            out = pipeline(weak(to_input(train_images[idx], device), generator=augment_gen),
-                           train_labels[idx], weak(probe_inputs, generator=augment_gen),
-                           probe_labels, step=step)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(step)
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            loss = float(out.loss.detach())
-            loss_sum, loss_count = loss_sum + loss, loss_count + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * history[-1]['test_accuracy']:.1f}"
-                            if history else "-", refresh=False)
-            if step in cycle_ends and step % steps_per_epoch:
-                history.append({"epoch": step / steps_per_epoch, "step": step, "cycle_end": True,
-                                "loss": loss_sum / loss_count, "test_accuracy": accuracy()})
-            if max_steps is not None and step >= max_steps:
-                done = True
-                break
-        entry = {"epoch": epoch + 1, "step": step, "loss": loss_sum / max(1, loss_count),
-                 "test_accuracy": accuracy()}
-        if step in cycle_ends:
-            entry["cycle_end"] = True
-        history.append(entry)
-        loss_sum, loss_count = 0.0, 0
-        if not interactive:
-            print(f"    {desc} epoch {epoch + 1}/{cfg.epochs}: mean loss {entry['loss']:.3f}, "
-                  f"test accuracy {100 * entry['test_accuracy']:.2f}%", flush=True)
-        if done:
-            break
-    bar.close()
-    result = {"history": history, "final": history[-1]["test_accuracy"],
-              "seconds": time.perf_counter() - start, "steps": step}
+    weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
+
+    def weak_view(images: Tensor, generator=None) -> Tensor:  # uint8 on the device -> [-1, 1]
+        return weak(to_input(images, device), generator=generator)
+
+    # uint8 images on the device, converted per batch by the weak view
+    data = NoisyDataset(split.train_images.to(device), labels.to(device), split.train_clean,
+                        split.trusted_images.to(device), split.trusted_labels.to(device),
+                        split.test_images, split.test_labels, NUM_CLASSES)
+    log = RunLog(cfg, per_epoch, accuracy, ema, desc)
+    result = training.fit(pipeline, model, optimizer, data, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, weak_augment=weak_view, seed=seed,
+                          scheduler=make_scheduler(cfg, per_epoch), evaluate=accuracy,
+                          on_step=log.on_step, on_epoch=log.on_epoch, max_steps=max_steps,
+                          progress=progress, desc=desc)
+    history = log.history(result.history)
+    out = {"history": history, "final": history[-1]["test_accuracy"], "seconds": result.seconds,
+           "steps": result.steps}
     if ema is not None:
-        result["final_raw"] = evaluate(model, split.test_images, split.test_labels, device)
+        out["final_raw"] = evaluate(model, split.test_images, split.test_labels, device)
     ends = [h for h in history if h.get("cycle_end")]
     if ends:
-        result["last_cycle_end"] = ends[-1]
-    return result
+        out["last_cycle_end"] = ends[-1]
+    return out
 
 
 # --------------------------------------------------------------------------- timing
@@ -351,14 +332,13 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
     test evaluation, and the projected time of the full run with the configured epochs."""
     labels = noisy_labels(split.train_clean, "uniform", 0.4, seed)
     n = split.train_images.shape[0]
-    steps_per_epoch = max(1, n // cfg.batch_size)
+    steps_per_epoch = training.steps_per_epoch(n, cfg.batch_size)
     per_step = {}
     for method in methods:
         torch.manual_seed(seed)
         model = build_model(cfg).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
-        pipeline, _ = make_pipeline(method, model, optimizer, cfg, seed, steps_per_epoch,
-                                    cfg.epochs * steps_per_epoch)
+        pipeline = make_pipeline(method, model, optimizer, cfg, seed, cfg.epochs * steps_per_epoch)
         weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
         gen = torch.Generator().manual_seed(0)
         probe = ProbeSampler(to_input(split.trusted_images, device), split.trusted_labels.to(device),

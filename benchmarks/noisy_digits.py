@@ -4,7 +4,8 @@ Digits (scikit-learn's 1,797 real 8x8 images), a stratified 30% test split, 10 t
 class removed from the training split before noise, SmallCNN, SGD 0.1 momentum 0.9 wd 5e-4, cosine
 lr over the run, the final model evaluated once (no selection on the test split). EG/IEG use the
 paper's hyper-parameters (p = 5, k = 20, tau = 0.5, lambda0 = 0.9, omega0 = 1/B) with a linear
-ramp-up of p and k over the run (the demo's choice, see docs/results.md).
+ramp-up of p and k over the run (the demo's choice, see docs/results.md). The loop is
+``iegkit.training.train``, the demo's.
 
     .venv/bin/python benchmarks/noisy_digits.py --write docs/results.md
 """
@@ -22,12 +23,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from results_io import command, machine, now, write_section  # noqa: E402
 
+from iegkit import recipes  # noqa: E402
 from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit.demo import train  # noqa: E402
+from iegkit.training import train  # noqa: E402
 
 SETTINGS = [("uniform", 0.0), ("uniform", 0.4), ("uniform", 0.8), ("uniform", 0.95),
             ("asymmetric", 0.4)]
-METHODS = ["plain", "l2r", "eg", "ieg"]
+METHODS = list(recipes.RECIPES)
+
+
+def final(run) -> float:
+    """The final model's test accuracy (no model selection on the test split)."""
+    return run.final["test_accuracy"]
 
 
 def main() -> int:
@@ -52,7 +59,7 @@ def main() -> int:
                 data = make_noisy_digits(rate, 10, seed=seed, kind=kind)
                 run = train(method, data, epochs=args.epochs, seed=seed, progress=False)
                 results.setdefault((kind, rate, method), []).append(run)
-                print(f"{kind} {rate} {method} seed {seed}: {100 * run.test_accuracy:.1f}% "
+                print(f"{kind} {rate} {method} seed {seed}: {100 * final(run):.1f}% "
                       f"({run.seconds:.0f}s, realised noise {100 * data.noise_rate:.0f}%)",
                       flush=True)
     header = "| noise | realised wrong labels | " + " | ".join(methods) + " |"
@@ -62,8 +69,8 @@ def main() -> int:
                                    for s in range(args.seeds))
         cells = []
         for method in methods:
-            accs = [100 * r.test_accuracy for r in results[(kind, rate, method)]]
-            best = max(statistics.mean(100 * r.test_accuracy for r in results[(kind, rate, m)])
+            accs = [100 * final(r) for r in results[(kind, rate, method)]]
+            best = max(statistics.mean(100 * final(r) for r in results[(kind, rate, m)])
                        for m in methods)
             cell = f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs) if len(accs) > 1 else 0:.1f}"
             cells.append(f"**{cell}**" if statistics.mean(accs) == best else cell)

@@ -1,7 +1,9 @@
-"""Noisy-label data utilities: the embedded digits default, trusted-set split, noise, probe sampling.
+"""Noisy-label data utilities: the embedded digits default, trusted-set split, probe sampling.
 
 Conventions (followed by every generator here): labels are int64 class indices in [0, C); every
-random choice comes from an explicit ``torch.Generator``; nothing is downloaded.
+random choice comes from an explicit ``torch.Generator``; nothing is downloaded. The noise
+generators live in :mod:`iegkit.noise` (``uniform_noise`` and ``asymmetric_noise`` are re-exported
+here for old imports).
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from iegkit.noise import (
+    CIFAR10_ASYMMETRIC_MAP,
+    DIGITS_ASYMMETRIC_MAP,
+    asymmetric_noise,
+    uniform_noise,
+)
+
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
     "DIGITS_ASYMMETRIC_MAP",
     "NoisyDataset",
-    "asymmetric_noise",
     "ProbeSampler",
+    "asymmetric_noise",
     "load_digits",
     "make_noisy_digits",
     "split_trusted",
@@ -60,48 +69,6 @@ def split_trusted(labels: Tensor, per_class: int, num_classes: int,
     mask = torch.ones(labels.numel(), dtype=torch.bool)
     mask[trusted_idx] = False
     return trusted_idx, torch.nonzero(mask).flatten()
-
-
-def uniform_noise(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator, *,
-                  include_true_class: bool = True) -> Tensor:
-    """Uniform (symmetric) label noise.
-
-    Each label is selected with probability ``rate``; a selected label is replaced by a class drawn
-    uniformly from all C classes when ``include_true_class`` (IEG, DivideMix: the realised flip rate
-    is rate * (1 - 1/C), so "0.8" flips 72% on 10 classes), or from the C - 1 other classes
-    (Co-teaching: the flip rate is ``rate``).
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate: expected a noise rate in [0, 1], got {rate}")
-    selected = torch.rand(labels.shape, generator=generator) < rate
-    if include_true_class:
-        drawn = torch.randint(0, num_classes, labels.shape, generator=generator)
-    else:
-        offset = torch.randint(1, num_classes, labels.shape, generator=generator)
-        drawn = (labels + offset) % num_classes
-    return torch.where(selected, drawn, labels)
-
-
-#: The CIFAR-10 asymmetric map of IEG/DivideMix: truck->automobile, bird->airplane, cat<->dog,
-#: deer->horse (ieg-official-code.md section 7.1); other classes stay clean.
-CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
-
-#: A digits analogue (our choice, look-alike digits, five transitions as in CIFAR-10's map):
-#: 7->1, 9->4, 3->8, 5->6, 2->7.
-DIGITS_ASYMMETRIC_MAP: dict[int, int] = {7: 1, 9: 4, 3: 8, 5: 6, 2: 7}
-
-
-def asymmetric_noise(labels: Tensor, rate: float, class_map: dict[int, int],
-                     generator: torch.Generator) -> Tensor:
-    """Class-dependent noise: a label c in ``class_map`` becomes class_map[c] with probability
-    ``rate``; labels of other classes never change."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate: expected a noise rate in [0, 1], got {rate}")
-    selected = torch.rand(labels.shape, generator=generator) < rate
-    target = labels.clone()
-    for source, dest in class_map.items():
-        target[labels == source] = dest
-    return torch.where(selected, target, labels)
 
 
 def stratified_split(labels: Tensor, fraction: float, num_classes: int,

@@ -1,7 +1,7 @@
-"""Label-noise generators, transition matrices, user-supplied noisy labels and CLI noise specs.
+"""Label-noise generators and transition matrices: uniform, asymmetric (class map), pair-flip,
+transition-matrix, instance-dependent and open-set noise.
 
-Conventions (those of :mod:`iegkit.data`, whose ``uniform_noise``/``asymmetric_noise`` and
-``CIFAR10_ASYMMETRIC_MAP`` are re-exported here):
+Conventions (followed by every generator here):
 
 * labels are integer class indices of shape ``(N,)`` in ``[0, C)`` (int64 in practice); every
   generator returns a new tensor of the same dtype and device and never modifies its inputs;
@@ -12,37 +12,31 @@ Conventions (those of :mod:`iegkit.data`, whose ``uniform_noise``/``asymmetric_n
 
 Transition matrices follow the usual convention: row = true class, column = noisy class,
 ``T[i, j] = P(noisy = j | true = i)``; the builders return float64 ``(C, C)`` tensors.
+
+The command line's noise specs (``uniform:0.8``, ``file:labels.npy``, ...) and label files are
+parsed in ``iegkit.cli.noise_specs``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from iegkit.data import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise
-
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
-    "NOISE_KINDS",
-    "NoiseSpec",
-    "apply_noise",
+    "DIGITS_ASYMMETRIC_MAP",
     "asymmetric_noise",
     "asymmetric_transition",
     "expected_instance_flip_rate",
     "instance_dependent_noise",
-    "load_noisy_labels",
     "noise_rate_of",
     "open_set_noise",
     "pair_flip_noise",
     "pair_flip_transition",
-    "parse_noise_spec",
     "transition_matrix_noise",
     "uniform_noise",
     "uniform_transition",
@@ -51,11 +45,13 @@ __all__ = [
 #: Tolerance on the row sums of a transition matrix (and on the sum of a class prior).
 ROW_SUM_TOLERANCE = 1e-6
 
-#: The noise kinds understood by :func:`parse_noise_spec` and :func:`apply_noise`.
-NOISE_KINDS: tuple[str, ...] = (
-    "none", "uniform", "uniform-exclusive", "asymmetric", "pairflip", "instance", "file",
-)
-_RATE_KINDS = frozenset({"uniform", "uniform-exclusive", "asymmetric", "pairflip", "instance"})
+#: The CIFAR-10 asymmetric map of IEG/DivideMix: truck->automobile, bird->airplane, cat<->dog,
+#: deer->horse (ieg-official-code.md section 7.1); other classes stay clean.
+CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+
+#: A digits analogue (our choice, look-alike digits, five transitions as in CIFAR-10's map):
+#: 7->1, 9->4, 3->8, 5->6, 2->7.
+DIGITS_ASYMMETRIC_MAP: dict[int, int] = {7: 1, 9: 4, 3: 8, 5: 6, 2: 7}
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +148,49 @@ def _check_matrix(matrix: object, name: str = "matrix") -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # class-conditional noise
+
+
+def uniform_noise(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator, *,
+                  include_true_class: bool = True) -> Tensor:
+    """Uniform (symmetric) label noise.
+
+    Each label is selected with probability ``rate``; a selected label is replaced by a class drawn
+    uniformly from all C classes when ``include_true_class`` (IEG, DivideMix: the realised flip rate
+    is rate * (1 - 1/C), so "0.8" flips 72% on 10 classes), or from the C - 1 other classes
+    (Co-teaching: the flip rate is ``rate``). Draws ``N`` uniforms, then ``N`` integers, from
+    ``generator``. Transition matrix: :func:`uniform_transition`.
+    """
+    num_classes = _check_num_classes(num_classes)
+    _check_labels(labels, num_classes)
+    rate = _check_rate(rate)
+    _check_generator(generator)
+    selected = torch.rand(labels.shape, generator=generator, device=generator.device)
+    if include_true_class:
+        drawn = torch.randint(0, num_classes, labels.shape, generator=generator,
+                              device=generator.device).to(labels.device)
+    else:
+        offset = torch.randint(1, num_classes, labels.shape, generator=generator,
+                               device=generator.device).to(labels.device)
+        drawn = (labels + offset) % num_classes
+    return torch.where((selected < rate).to(labels.device), drawn.to(labels.dtype), labels)
+
+
+def asymmetric_noise(labels: Tensor, rate: float, class_map: Mapping[int, int],
+                     generator: torch.Generator) -> Tensor:
+    """Class-dependent noise: a label c in ``class_map`` becomes class_map[c] with probability
+    ``rate``; labels of other classes never change. Draws ``N`` uniforms from ``generator``.
+    Transition matrix: :func:`asymmetric_transition`."""
+    _check_labels(labels, None)
+    rate = _check_rate(rate)
+    _check_generator(generator)
+    if not isinstance(class_map, Mapping):
+        raise TypeError(f"class_map: expected a dict {{true class: noisy class}}, "
+                        f"got {type(class_map).__name__}")
+    selected = torch.rand(labels.shape, generator=generator, device=generator.device)
+    target = labels.clone()
+    for source, dest in class_map.items():
+        target[labels == source] = dest
+    return torch.where((selected < rate).to(labels.device), target, labels)
 
 
 def pair_flip_noise(labels: Tensor, rate: float, num_classes: int,
@@ -411,229 +450,3 @@ def open_set_noise(images: Tensor, labels: Tensor, rate: float, ood_images: Tens
             images.device)
         mask[positions] = True
     return new_images, labels.clone(), mask.to(images.device)
-
-
-# --------------------------------------------------------------------------------------------
-# user-supplied noisy labels
-
-_FILE_SUFFIXES = (".npy", ".pt", ".pth", ".txt", ".csv")
-
-
-def _read_label_file(path: Path) -> object:
-    suffix = path.suffix.lower()
-    if suffix not in _FILE_SUFFIXES:
-        raise ValueError(f"source: unsupported file type {suffix or path.name!r}; expected one "
-                         f"of {', '.join(_FILE_SUFFIXES)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"source: no such file: {str(path)!r}")
-    if suffix == ".npy":
-        try:
-            import numpy
-        except ImportError as error:  # pragma: no cover - numpy ships with most torch installs
-            raise ImportError("source: reading .npy files needs numpy: pip install numpy") from error
-        return numpy.load(path, allow_pickle=False)
-    if suffix in (".pt", ".pth"):
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(loaded, (Tensor, list, tuple)):
-            raise TypeError(f"source: expected {str(path)!r} to hold a tensor or list of labels, "
-                            f"got {type(loaded).__name__}")
-        return loaded
-    values = []
-    for number, line in enumerate(path.read_text().rstrip().splitlines(), start=1):
-        try:
-            values.append(int(line.strip()))
-        except ValueError:
-            raise ValueError(f"source: line {number} of {str(path)!r} is not an integer label: "
-                             f"{line!r} (expected one integer per line, in dataset order)") from None
-    return values
-
-
-def load_noisy_labels(source: object, num_examples: int, num_classes: int) -> Tensor:
-    """User-supplied noisy labels, one per example in dataset order, as an int64 CPU tensor (N,).
-
-    ``source`` is a tensor, a NumPy array, a list/tuple of ints, or a path (``str`` or
-    ``os.PathLike``) to a ``.npy`` file (loaded with ``allow_pickle=False``), a ``.pt``/``.pth``
-    file holding a tensor or list (``torch.load(..., weights_only=True)``), or a ``.txt``/``.csv``
-    file with one integer per line (no header; trailing blank lines are ignored). Floating values
-    are accepted only when integral. Raises ``ValueError`` unless there are exactly
-    ``num_examples`` labels, all in ``[0, num_classes)``.
-    """
-    if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral):
-        raise TypeError(f"num_examples: expected an int, got {type(num_examples).__name__}")
-    if num_examples < 0:
-        raise ValueError(f"num_examples: expected >= 0, got {num_examples}")
-    num_classes = _check_num_classes(num_classes)
-    where = ""
-    if isinstance(source, (str, os.PathLike)):
-        where = f" in {os.fspath(source)!r}"
-        source = _read_label_file(Path(source))
-    if isinstance(source, Tensor):
-        values = source.detach().cpu()
-    else:
-        try:
-            values = torch.as_tensor(source)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError("source: expected a tensor, array, list of ints or a file path, "
-                            f"got {type(source).__name__}") from error
-    if values.dtype == torch.bool or values.is_complex():
-        raise TypeError(f"source: expected integer class indices{where}, got dtype {values.dtype}")
-    if values.dim() != 1:
-        raise ValueError(f"source: expected a flat sequence of {num_examples} labels{where}, "
-                         f"got shape {tuple(values.shape)}")
-    if values.is_floating_point():
-        bad = torch.nonzero(~torch.isfinite(values) | (values != values.round())).flatten()
-        if bad.numel():
-            i = int(bad[0])
-            raise ValueError(f"source: labels must be integer class indices{where}; "
-                             f"got {float(values[i])} at index {i}")
-    values = values.to(torch.int64)
-    if values.shape[0] != num_examples:
-        raise ValueError(f"source: expected {num_examples} labels (one per example, in dataset "
-                         f"order){where}, got {values.shape[0]}")
-    bad = torch.nonzero((values < 0) | (values >= num_classes)).flatten()
-    if bad.numel():
-        i = int(bad[0])
-        raise ValueError(f"source: label {int(values[i])} at index {i}{where} is outside "
-                         f"[0, {num_classes}) ({bad.numel()} out of range in all)")
-    return values.clone()
-
-
-# --------------------------------------------------------------------------------------------
-# CLI specs
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """A parsed noise specification (see :func:`parse_noise_spec`).
-
-    ``kind`` is one of :data:`NOISE_KINDS`; ``rate`` is the noise rate in [0, 1] for the rate
-    kinds, 0.0 for ``"none"`` and None for ``"file"``; ``path`` is set only for ``"file"``.
-    ``str(spec)`` gives back a string that :func:`parse_noise_spec` parses to an equal spec.
-    """
-
-    kind: str
-    rate: float | None = None
-    path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in NOISE_KINDS:
-            raise ValueError(f"noise: unknown kind {self.kind!r}; expected one of "
-                             f"{', '.join(NOISE_KINDS)}")
-        if self.kind == "file":
-            if not isinstance(self.path, str) or not self.path:
-                raise ValueError("noise: 'file' needs a path, e.g. 'file:noisy_labels.npy'")
-            if self.rate is not None:
-                raise ValueError("noise: 'file' takes no rate")
-            return
-        if self.path is not None:
-            raise ValueError(f"noise: only 'file' takes a path, not {self.kind!r}")
-        if self.kind == "none":
-            if self.rate not in (None, 0, 0.0):
-                raise ValueError(f"noise: 'none' takes no rate, got {self.rate}")
-            object.__setattr__(self, "rate", 0.0)
-            return
-        if isinstance(self.rate, bool) or not isinstance(self.rate, numbers.Real):
-            raise ValueError(f"noise: {self.kind!r} needs a rate, e.g. '{self.kind}:0.4'")
-        if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"noise: rate must be in [0, 1], got {self.rate}")
-        object.__setattr__(self, "rate", float(self.rate))
-
-    def __str__(self) -> str:
-        if self.kind == "none":
-            return "none"
-        if self.kind == "file":
-            return f"file:{self.path}"
-        return f"{self.kind}:{self.rate!r}"
-
-
-def parse_noise_spec(spec: str) -> NoiseSpec:
-    """Parse a command-line noise string into a :class:`NoiseSpec`.
-
-    Accepted forms (kind case-insensitive, surrounding spaces ignored):
-
-    * ``"none"``: clean labels;
-    * ``"uniform:R"``: :func:`uniform_noise` with the true class among the draws (IEG/DivideMix;
-      realised flip rate ``R * (1 - 1/C)``);
-    * ``"uniform-exclusive:R"``: the same with ``include_true_class=False`` (flip rate ``R``);
-    * ``"asymmetric:R"``: :func:`asymmetric_noise` with the CIFAR-10 map (other datasets: pass
-      ``class_map`` to :func:`apply_noise`);
-    * ``"pairflip:R"``: :func:`pair_flip_noise`;
-    * ``"instance:R"``: :func:`instance_dependent_noise` (needs features);
-    * ``"file:PATH"``: :func:`load_noisy_labels` (everything after the first ``:`` is the path).
-
-    ``R`` is a float in [0, 1]. Errors are ``ValueError`` starting with ``"noise: "``.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"noise: expected a string such as 'uniform:0.8', got {type(spec).__name__}")
-    text = spec.strip()
-    kind, sep, argument = text.partition(":")
-    kind = kind.strip().lower()
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise: unknown kind {kind!r} in {spec!r}; expected one of "
-                         f"{', '.join(NOISE_KINDS)} (e.g. 'uniform:0.8', 'file:labels.npy', "
-                         "'none')")
-    if kind == "none":
-        if argument.strip():
-            raise ValueError(f"noise: 'none' takes no rate, got {spec!r}")
-        return NoiseSpec("none", 0.0)
-    if kind == "file":
-        path = argument.strip()
-        if not path:
-            raise ValueError(f"noise: 'file' needs a path, e.g. 'file:noisy_labels.npy', "
-                             f"got {spec!r}")
-        return NoiseSpec("file", None, path)
-    argument = argument.strip()
-    if not sep or not argument:
-        raise ValueError(f"noise: {kind!r} needs a rate, e.g. '{kind}:0.4', got {spec!r}")
-    try:
-        rate = float(argument)
-    except ValueError:
-        raise ValueError(f"noise: rate must be a number in [0, 1], got {argument!r} "
-                         f"in {spec!r}") from None
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"noise: rate must be in [0, 1], got {argument} in {spec!r}")
-    return NoiseSpec(kind, rate)
-
-
-def apply_noise(spec: NoiseSpec | str, labels: Tensor, num_classes: int,
-                generator: torch.Generator | None, *, features: Tensor | None = None,
-                class_map: Mapping[int, int] | None = None) -> Tensor:
-    """Noisy labels for ``labels`` as described by ``spec`` (a :class:`NoiseSpec` or a string for
-    :func:`parse_noise_spec`), dispatching to the generators above with ``generator``.
-
-    ``features`` (N, ...) are required by ``"instance"`` and ignored otherwise; ``class_map`` is
-    used by ``"asymmetric"`` (default: ``CIFAR10_ASYMMETRIC_MAP``, allowed only when
-    ``num_classes == 10``) and ignored otherwise. ``"none"`` returns a copy of ``labels``;
-    ``"file"`` loads ``spec.path`` with :func:`load_noisy_labels` (one label per element of
-    ``labels``). ``generator`` may be None for those two, which draw nothing. The result has the
-    dtype and device of ``labels``.
-    """
-    if isinstance(spec, str):
-        spec = parse_noise_spec(spec)
-    elif not isinstance(spec, NoiseSpec):
-        raise TypeError(f"spec: expected a NoiseSpec or a string such as 'uniform:0.8', "
-                        f"got {type(spec).__name__}")
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(labels, num_classes)
-    if spec.kind == "none":
-        return labels.clone()
-    if spec.kind == "file":
-        loaded = load_noisy_labels(spec.path, labels.shape[0], num_classes)
-        return loaded.to(device=labels.device, dtype=labels.dtype)
-    _check_generator(generator)
-    rate = spec.rate
-    if spec.kind in ("uniform", "uniform-exclusive"):
-        return uniform_noise(labels, rate, num_classes, generator,
-                             include_true_class=spec.kind == "uniform")
-    if spec.kind == "asymmetric":
-        if class_map is None:
-            if num_classes != 10:
-                raise ValueError(f"class_map: asymmetric noise on {num_classes} classes needs a "
-                                 "class_map {true class: noisy class} (the default is CIFAR-10's)")
-            class_map = CIFAR10_ASYMMETRIC_MAP
-        return asymmetric_noise(labels, rate, _check_class_map(class_map, num_classes), generator)
-    if spec.kind == "pairflip":
-        return pair_flip_noise(labels, rate, num_classes, generator)
-    if features is None:
-        raise ValueError("features: instance-dependent noise needs the (N, ...) features")
-    return instance_dependent_noise(features, labels, rate, num_classes, generator)

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iegkit.data import ProbeSampler, make_noisy_digits, split_trusted, uniform_noise
+from iegkit.data import ProbeSampler, make_noisy_digits, split_trusted
 from iegkit.demo import main, train
+from iegkit.noise import uniform_noise
 
 
 @settings(max_examples=25, deadline=None)

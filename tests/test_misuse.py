@@ -58,6 +58,5 @@ def test_augmentations_refuse_images_outside_their_value_range(make):
     with pytest.raises(ValueError, match="value_range"):
         augment(normalised)
     assert augment(torch.rand(4, 3, 8, 8)).shape == (4, 3, 8, 8)
-    in_range = make_in_range = weak_augment(value_range=(-2.5, 2.5))
-    assert in_range(normalised.clamp(-2.5, 2.5)).shape == normalised.shape
-    del make_in_range
+    declared = weak_augment(value_range=(-2.5, 2.5))
+    assert declared(normalised.clamp(-2.5, 2.5)).shape == normalised.shape

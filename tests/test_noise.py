@@ -1,4 +1,5 @@
-"""Properties of the label-noise generators, transition matrices, label files and noise specs.
+"""Properties of the label-noise generators, transition matrices, and (iegkit.cli.noise_specs)
+label files and noise specs.
 
 Rates are checked against a 5-sigma binomial bound on n >= 20000 labels; the statistical
 properties run with ``derandomize=True`` so that the (tiny) 5-sigma false-alarm rate cannot make CI
@@ -13,21 +14,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iegkit.noise import (
-    CIFAR10_ASYMMETRIC_MAP,
+from iegkit.cli.noise_specs import (
     NOISE_KINDS,
     NoiseSpec,
     apply_noise,
+    load_noisy_labels,
+    parse_noise_spec,
+)
+from iegkit.noise import (
+    CIFAR10_ASYMMETRIC_MAP,
     asymmetric_noise,
     asymmetric_transition,
     expected_instance_flip_rate,
     instance_dependent_noise,
-    load_noisy_labels,
     noise_rate_of,
     open_set_noise,
     pair_flip_noise,
     pair_flip_transition,
-    parse_noise_spec,
     transition_matrix_noise,
     uniform_noise,
     uniform_transition,
