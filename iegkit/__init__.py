@@ -2,6 +2,7 @@
 
 from iegkit import augment, errors, functional, recipes
 from iegkit._core import keys
+from iegkit._core.checks import LogitsOf
 from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
@@ -26,6 +27,7 @@ __all__ = [
     "CrossEntropy",
     "DistributionAlignment",
     "KLConsistency",
+    "LogitsOf",
     "MetaRelabeler",
     "MetaReweighter",
     "Part",

@@ -60,3 +60,66 @@ def test_augmentations_refuse_images_outside_their_value_range(make):
     assert augment(torch.rand(4, 3, 8, 8)).shape == (4, 3, 8, 8)
     declared = weak_augment(value_range=(-2.5, 2.5))
     assert declared(normalised.clamp(-2.5, 2.5)).shape == normalised.shape
+
+
+class TupleModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x), {"features": x}
+
+
+def test_a_model_returning_a_tuple_is_named_and_logits_of_fixes_it():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    wrapped = TupleModel(model)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"model: returned a tuple.*LogitsOf"):
+        iegkit.recipes.l2r(wrapped, opt)(x, y, xp, yp, step=0)
+    pipeline = iegkit.recipes.l2r(iegkit.LogitsOf(wrapped, lambda out: out[0]), opt)
+    out = pipeline(x, y, xp, yp, step=0)
+    reference = iegkit.functional.meta_gradients(model, opt, x, y, xp, yp)
+    expected = iegkit.functional.normalize_meta_weights(reference.weight)
+    torch.testing.assert_close(out.weights, expected)
+
+
+def test_batches_that_torch_would_reject_deep_inside_are_named():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.recipes.l2r(model, opt)
+    with pytest.raises(TypeError, match="inputs: dtype torch.float16"):
+        pipeline(x.half(), y, xp, yp, step=0)
+    with pytest.raises(TypeError, match="probe_inputs: dtype torch.float32"):
+        pipeline(x, y, xp.float(), yp, step=0)
+    mlp, mx, my, mxp, myp, _ = make_problem("mlp", batch=12)
+    mlp_pipeline = iegkit.recipes.l2r(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="probe_inputs: a batch of 1 cannot pass BatchNorm1d"):
+        mlp_pipeline(mx, my, mxp[:1], myp[:1], step=0)
+
+
+def test_an_optimizer_of_another_model_is_refused_at_bind_time():
+    model, *_ = make_problem("cnn")
+    other, *_ = make_problem("cnn", seed=1)
+    with pytest.raises(ValueError, match="optimizer: none of its parameters belongs to model"):
+        iegkit.recipes.l2r(model, torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_eval_mode_and_dropout_warn_once_and_meta_dropout_makes_the_step_deterministic():
+    model, x, y, xp, yp, _ = make_problem("mlp", batch=12)
+    model.net.insert(3, torch.nn.Dropout(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.compose(iegkit.MetaReweighter(), model=model, optimizer=opt)
+    with pytest.warns(RuntimeWarning, match="dropout"):
+        pipeline(x, y, xp, yp, step=0)
+    deterministic = iegkit.compose(iegkit.MetaReweighter(), model=model, optimizer=opt,
+                                   meta_dropout=False)
+    model.net[3].eval()  # the real forward too: only then is the whole step reproducible
+    first = deterministic(x, y, xp, yp, step=0).weights
+    second = deterministic(x, y, xp, yp, step=0).weights
+    torch.testing.assert_close(first, second)
+    eval_model, *_ = make_problem("cnn", batch=12)
+    eval_model.eval()
+    with pytest.warns(RuntimeWarning, match="BatchNorm layers in eval mode"):
+        iegkit.recipes.l2r(eval_model, torch.optim.SGD(eval_model.parameters(), lr=0.1))(
+            *make_problem("cnn", batch=12)[1:5], step=0)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from iegkit._core import keys
+from iegkit._core.checks import check_batch, check_binding, warn_about_modes
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan
 from iegkit.errors import (
@@ -146,8 +147,12 @@ def compose(
     model: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
+    meta_dropout: bool = True,
 ) -> Pipeline:
     """Build a pipeline from parts, ordered by what each requires and provides.
+
+    ``meta_dropout=False`` runs the look-ahead's probe pass and JVP with dropout off (deterministic
+    meta-gradients for models with dropout; default: dropout as in training, a stochastic estimate).
 
     Raises DuplicateProviderError, MissingProviderError or CycleError at build time. ``seed`` seeds
     each part's own generator (derived from the part's name, so parts do not share draws).
@@ -156,6 +161,7 @@ def compose(
         raise ValueError("compose: expected at least one part")
     ordered = _order(parts)
     plan = Plan()
+    plan.meta_dropout = meta_dropout
     for part in ordered:
         part.setup(plan)
     plan.check()
@@ -207,6 +213,7 @@ class Pipeline:
             raise TypeError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        check_binding(model, optimizer)
         if self.plan.meta is not None:
             check_lookahead_optimizer(optimizer)
         self.close()
@@ -264,6 +271,9 @@ class Pipeline:
             targets=targets, probe_inputs=probe_inputs, probe_targets=probe_targets, step=step,
             generators=self.generators,
         )
+        check_batch(self.model, inputs, probe_inputs)
+        if self.plan.meta is not None:
+            warn_about_modes(self.model, dropout=self.plan.meta_dropout)
         _check_finite_inputs("inputs", inputs)
         if probe_inputs is not None:
             _check_finite_inputs("probe_inputs", probe_inputs)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from iegkit._core.part import Plan
-from iegkit.functional.losses import check_targets
+from iegkit.functional.losses import check_logits, check_targets
 from iegkit.functional.meta import (
     MetaGradients,
     PseudoLabelGraph,
@@ -99,11 +99,11 @@ class StepContext:
         if view not in self._logits:
             inputs = self.view(view)
             if view == "input":
-                self._logits[view] = self.model(inputs)
+                self._logits[view] = check_logits(self.model(inputs))
             else:
-                self._logits[view] = functional_call(
+                self._logits[view] = check_logits(functional_call(
                     self.model, buffers_snapshot(self.model), (inputs,)
-                )
+                ))
             self.forward_counts[view] += 1
             if view == "input":
                 check_targets("targets", self.targets, self.batch_size,
@@ -117,7 +117,8 @@ class StepContext:
             raise KeyError(f"view: '{name}' was not declared with Plan.declare_built_view")
         if name in self._logits:
             raise ValueError(f"view: '{name}' is already forwarded this step")
-        self._logits[name] = functional_call(self.model, buffers_snapshot(self.model), (inputs,))
+        self._logits[name] = check_logits(
+            functional_call(self.model, buffers_snapshot(self.model), (inputs,)))
         self.forward_counts[name] += 1
         return self._logits[name]
 
@@ -167,7 +168,7 @@ class StepContext:
             self.model, self.optimizer, self.inputs, self.targets, self.probe_inputs,
             self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
             training_logits=lambda: self.logits("input"), pseudo_graph=graph,
-            lr=request.lookahead_lr,
+            lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
         )
         self.lookahead_count += 1
         return self._meta

@@ -156,6 +156,8 @@ class Plan:
         self.views: dict[str, tuple[str, ViewFn]] = {}
         self.built_views: dict[str, tuple[str, str]] = {}
         self.meta: MetaRequest | None = None
+        #: dropout in the meta passes (compose(meta_dropout=...)); False makes them deterministic
+        self.meta_dropout = True
 
     def add_view(self, name: str, make: ViewFn, *, owner: str) -> None:
         """A derived batch view (e.g. ``strong``), computed at most once per step and forwarded once."""

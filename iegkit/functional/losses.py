@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["soft_cross_entropy", "mix_targets", "check_targets"]
+__all__ = ["check_logits", "check_targets", "mix_targets", "soft_cross_entropy"]
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -50,3 +50,14 @@ def check_targets(name: str, targets: Tensor, batch_size: int, num_classes: int 
                 f"{name}: labels must lie in [0, {num_classes}) (the model has {num_classes} "
                 f"outputs), got values in [{low}, {high}]"
             )
+
+
+def check_logits(logits: object) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"model: returned a {type(logits).__name__}, expected the logits tensor (B, C); wrap it: "
+            "iegkit.LogitsOf(model, lambda out: out[0]) (or out['logits'])"
+        )
+    if logits.dim() != 2:
+        raise ValueError(f"model: expected logits of shape (B, C), got {tuple(logits.shape)}")
+    return logits

@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from iegkit.errors import NonFiniteLossError
 from iegkit.functional.lookahead import trainable_parameters, virtual_step
-from iegkit.functional.losses import check_targets, mix_targets, soft_cross_entropy
+from iegkit.functional.losses import check_logits, check_targets, mix_targets, soft_cross_entropy
 
 __all__ = [
     "MetaGradients",
@@ -61,10 +61,15 @@ class MetaGradients:
 
 
 @contextlib.contextmanager
-def train_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Run the meta passes with BatchNorm on batch statistics, restoring each module's mode after."""
+def train_mode(model: torch.nn.Module, *, dropout: bool = True) -> Iterator[None]:
+    """Run the meta passes with BatchNorm on batch statistics, restoring each module's mode after.
+    ``dropout=False`` keeps dropout layers off (deterministic meta passes)."""
     modes = [(m, m.training) for m in model.modules()]
     model.train()
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                m.eval()
     try:
         yield
     finally:
@@ -93,6 +98,7 @@ def probe_tangent(
     virtual_grads: list[Tensor] | None = None,
     *,
     lr: float | None = None,
+    dropout: bool = True,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """tau = D * grad L_p(theta'), keyed by parameter name, and L_p(theta') (detached).
 
@@ -107,10 +113,10 @@ def probe_tangent(
         virtual_grads = [torch.zeros_like(p) for p in params]
     step = virtual_step(optimizer, params, virtual_grads, groups, lr=lr)
     lookahead = {n: q.detach().requires_grad_(True) for n, q in zip(names, step.params)}
-    with train_mode(model), torch.enable_grad():
-        probe_logits = functional_call(
+    with train_mode(model, dropout=dropout), torch.enable_grad():
+        probe_logits = check_logits(functional_call(
             model, {**buffers_snapshot(model), **lookahead}, (probe_inputs,)
-        )
+        ))
         check_targets("probe_targets", probe_targets, probe_inputs.shape[0], probe_logits.shape[-1])
         probe_loss = F.cross_entropy(probe_logits, probe_targets)
         _check_finite("probe loss L_p(theta')", probe_loss)
@@ -197,6 +203,8 @@ def logit_tangent(
     model: torch.nn.Module,
     tangents: Mapping[str, Tensor],
     inputs: Tensor,
+    *,
+    dropout: bool = True,
 ) -> tuple[Tensor, Tensor, bool]:
     """(logits, u = J tau, used_fallback) at the model's current parameters, leaving it untouched.
 
@@ -204,7 +212,7 @@ def logit_tangent(
     has no forward-mode formula.
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
-    with train_mode(model):
+    with train_mode(model, dropout=dropout):
         if model not in _FORWARD_AD_FAILURES:
             stack: list[str] = []
             try:
@@ -329,6 +337,7 @@ def lookahead_meta_gradients(
     training_logits: Callable[[], Tensor] | None = None,
     pseudo_graph: PseudoLabelGraph | None = None,
     lr: float | None = None,
+    dropout: bool = True,
 ) -> MetaGradients:
     """The one implementation of the look-ahead: virtual gradient -> probe tangent -> logit tangent
     -> contraction (module docstring). ``weight_init``/``label_init`` are (B,) tensors.
@@ -337,7 +346,8 @@ def lookahead_meta_gradients(
     real forward, run at most once; its graph is kept for the caller's backward). None: a forward on
     a buffer snapshot where the virtual gradient needs one, and the JVP's own logits otherwise.
     ``pseudo_graph``: differentiate the look-ahead through the pseudo labels (official IEG option);
-    needs ``training_logits`` and ``label_init``.
+    needs ``training_logits`` and ``label_init``. ``dropout=False``: the probe pass and the JVP
+    run without dropout (deterministic; the look-ahead is then that of the dropout-free network).
     """
     through = pseudo_graph is not None and label_init is not None
     if pseudo_graph is not None and training_logits is None:
@@ -361,17 +371,18 @@ def lookahead_meta_gradients(
                 virtual = virtual_gradients(model, optimizer, logits, targets, weight_init,
                                             label_init, pseudo_targets, retain_graph=False)
     tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
-                                         lr=lr)
+                                         lr=lr, dropout=dropout)
     # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it can: a
     # JVP fused into the real forward (dual-number parameters) would save a forward but autograd
     # records every tangent operation, which more than doubles the step's peak memory.
-    jvp_logits, u, fallback = logit_tangent(model, tangents, inputs)
+    jvp_logits, u, fallback = logit_tangent(model, tangents, inputs, dropout=dropout)
     logits = jvp_logits if training_logits is None else training_logits()
     check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
     _check_pseudo(pseudo_targets, logits, label_init)
     pseudo_tangents = None
     if through:
-        view_tangents = [u if view is None else logit_tangent(model, tangents, view)[1]
+        view_tangents = [u if view is None else logit_tangent(model, tangents, view,
+                                                              dropout=dropout)[1]
                          for view, _ in pseudo_graph.views]
         _, pseudo_tangents = torch.func.jvp(
             pseudo_graph.fn, tuple(logits().detach() for _, logits in pseudo_graph.views),
