@@ -224,3 +224,24 @@ def test_objects_missing_protocol_members_are_named():
 
     with pytest.raises(TypeError, match="refines"):
         iegkit.compose(Half())
+
+
+def test_precomputed_views_replace_the_part_view_function():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    calls = []
+
+    def counting_augment(images, generator=None):
+        calls.append(1)
+        return noise_augment(images, generator)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.compose(iegkit.ConsistencyPseudoLabeler(counting_augment),
+                              iegkit.KLConsistency(), model=model, optimizer=opt)
+    strong = x.flip(-1)
+    out = pipeline(x, y, xp, yp, step=0, views={"strong": strong})
+    assert torch.equal(out.values[keys.STRONG_VIEW], strong)
+    assert len(calls) == 1  # only the probe diagnostics augmented (with the part's own generator)
+    with pytest.raises(ValueError, match="views: no part declares a view named 'weak'"):
+        pipeline(x, y, xp, yp, step=0, views={"weak": x})
+    with pytest.raises(ValueError, match=r"views\['strong'\]: expected a tensor of the inputs' shape"):
+        pipeline(x, y, xp, yp, step=0, views={"strong": x[:3]})

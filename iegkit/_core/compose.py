@@ -258,7 +258,14 @@ class Pipeline:
         probe_targets: Tensor | None = None,
         *,
         step: int,
+        views: Mapping[str, Tensor] | None = None,
     ) -> StepOutput:
+        """One step: the total loss and what the parts provided.
+
+        ``views``: precomputed inputs of declared views, e.g. ``{"strong": strong_batch}`` from
+        DataLoader workers (FixMatch-style datasets that return weak and strong views), so the
+        augmentation does not run inside the step; each replaces the part's own view function.
+        """
         if self.model is None or self.optimizer is None:
             raise RuntimeError("pipeline: call bind(model, optimizer) (or pass them to compose) first")
         if self.needs_probe:
@@ -266,10 +273,18 @@ class Pipeline:
                 raise ValueError("probe_inputs: this pipeline needs a probe batch "
                                  "(probe_inputs, probe_targets)")
             check_meta_inputs(inputs, targets, probe_inputs, probe_targets)
+        for name, view in (views or {}).items():
+            if name not in self.plan.views:
+                raise ValueError(f"views: no part declares a view named '{name}' (declared: "
+                                 f"{sorted(self.plan.views)})")
+            if not isinstance(view, Tensor) or view.shape != inputs.shape:
+                raise ValueError(f"views['{name}']: expected a tensor of the inputs' shape "
+                                 f"{tuple(inputs.shape)}, got {getattr(view, 'shape', type(view))}")
+            _check_finite_inputs(f"views['{name}']", view)
         ctx = StepContext(
             model=self.model, optimizer=self.optimizer, plan=self.plan, inputs=inputs,
             targets=targets, probe_inputs=probe_inputs, probe_targets=probe_targets, step=step,
-            generators=self.generators,
+            generators=self.generators, views=views,
         )
         check_batch(self.model, inputs, probe_inputs)
         if self.plan.meta is not None:

@@ -55,6 +55,7 @@ class StepContext:
         probe_targets: Tensor | None,
         step: int,
         generators: Mapping[str, torch.Generator],
+        views: Mapping[str, Tensor] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -67,7 +68,7 @@ class StepContext:
         self.lookahead_count = 0
         self._plan = plan
         self._generators = generators
-        self._views: dict[str, Tensor] = {}
+        self._views: dict[str, Tensor] = dict(views or {})
         self._logits: dict[str, Tensor] = {}
         self._values: dict[str, Any] = {}
         self._meta: MetaGradients | None = None
