@@ -101,6 +101,7 @@ def eg(
     t_mul: float = 1.5,
     m_mul: float = 0.9,
     seed: int = 0,
+    probe_diagnostics_every: int | None = 1,
 ) -> Pipeline:
     """EG (paper section 3.4): IEG without Isolation. The noisy labels are ignored: all training data
     is unlabeled (pseudo labels), the probe set is the labeled set. Loss L^p + p L^u + k KL.
@@ -109,7 +110,8 @@ def eg(
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
         ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                 normalize_logits=normalize_logits),
+                                 normalize_logits=normalize_logits,
+                                 probe_diagnostics_every=probe_diagnostics_every),
         ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
                    normalize_logits=normalize_logits, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
@@ -140,6 +142,7 @@ def ieg(
     t_mul: float = 1.5,
     m_mul: float = 0.9,
     seed: int = 0,
+    probe_diagnostics_every: int | None = 1,
 ) -> Pipeline:
     """IEG (Algorithm 1) with the official code's choices (docs/method.md):
 
@@ -173,7 +176,8 @@ def ieg(
             strong = (plain_strong_augment if plain_strong_augment is not None
                       else _default_strong(None))
         parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                              normalize_logits=normalize_logits))
+                                              normalize_logits=normalize_logits,
+                                              probe_diagnostics_every=probe_diagnostics_every))
     if "lambda" in components:
         parts.append(MetaReweighter(weight_init, label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr))
@@ -212,6 +216,7 @@ def robust_ieg(
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
+    probe_diagnostics_every: int | None = 1,
 ) -> Pipeline:
     """IEG with safeguards against the collapse of the pseudo labels (docs/method.md, "Robust IEG").
 
@@ -247,7 +252,8 @@ def robust_ieg(
             strong = (plain_strong_augment if plain_strong_augment is not None
                       else strong_augment if strong_augment is not None else _default_strong(None))
         parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                              teacher_decay=teacher_decay))
+                                              teacher_decay=teacher_decay,
+                                              probe_diagnostics_every=probe_diagnostics_every))
         if alignment_momentum is not None:
             parts.append(DistributionAlignment(momentum=alignment_momentum,
                                                temperature=temperature))
@@ -284,6 +290,7 @@ def robust_eg(
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
+    probe_diagnostics_every: int | None = 1,
 ) -> Pipeline:
     """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
     pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run."""
@@ -294,7 +301,8 @@ def robust_eg(
     rampup_steps = max(1, round(rampup_fraction * total_steps))
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
-        ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay),
+        ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
+                                 probe_diagnostics_every=probe_diagnostics_every),
         *([DistributionAlignment(momentum=alignment_momentum, temperature=temperature)]
           if alignment_momentum is not None else []),
         *([ConfidenceMask(confidence_threshold)] if confidence_threshold is not None else []),

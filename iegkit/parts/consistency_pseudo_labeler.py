@@ -31,7 +31,7 @@ class ConsistencyPseudoLabeler(PartBase):
 
     Collapse diagnostics, every step, detached (``metrics``): ``top_share`` (the share of the
     batch's most frequent pseudo label), ``marginal_entropy`` (of the batch's mean pseudo label,
-    over log C), ``agreement`` with the given labels and, with ``probe_diagnostics``,
+    over log C), ``agreement`` with the given labels and, every ``probe_diagnostics_every`` steps,
     ``probe_accuracy``: the pseudo labels of the probe batch's two views (made the same way, with
     a generator of the part's own so training draws are unchanged) against its trusted labels.
 
@@ -45,12 +45,14 @@ class ConsistencyPseudoLabeler(PartBase):
         decay of an EMA teacher (mean teacher, Tarvainen & Valpola 2017): the pseudo labels come
         from ``WeightEMA(decay)`` weights, updated after each optimizer step, with BatchNorm on
         batch statistics (two extra no-grad forwards per step).
-      probe_diagnostics: measure ``probe_accuracy`` (two no-grad forwards of the probe batch).
+      probe_diagnostics_every: measure ``probe_accuracy`` every that many steps (1: every step;
+        None: never). It costs the strong augmentation and two no-grad forwards of the probe batch.
     """
 
     def __init__(self, strong_augment: Augment, *, temperature: float = 0.5,
                  normalize_logits: bool = True, teacher_decay: float | None = None,
-                 probe_diagnostics: bool = True, name: str = "pseudo_labeler") -> None:
+                 probe_diagnostics_every: int | None = 1,
+                 name: str = "pseudo_labeler") -> None:
         if not callable(strong_augment):
             raise TypeError("strong_augment: expected a callable (images, generator=None) -> images")
         if temperature <= 0:
@@ -63,7 +65,11 @@ class ConsistencyPseudoLabeler(PartBase):
         self.temperature = temperature
         self.normalize_logits = normalize_logits
         self.teacher_decay = teacher_decay
-        self.probe_diagnostics = probe_diagnostics
+        if probe_diagnostics_every is not None and (
+                int(probe_diagnostics_every) != probe_diagnostics_every or probe_diagnostics_every < 1):
+            raise ValueError(f"probe_diagnostics_every: expected None or an integer >= 1, got "
+                             f"{probe_diagnostics_every}")
+        self.probe_diagnostics_every = probe_diagnostics_every
         self.teacher: WeightEMA | None = None
         self._pending_teacher_state: Mapping[str, Any] | None = None
         self._probe_generator = torch.Generator().manual_seed(0)
@@ -126,7 +132,8 @@ class ConsistencyPseudoLabeler(PartBase):
         top_share, entropy = pseudo_label_concentration(pseudo)
         metrics = {"agreement": pseudo_label_accuracy(pseudo, ctx.targets),
                    "top_share": top_share, "marginal_entropy": entropy}
-        if self.probe_diagnostics and ctx.probe_inputs is not None:
+        every = self.probe_diagnostics_every
+        if every is not None and ctx.step % every == 0 and ctx.probe_inputs is not None:
             metrics["probe_accuracy"] = self._probe_accuracy(ctx)
         values: dict[str, Any] = {keys.PSEUDO_TARGETS: pseudo, keys.STRONG_VIEW: ctx.view("strong")}
         if keys.PSEUDO_LABELER in self.provides:
