@@ -1,0 +1,307 @@
+"""The training loop of the demo, the CLI and the benchmarks: one loop, written as a user would.
+
+``fit`` runs epochs of a shuffled training split with a cycling probe (trusted) batch, the same
+weak augmentation of both, ``out = pipeline(...)``, then the user's ``zero_grad``/``backward``/
+``step``. Everything specific to an application comes in as arguments and callbacks: the lr
+scheduler, the per-epoch evaluation, ``on_step`` (a diagnostics recorder, an EMA of the weights),
+``on_epoch`` (logs), checkpoints. ``train`` builds SmallCNN, SGD and a named recipe
+(``recipes.build``, which owns the per-method defaults) and calls ``fit``.
+
+Randomness: ``fit`` draws the data order from ``Generator(seed)``, the augmentations from
+``Generator(seed + 1)`` (batch first, then probe, each step) and the probe order from
+``ProbeSampler(seed=seed)``; it never draws from the global RNG (it only restores it from a
+checkpoint), so a caller that seeds it (``torch.manual_seed(seed)`` before building the model)
+gets the same run every time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+
+from iegkit import recipes
+from iegkit._core.compose import Pipeline, StepOutput
+from iegkit.checkpoint import load_checkpoint, save_checkpoint
+from iegkit.data import NoisyDataset, ProbeSampler
+
+__all__ = ["FitResult", "TrainingData", "accuracy", "default_augmentations", "fit",
+           "steps_per_epoch", "train"]
+
+#: ``augment(images, generator=g) -> images``, e.g. ``iegkit.augment.weak_augment(...)``.
+Augment = Callable[..., Tensor]
+#: ``on_step(step, dataset_indices, step_output)``, after ``optimizer.step()``.
+StepCallback = Callable[[int, Tensor, StepOutput], None]
+#: ``scheduler(optimizer, total_steps) -> LRScheduler``, stepped after every optimizer step.
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
+
+
+class TrainingData(Protocol):
+    """What ``fit`` reads (``iegkit.data.NoisyDataset`` has it): the training split with its given
+    (noisy) labels and the trusted (probe) set. ``fit`` indexes the tensors as they are, so they
+    may live on the GPU, or hold uint8 images that ``weak_augment`` converts."""
+
+    train_inputs: Tensor
+    train_labels: Tensor
+    trusted_inputs: Tensor
+    trusted_labels: Tensor
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """history: one dict per epoch, ``{"epoch", "step", "loss" (mean over the epoch's steps),
+    **evaluate(model)}`` plus what ``on_epoch`` added, restored epochs included; steps: optimizer
+    steps done in all (sessions included); seconds: this call's wall time; scheduler: the lr
+    scheduler ``fit`` stepped (None when a part set the lr)."""
+
+    history: list[dict]
+    steps: int
+    seconds: float
+    model: torch.nn.Module
+    scheduler: LRScheduler | None
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped), at least 1."""
+    return max(1, num_examples // batch_size)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 512,
+             transform: Callable[[Tensor], Tensor] | None = None) -> float:
+    """Top-1 accuracy in eval mode (the training mode is restored); ``transform`` maps each batch
+    of ``inputs`` to the model's input (e.g. uint8 to float on the model's device)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, inputs.shape[0], batch_size):
+        batch = inputs[start:start + batch_size]
+        logits = model(transform(batch) if transform is not None else batch)
+        target = labels[start:start + batch_size].to(logits.device)
+        correct += int((logits.argmax(-1) == target).sum())
+    model.train(was_training)
+    return correct / max(1, inputs.shape[0])
+
+
+def default_augmentations(channels: int, size: int) -> tuple[Augment, Augment]:
+    """Weak and strong views for images in [-1, 1] of ``size`` pixels: a crop after a pad of
+    size/8 (at least 1), a flip for RGB only (digits are not mirror-symmetric); the strong view
+    adds a (size/2)-pixel cutout and, for RGB, AutoAugment's CIFAR-10 policy (it needs RGB, so a
+    grayscale strong view is the paper's "without AA" chain). For the 8x8 digits: pad 1, cutout 4."""
+    from iegkit.augment import strong_augment, weak_augment
+
+    pad, rgb = max(1, size // 8), channels == 3
+    weak = weak_augment(pad=pad, flip=rgb, value_range=(-1.0, 1.0))
+    strong = strong_augment(policy="cifar10" if rgb else None, pad=pad, cutout=max(1, size // 2),
+                            flip=rgb, value_range=(-1.0, 1.0))
+    return weak, strong
+
+
+def fit(
+    pipeline: Pipeline,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: TrainingData,
+    *,
+    epochs: int,
+    batch_size: int,
+    weak_augment: Augment,
+    seed: int = 0,
+    scheduler: SchedulerFactory | None = None,
+    evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
+    evaluate_every_epoch: bool = True,
+    on_step: StepCallback | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    state: Mapping[str, Stateful] | None = None,
+    stop_after: int | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> FitResult:
+    """Train ``model`` with ``pipeline`` for ``epochs`` epochs of ``steps_per_epoch`` full batches.
+
+    Args:
+      pipeline, model, optimizer: bound together (``recipes.build`` or ``compose``).
+      data: see ``TrainingData``; the probe batch has ``batch_size`` trusted examples (fewer if
+        the trusted set is smaller).
+      weak_augment: applied to the training batch, then to the probe batch, with the loop's
+        augmentation generator.
+      scheduler: a factory ``(optimizer, total_steps) -> LRScheduler``, stepped after every
+        optimizer step. None: ``CosineAnnealingLR(optimizer, total_steps)`` unless a part provides
+        ``"lr"`` (a schedule part); giving one with such a part is an error.
+      evaluate: ``model -> {name: value}`` merged into each epoch's history entry; default: none.
+        With ``evaluate_every_epoch=False`` only the last epoch of this call is evaluated.
+      on_step: ``(step, indices, out)`` after each ``optimizer.step()`` (before the scheduler's).
+      on_epoch: ``(entry)`` after each epoch's evaluation; it may add keys to the entry, which is
+        then appended to the history (and checkpointed).
+      checkpoint: a file written (``iegkit.checkpoint``) every ``checkpoint_every`` epochs and after
+        the last epoch of this call: model, optimizer, pipeline, global RNG, the loop's generators,
+        probe sampler, scheduler, history, and ``state``'s objects. ``resume=True`` restores it
+        first and continues from the epoch it holds, bit for bit on CPU (a restored
+        CosineAnnealingLR keeps the length it was saved with, even if ``epochs`` grew).
+      state: more objects to checkpoint and restore by name (``state_dict``/``load_state_dict``),
+        e.g. ``{"recorder": step_recorder}``.
+      stop_after: end this call after that many epochs (continue later with ``resume=True``).
+      max_steps: stop after that many steps in all (smoke tests); the partial epoch is evaluated,
+        not checkpointed.
+    """
+    from tqdm.auto import tqdm
+
+    if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"epochs, batch_size, checkpoint_every: expected >= 1, got {epochs}, "
+                         f"{batch_size}, {checkpoint_every}")
+    if resume and checkpoint is None:
+        raise ValueError("resume: needs checkpoint=PATH")
+    state = dict(state or {})
+    n = data.train_inputs.shape[0]
+    per_epoch = steps_per_epoch(n, batch_size)
+    total_steps = epochs * per_epoch
+    if "lr" in pipeline.provides:
+        if scheduler is not None:
+            raise ValueError("scheduler: a part of the pipeline already sets the lr ('lr' in "
+                             "pipeline.provides); pass scheduler=None")
+        lr_scheduler = None
+    else:
+        lr_scheduler = (scheduler or CosineAnnealingLR)(optimizer, total_steps)
+    generators = {"order": torch.Generator().manual_seed(seed),
+                  "augment": torch.Generator().manual_seed(seed + 1)}
+    probe = ProbeSampler(data.trusted_inputs, data.trusted_labels, batch_size, seed=seed)
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume:
+        extra = load_checkpoint(checkpoint, model=model, optimizer=optimizer, pipeline=pipeline,
+                                generators=generators)["extra"]
+        needed = ["epoch", "history", "probe_sampler", *state,
+                  *(["scheduler"] if lr_scheduler is not None else [])]
+        missing = [key for key in needed if key not in extra]
+        if missing:
+            raise ValueError(f"checkpoint: {checkpoint} holds no state for {missing} (written by "
+                             "another loop or version)")
+        start_epoch, history = int(extra["epoch"]), list(extra["history"])
+        probe.load_state_dict(extra["probe_sampler"])
+        if lr_scheduler is not None:
+            lr_scheduler.load_state_dict(extra["scheduler"])
+        for name, obj in state.items():
+            obj.load_state_dict(extra[name])
+
+    def save(epoch: int, step: int) -> None:
+        extra: dict[str, Any] = {"epoch": epoch, "history": history,
+                                 "probe_sampler": probe.state_dict()}
+        if lr_scheduler is not None:
+            extra["scheduler"] = lr_scheduler.state_dict()
+        extra.update({name: obj.state_dict() for name, obj in state.items()})
+        save_checkpoint(checkpoint, model=model, optimizer=optimizer, pipeline=pipeline,
+                        step=step, generators=generators, extra=extra)
+
+    last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    step = start_epoch * per_epoch
+    end_step = last_epoch * per_epoch if max_steps is None else min(max_steps, last_epoch * per_epoch)
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=end_step, initial=step, desc=desc, disable=not progress, leave=False,
+               mininterval=0.1 if interactive else 30.0)
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(start_epoch, last_epoch):
+        if step >= end_step:
+            break
+        order = torch.randperm(n, generator=generators["order"])
+        loss_sum, count = 0.0, 0
+        for b in range(per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            probe_inputs, probe_labels = next(probe)
+            out = pipeline(weak_augment(data.train_inputs[idx], generator=generators["augment"]),
+                           data.train_labels[idx],
+                           weak_augment(probe_inputs, generator=generators["augment"]),
+                           probe_labels, step=step)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(step, idx, out)
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            step += 1
+            loss = float(out.loss.detach())
+            loss_sum, count = loss_sum + loss, count + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if step >= end_step:
+                break
+        last = step >= end_step
+        entry: dict = {"epoch": epoch + 1, "step": step, "loss": loss_sum / count}
+        if evaluate is not None and (evaluate_every_epoch or last):
+            entry.update(evaluate(model))
+        if on_epoch is not None:
+            on_epoch(entry)
+        history.append(entry)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if isinstance(v, float)})
+        if checkpoint is not None and count == per_epoch and ((epoch + 1) % checkpoint_every == 0
+                                                              or last):
+            save(epoch + 1, step)
+    bar.close()
+    return FitResult(history, step, time.perf_counter() - started, model, lr_scheduler)
+
+
+def train(
+    method: str,
+    data: NoisyDataset,
+    *,
+    epochs: int = 30,
+    batch_size: int = 100,
+    lr: float = 0.1,
+    seed: int = 0,
+    width: int = 32,
+    weak_augment: Augment | None = None,
+    strong_augment: Augment | None = None,
+    recipe_options: Mapping[str, Any] | None = None,
+    evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
+    **fit_options: Any,
+) -> FitResult:
+    """SmallCNN, SGD (momentum 0.9, weight decay 5e-4) and ``recipes.build(method, ...)`` on
+    ``data`` (an ``iegkit.data.NoisyDataset``), then ``fit``.
+
+    ``torch.manual_seed(seed)`` is set before the model is built. The views default to
+    ``default_augmentations`` of the data's shape; ``recipe_options`` go to ``recipes.build`` (a
+    ``strong_augment`` there overrides the argument). ``evaluate`` defaults to the test accuracy
+    (``{"test_accuracy": ...}``). ``fit_options``: the other arguments of ``fit``.
+    """
+    from iegkit.models import SmallCNN
+
+    torch.manual_seed(seed)
+    channels, size = data.train_inputs.shape[1], data.train_inputs.shape[-1]
+    model = SmallCNN(in_channels=channels, num_classes=data.num_classes, width=width)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    total_steps = epochs * steps_per_epoch(data.train_inputs.shape[0], batch_size)
+    default_weak, default_strong = default_augmentations(channels, size)
+    options = dict(recipe_options or {})
+    strong = options.pop("strong_augment", strong_augment or default_strong)
+    pipeline = recipes.build(method, model, optimizer, total_steps=total_steps,
+                             strong_augment=strong, seed=seed, **options)
+    if evaluate is None:
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return {"test_accuracy": accuracy(m, data.test_inputs, data.test_labels)}
+    fit_options.setdefault("desc", f"{method} seed {seed}")
+    return fit(pipeline, model, optimizer, data, epochs=epochs, batch_size=batch_size,
+               weak_augment=weak_augment or default_weak, seed=seed, evaluate=evaluate,
+               **fit_options)

@@ -1,0 +1,146 @@
+"""iegkit.training: the one loop of the demo, the CLI and the benchmarks (tiny digits runs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iegkit import recipes
+from iegkit.data import NoisyDataset, make_noisy_digits
+from iegkit.models import SmallCNN
+from iegkit.parts import SGDRSchedule
+from iegkit.training import accuracy, fit, train
+
+
+def flip(images, generator=None):  # a cheap strong view: kornia's chain is slow on CPU
+    return images.flip(-1)
+
+
+def weak(images, generator=None):
+    return images + 0.05 * torch.randn(images.shape, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def data() -> NoisyDataset:
+    full = make_noisy_digits(0.8, 5, seed=0)
+    n = 60
+    return NoisyDataset(full.train_inputs[:n], full.train_labels[:n], full.train_clean_labels[:n],
+                        full.trusted_inputs, full.trusted_labels, full.test_inputs[:40],
+                        full.test_labels[:40], full.num_classes)
+
+
+def make(method, init_seed=0, **options):
+    torch.manual_seed(init_seed)
+    model = SmallCNN(1, 10, width=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    pipeline = recipes.build(method, model, optimizer, total_steps=9, strong_augment=flip,
+                             seed=0, **options)
+    return model, optimizer, pipeline
+
+
+@pytest.mark.parametrize("method", ["plain", "l2r"])
+def test_one_epoch_of_digits(data, method):
+    result = train(method, data, epochs=1, batch_size=20, width=4, progress=False)
+    assert result.steps == 3 and len(result.history) == 1
+    entry = result.final
+    assert entry["epoch"] == 1 and entry["step"] == 3 and torch.isfinite(torch.tensor(entry["loss"]))
+    assert 0.0 <= entry["test_accuracy"] <= 1.0
+    assert entry["test_accuracy"] == accuracy(result.model, data.test_inputs, data.test_labels)
+
+
+def test_a_scheduler_is_used_iff_no_part_provides_lr(data):
+    model, optimizer, pipeline = make("plain")
+    assert "lr" not in pipeline.provides
+    result = fit(pipeline, model, optimizer, data, epochs=2, batch_size=20, weak_augment=weak,
+                 progress=False)
+    assert isinstance(result.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert result.scheduler.T_max == 6 and optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+    model, optimizer, pipeline = make("l2r", first_cycle_steps=2)
+    assert "lr" in pipeline.provides
+    result = fit(pipeline, model, optimizer, data, epochs=2, batch_size=20, weak_augment=weak,
+                 progress=False)
+    assert result.scheduler is None
+    schedule = next(p for p in pipeline.parts if isinstance(p, SGDRSchedule))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.lrs_at(5)[0])
+    with pytest.raises(ValueError, match="already sets the lr"):
+        fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+            scheduler=lambda opt, total: SGDRSchedule(opt, 3), progress=False)
+
+    model, optimizer, pipeline = make("plain")
+    result = fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+                 scheduler=lambda opt, total: SGDRSchedule(opt, 2), progress=False)
+    assert isinstance(result.scheduler, SGDRSchedule) and result.scheduler.last_epoch == 3
+
+
+def test_on_step_is_called_once_per_step_and_on_epoch_once_per_epoch(data):
+    model, optimizer, pipeline = make("l2r")
+    calls, epochs = [], []
+
+    def on_step(step, idx, out):
+        assert out.weights is not None and out.weights.shape == idx.shape == (20,)
+        calls.append((step, idx.clone()))
+
+    def on_epoch(entry):
+        epochs.append(entry["epoch"])
+        entry["extra"] = len(calls)
+
+    result = fit(pipeline, model, optimizer, data, epochs=2, batch_size=20, weak_augment=weak,
+                 on_step=on_step, on_epoch=on_epoch, progress=False)
+    assert [s for s, _ in calls] == list(range(6)) and result.steps == 6
+    first_epoch = torch.cat([idx for _, idx in calls[:3]])
+    assert sorted(first_epoch.tolist()) == list(range(60))  # a permutation of the split
+    assert epochs == [1, 2] and [h["extra"] for h in result.history] == [3, 6]
+
+
+def test_max_steps_stops_inside_an_epoch_and_evaluates_it(data):
+    model, optimizer, pipeline = make("plain")
+    result = fit(pipeline, model, optimizer, data, epochs=3, batch_size=20, weak_augment=weak,
+                 evaluate=lambda m: {"test_accuracy": 0.5}, evaluate_every_epoch=False,
+                 max_steps=4, progress=False)
+    assert result.steps == 4
+    assert [(h["epoch"], h["step"]) for h in result.history] == [(1, 3), (2, 4)]
+    assert "test_accuracy" not in result.history[0] and result.final["test_accuracy"] == 0.5
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, step, idx, out):
+        self.n += 1
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+@pytest.mark.parametrize("method", ["plain", "ieg"])
+def test_resume_equals_an_uninterrupted_run(data, tmp_path, method):
+    def run(path, init_seed=0, **kwargs):
+        model, optimizer, pipeline = make(method, init_seed)
+        counter = Counter()
+        result = fit(pipeline, model, optimizer, data, epochs=3, batch_size=20, weak_augment=weak,
+                     evaluate=lambda m: {"test_accuracy": accuracy(m, data.test_inputs,
+                                                                   data.test_labels)},
+                     on_step=counter, checkpoint=path, state={"counter": counter},
+                     progress=False, **kwargs)
+        return model, result, counter
+
+    full_model, full, _ = run(tmp_path / "full.pt")
+    _, first, _ = run(tmp_path / "split.pt", stop_after=1)
+    assert first.steps == 3 and len(first.history) == 1
+    model, resumed, counter = run(tmp_path / "split.pt", init_seed=99, resume=True)
+    assert counter.n == 9 and resumed.steps == 9
+    assert resumed.history == full.history
+    for a, b in zip(model.parameters(), full_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_needs_a_checkpoint(data):
+    model, optimizer, pipeline = make("plain")
+    with pytest.raises(ValueError, match="resume"):
+        fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+            resume=True, progress=False)
