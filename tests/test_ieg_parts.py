@@ -217,8 +217,7 @@ def test_every_ablation_builds_and_runs_one_step(n):
 
 def test_eg_ignores_the_noisy_labels():
     model, x, y, xp, yp, _ = make_problem("cnn")
-    a = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
-                   strong_augment=noise_augment)
+    a = recipes.eg(model, torch.optim.SGD(model.parameters(), lr=0.1), strong_augment=noise_augment)
     m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
     out1 = recipes.eg(m1, torch.optim.SGD(m1.parameters(), lr=0.1), strong_augment=noise_augment)(
         x, y, xp, yp, step=0)
@@ -303,10 +302,10 @@ def test_official_lookahead_through_pseudo_labels_matches_double_backward(kind):
 
 def test_rampup_scales_the_unlabeled_and_consistency_terms():
     model, x, y, xp, yp, _ = make_problem("cnn")
-    full = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
-                      strong_augment=flip_augment)
-    ramped = recipes.eg(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
-                        strong_augment=flip_augment, rampup_steps=4)
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    full = recipes.eg(m1, torch.optim.SGD(m1.parameters(), lr=0.1), strong_augment=flip_augment)
+    ramped = recipes.eg(m2, torch.optim.SGD(m2.parameters(), lr=0.1), strong_augment=flip_augment,
+                        rampup_steps=4)
     a, b = full(x, y, xp, yp, step=1), ramped(x, y, xp, yp, step=1)
     torch.testing.assert_close(b.losses["probe_mixup/unlabeled"], 0.25 * a.losses["probe_mixup/unlabeled"])
     torch.testing.assert_close(b.losses["kl_consistency/loss"], 0.25 * a.losses["kl_consistency/loss"])
