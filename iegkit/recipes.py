@@ -45,7 +45,7 @@ TABLE7: dict[int, frozenset[str]] = {
 COMPONENTS = frozenset({"UC", "MC", "AA", "lambda"})
 #: robust_ieg/robust_eg ramp p and k over this fraction of the run (selected on digits' validation
 #: split, docs/results.md).
-ROBUST_RAMPUP_FRACTION = 0.5
+ROBUST_RAMPUP_FRACTION = 1.0
 
 
 def _schedule(optimizer, first_cycle_steps: int | None, t_mul: float, m_mul: float) -> list[Part]:
