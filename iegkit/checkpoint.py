@@ -67,7 +67,9 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: loading an untrusted run folder must not run code (everything saved is tensors,
+    # numbers, strings and containers of them)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     version = state.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise ValueError(f"checkpoint: format_version {version!r} is not supported "

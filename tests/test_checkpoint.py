@@ -71,3 +71,25 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     torch.save(state, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="format_version"):
         load_checkpoint(tmp_path / "c.pt", model=model, optimizer=optimizer, pipeline=pipeline)
+
+
+def test_loading_refuses_pickled_code(tmp_path):
+    """A checkpoint from an untrusted run folder must not run code when loaded (weights_only)."""
+    import pickle
+
+    import iegkit
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), model=model, optimizer=optimizer)
+    state = {"format_version": 1, "step": 0, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "pipeline": pipeline.state_dict(),
+             "torch_rng": torch.get_rng_state(), "generators": {}, "extra": {"x": Evil()}}
+    torch.save(state, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "evil.pt", model=model, optimizer=optimizer, pipeline=pipeline)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this would have run",))
