@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
+
+# No test may depend on machine load: no hypothesis deadline anywhere (a test that sets its own
+# settings inherits this), and no health check that times data generation.
+settings.register_profile("iegkit", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("iegkit")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -55,6 +55,17 @@ def test_probe_sampler_cycles_and_round_trips():
     assert all(torch.equal(a, next(sampler)[1]) for a in after)
 
 
+def test_training_helps_on_noisy_digits():
+    """The fast check CI runs (about 10 s): at 80% noise the meta step and the robust recipe beat
+    plain training by a wide margin (measured 61.6 / 72.7 / 85.2% with one thread)."""
+    data = make_noisy_digits(0.8, 10, seed=0)
+    plain = train("plain", data, epochs=12, width=16, progress=False).test_accuracy
+    l2r = train("l2r", data, epochs=12, width=16, progress=False).test_accuracy
+    robust = train("robust_ieg", data, epochs=12, width=16, progress=False).test_accuracy
+    assert l2r > plain + 0.05
+    assert robust > plain + 0.10
+
+
 @pytest.mark.slow
 def test_l2r_beats_plain_on_noisy_digits():
     data = make_noisy_digits(0.8, 10, seed=0)
