@@ -8,7 +8,7 @@ in runs/select_robust.jsonl and skipped on restart.
 
     .venv/bin/python benchmarks/select_robust.py --threads 1 --write docs/results.md
     .venv/bin/python benchmarks/select_robust.py --split test --seeds 3 \
-        --configs "plain,ieg (official, no ramp),ieg (ramp over the run),robust_ieg,robust_eg" \
+        --configs "plain;ieg (official, no ramp);ieg (ramp over the run);robust_ieg;robust_eg" \
         --write docs/results.md
 """
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default="0.8,0.95", help="uniform noise rates [0.8,0.95]")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--configs", default="", help="comma-separated subset of config names")
+    parser.add_argument("--configs", default="", help="semicolon-separated subset of config names")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--store", default="runs/select_robust.jsonl")
     parser.add_argument("--split", choices=("val", "test"), default="val",
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     store = RunStore(args.store)
-    names = [c.strip() for c in args.configs.split(",") if c.strip()] or list(CONFIGS)
+    names = [c.strip() for c in args.configs.split(";") if c.strip()] or list(CONFIGS)
     noises = [float(n) for n in args.noise.split(",")]
     weak, strong = digits_augmentations()
     for noise in noises:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                           "max_top_class": max(h["top_class_share"] for h in history),
                           "seconds": result.seconds}
                 store.add(key, record)
-                print(f"{name:40s} noise {noise} seed {seed}: val {100 * record['val_accuracy']:.1f}%"
+                print(f"{name:40s} noise {noise} seed {seed}: {args.split} {100 * record['val_accuracy']:.1f}%"
                       f" ({record['seconds']:.0f} s)", flush=True)
     split = "val" if args.split == "val" else "test"
     lines = ["| config | " + " | ".join(f"{split} acc % at {n} (max top-class share)"
