@@ -77,3 +77,54 @@ def test_meta_gradients_leave_model_and_optimizer_untouched(seed, weight_init):
                    pseudo_targets=q)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(s["momentum_buffer"], buffers[id(p)]) for p, s in optimizer.state.items())
+
+
+@st.composite
+def meta_problems(draw):
+    """Random shapes, dtypes and SGD configurations for the meta step (issue: widen the strategies)."""
+    batch = draw(st.integers(1, 64))
+    classes = draw(st.integers(2, 100))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    momentum = draw(st.sampled_from([0.0, 0.9]))
+    nesterov = momentum > 0 and draw(st.booleans())
+    config = dict(lr=draw(st.sampled_from([0.01, 0.1])), momentum=momentum, nesterov=nesterov,
+                  dampening=0.0 if nesterov else draw(st.sampled_from([0.0, 0.5])),
+                  weight_decay=draw(st.sampled_from([0.0, 5e-4])))
+    ieg = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return batch, classes, dtype, config, ieg, seed
+
+
+@settings(max_examples=25)
+@given(meta_problems())
+def test_meta_gradients_match_double_backward_across_shapes_dtypes_and_sgd(problem):
+    from reference import reference_meta_gradients
+
+    batch, classes, dtype, config, ieg, seed = problem
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(5, 7)]
+    if batch > 1:  # BatchNorm1d in train mode needs two examples
+        layers.append(torch.nn.BatchNorm1d(7))
+    model = torch.nn.Sequential(*layers, torch.nn.Tanh(), torch.nn.Linear(7, classes)).to(dtype)
+    x = torch.randn(batch, 5, generator=gen, dtype=dtype)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    xp = torch.randn(3, 5, generator=gen, dtype=dtype)
+    yp = torch.randint(0, classes, (3,), generator=gen)
+    q = torch.softmax(torch.randn(batch, classes, generator=gen, dtype=dtype), -1)
+    optimizer = torch.optim.SGD(model.parameters(), **config)
+    if config["momentum"]:  # a live momentum buffer, as after a real step
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    kwargs = dict(weight_init=1.0 / batch, label_init=0.9, pseudo_targets=q) if ieg else {}
+    got = meta_gradients(model, optimizer, x, y, xp, yp, **kwargs)
+    weight, label = reference_meta_gradients(model, optimizer, x, y, xp, yp, **kwargs)
+    # float32: both sides round differently (forward-mode vs double backward); the scale of the
+    # meta-gradients is set by the largest entry, so the tolerance is relative to it
+    scale = float(weight.abs().max()) + 1e-30
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(got.weight, weight, rtol=0, atol=tol * scale)
+    if ieg:
+        label_scale = float(label.abs().max()) + 1e-30
+        torch.testing.assert_close(got.label, label, rtol=0, atol=tol * label_scale)
