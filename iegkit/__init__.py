@@ -1,11 +1,12 @@
 """iegkit: train on severely noisy labels with a tiny trusted set (L2R, EG, IEG as composable parts)."""
 
-from iegkit import augment, errors, functional, recipes
+from iegkit import augment, data, errors, functional, recipes
 from iegkit._core import keys
 from iegkit._core.checks import LogitsOf
 from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
+from iegkit.data import ProbeSampler
 from iegkit.ema import WeightEMA
 from iegkit.parts import (
     ConfidenceMask,
@@ -36,12 +37,14 @@ __all__ = [
     "Plan",
     "PseudoLabelSource",
     "ProbeMixUp",
+    "ProbeSampler",
     "SGDRSchedule",
     "StepContext",
     "StepOutput",
     "WeightEMA",
     "augment",
     "compose",
+    "data",
     "errors",
     "functional",
     "keys",
