@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iegkit._core import keys
+
 __all__ = ["StepRecorder"]
 
 FORMAT_VERSION = 1
@@ -155,7 +157,7 @@ class StepRecorder:
             window_add("relabel_sum", "relabel_count", lam)
 
         values = getattr(out, "values", None) or {}
-        pseudo = values.get("targets:pseudo") if isinstance(values, Mapping) else None
+        pseudo = values.get(keys.PSEUDO_TARGETS) if isinstance(values, Mapping) else None
         if pseudo is not None:
             g = _to_cpu(pseudo).to(torch.float64)
             if g.dim() != 2 or g.shape[0] != batch:
