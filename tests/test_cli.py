@@ -34,7 +34,7 @@ def test_train_on_an_image_folder_writes_report_and_plots(tmp_path):
     assert main(["train", "--data", str(data), "--recipe", "ieg", "--epochs", "1", "--out",
                  str(out), *ARGS]) == 0
     for name in ("config.json", "checkpoint.pt", "report.md", "report.json", "summary.json",
-                 "curves.png", "weights.png", "lambda.png"):
+                 "curves.png", "weights.png", "lambda.png", "collapse.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 1
@@ -70,3 +70,32 @@ def test_exit_codes_and_messages(tmp_path, capsys):
     assert main(["train", "--no-progress"]) == 2  # --out missing
     with pytest.raises(SystemExit):
         main(["train", "--recipe", "nope"])
+
+
+def test_the_cli_warns_when_pseudo_labels_concentrate(tmp_path, capsys, monkeypatch):
+    """A pipeline whose pseudo labels all point to one class gets the collapse warning."""
+    from iegkit.diagnostics import CollapseMonitor
+
+    monitor = CollapseMonitor()
+
+    class Out:
+        values = {"targets:pseudo": torch.eye(3)[torch.zeros(8, dtype=torch.long)]}
+        metrics = {}
+
+    monitor.record(Out())
+    summary = monitor.epoch_summary()
+    assert summary["pseudo_top_share"] == 1.0 and monitor.collapsing(summary)
+    balanced = CollapseMonitor()
+
+    class Balanced:
+        values = {"targets:pseudo": torch.eye(3)[torch.arange(9) % 3]}
+        metrics = {"pseudo_labeler/probe_accuracy": torch.tensor(0.5)}
+
+    balanced.record(Balanced())
+    summary = balanced.epoch_summary()
+    assert not balanced.collapsing(summary) and summary["pseudo_probe_accuracy"] == 0.5
+    monkeypatch.setattr(CollapseMonitor, "collapsing", lambda self, summary: True)
+    data = write_folder(tmp_path / "data")
+    assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
+                 str(tmp_path / "run"), *ARGS]) == 0
+    assert "the pseudo labels are collapsing" in capsys.readouterr().err

@@ -120,8 +120,10 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     """Train (or continue) a run in ``out``; returns the final summary. ``stop_after`` ends this
     session after that many epochs (checkpointed; continue with ``resume=True``)."""
     from iegkit.diagnostics import (
+        CollapseMonitor,
         StepRecorder,
         noisy_label_report,
+        plot_collapse,
         plot_curves,
         plot_lambda_curves,
         plot_weight_histogram,
@@ -138,11 +140,27 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
                                                     splits.trusted_labels),
                 "test_accuracy": training.accuracy(model, splits.test_inputs, splits.test_labels)}
 
+    monitor = CollapseMonitor()
+
+    def on_step(step: int, indices: Tensor, out) -> None:
+        recorder.record(step, indices, out)
+        monitor.record(out)
+
+    def on_epoch(entry: dict) -> None:
+        summary = monitor.epoch_summary()
+        entry.update(summary)
+        if monitor.collapsing(summary):
+            print(f"iegkit: warning: epoch {entry['epoch']}: {100 * summary['pseudo_top_share']:.0f}% "
+                  f"of a batch's pseudo labels share one class on average (uniform: "
+                  f"{100 / monitor.num_classes:.0f}%): the pseudo labels are collapsing; "
+                  "try --recipe robust_ieg", file=sys.stderr)
+
     # SGDR (first cycle one epoch, t_mul 1.5, m_mul 0.9: the paper's) for every recipe, as a torch
     # scheduler: it has no fixed length, so a resumed run may be extended with --epochs.
     result = training.train(
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        seed=config.seed, width=config.width, evaluate=evaluate, on_step=recorder.record,
+        seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
+        on_epoch=on_epoch,
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
@@ -152,6 +170,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     (out / "report.md").write_text(report.to_markdown())
     (out / "report.json").write_text(report.to_json())
     plot_curves(history, out / "curves.png")
+    if any("pseudo_top_share" in h for h in history):
+        plot_collapse(history, out / "collapse.png", num_classes=splits.num_classes)
     if recorder.has_weights:
         plot_weight_histogram(recorder, None, out / "weights.png")
     if recorder.has_weights or recorder.has_relabel:

@@ -20,6 +20,7 @@ Modules: ``recorder`` (StepRecorder; its conventions), ``metrics`` (detection me
 
 from __future__ import annotations
 
+from iegkit.diagnostics.collapse import CollapseMonitor
 from iegkit.diagnostics.metrics import (
     _average_ranks,
     _group_means,
@@ -30,6 +31,7 @@ from iegkit.diagnostics.plots import (
     _figure,
     _resolve_noisy,
     _save,
+    plot_collapse,
     plot_curves,
     plot_lambda_curves,
     plot_weight_histogram,
@@ -46,12 +48,14 @@ from iegkit.diagnostics.recorder import (
 from iegkit.diagnostics.report import LabelIssue, Report, _nan_to_none, noisy_label_report
 
 __all__ = [
+    "CollapseMonitor",
     "LabelIssue",
     "Report",
     "StepRecorder",
     "detection_metrics",
     "lambda_by_cleanliness",
     "noisy_label_report",
+    "plot_collapse",
     "plot_curves",
     "plot_lambda_curves",
     "plot_weight_histogram",

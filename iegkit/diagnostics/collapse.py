@@ -1,0 +1,56 @@
+"""Per-epoch collapse signals of the pseudo labels a pipeline used, and the warning rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from iegkit._core import keys
+from iegkit.functional.collapse import pseudo_label_concentration
+
+__all__ = ["CollapseMonitor"]
+
+
+class CollapseMonitor:
+    """Averages, over an epoch's steps, the top pseudo-label share and the normalised marginal
+    entropy of the pseudo labels the parts used (``values[keys.PSEUDO_TARGETS]``, after any
+    refinement) and the pseudo labels' accuracy on the probe batch (any ``*/probe_accuracy``
+    metric). Pipelines without pseudo labels record nothing.
+
+    ``record(out)`` after each step; ``epoch_summary()`` returns the means and starts a new epoch;
+    ``collapsing(summary)`` is the warning rule: the top share above ``factor`` x the uniform 1/C.
+    """
+
+    def __init__(self, factor: float = 2.0) -> None:
+        if factor <= 1.0:
+            raise ValueError(f"factor: expected > 1 (a multiple of the uniform share), got {factor}")
+        self.factor = factor
+        self.num_classes: int | None = None
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def _add(self, name: str, value: float) -> None:
+        self._sums[name] = self._sums.get(name, 0.0) + value
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def record(self, out: Any) -> None:
+        pseudo = getattr(out, "values", {}).get(keys.PSEUDO_TARGETS)
+        if pseudo is not None:
+            self.num_classes = pseudo.shape[-1]
+            top, entropy = pseudo_label_concentration(pseudo)
+            self._add("pseudo_top_share", float(top))
+            self._add("pseudo_marginal_entropy", float(entropy))
+        for name, value in getattr(out, "metrics", {}).items():
+            if name.endswith("/probe_accuracy"):
+                self._add("pseudo_probe_accuracy", float(torch.as_tensor(value)))
+
+    def epoch_summary(self) -> dict[str, float]:
+        summary = {name: total / self._counts[name] for name, total in self._sums.items()}
+        self._sums, self._counts = {}, {}
+        return summary
+
+    def collapsing(self, summary: dict[str, float]) -> bool:
+        top = summary.get("pseudo_top_share")
+        return (top is not None and self.num_classes is not None
+                and top > self.factor / self.num_classes)
