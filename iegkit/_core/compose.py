@@ -194,6 +194,8 @@ class Pipeline:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.last_step: int | None = None
+        self.forward_model: torch.nn.Module | None = None
+        self.process_group: Any = None
         self._hook: Any = None
         self.generators: dict[str, torch.Generator] = {}
         for part in parts:
@@ -204,6 +206,8 @@ class Pipeline:
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Pipeline:
         """Attach the user's model and optimizer (the pipeline never steps the optimizer).
 
+        A ``DistributedDataParallel`` model: the real forward runs through it, the look-ahead
+        all-reduces its virtual and probe gradients over its process group (docs/distributed.md).
         Registers one ``optimizer.register_step_post_hook`` that runs each part's
         ``after_optimizer_step`` after every ``optimizer.step()``; ``close()`` removes it.
         """
@@ -213,13 +217,25 @@ class Pipeline:
             raise TypeError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        check_binding(model, optimizer)
+        self.forward_model, self.process_group = model, None
+        module = model
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # The real forward goes through DDP (its hooks reduce the user's backward); the meta
+            # passes run the wrapped module functionally and reduce their own gradients.
+            module, self.process_group = model.module, model.process_group
+            if any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
+                raise ValueError(
+                    "model: SyncBatchNorm cannot run in the look-ahead's functional passes (its "
+                    "collectives have no forward-mode formula); use BatchNorm: the meta passes then "
+                    "use each process's own batch statistics (docs/distributed.md)"
+                )
+        check_binding(module, optimizer)
         if self.plan.meta is not None:
             check_lookahead_optimizer(optimizer)
         self.close()
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer = module, optimizer
         for part in self.parts:
-            part.bind(model, optimizer)
+            part.bind(module, optimizer)
         self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         return self
 
@@ -284,7 +300,8 @@ class Pipeline:
         ctx = StepContext(
             model=self.model, optimizer=self.optimizer, plan=self.plan, inputs=inputs,
             targets=targets, probe_inputs=probe_inputs, probe_targets=probe_targets, step=step,
-            generators=self.generators, views=views,
+            generators=self.generators, views=views, forward_model=self.forward_model,
+            process_group=self.process_group,
         )
         check_batch(self.model, inputs, probe_inputs)
         if self.plan.meta is not None:

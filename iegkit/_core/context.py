@@ -56,8 +56,14 @@ class StepContext:
         step: int,
         generators: Mapping[str, torch.Generator],
         views: Mapping[str, Tensor] | None = None,
+        forward_model: torch.nn.Module | None = None,
+        process_group: object | None = None,
     ) -> None:
         self.model = model
+        #: the real forward's module: the user's DDP wrapper (its gradient hooks fire on the user's
+        #: backward), else ``model``; every other pass runs ``model`` functionally
+        self.forward_model = model if forward_model is None else forward_model
+        self.process_group = process_group
         self.optimizer = optimizer
         self.inputs = inputs
         self.targets = targets
@@ -100,7 +106,7 @@ class StepContext:
         if view not in self._logits:
             inputs = self.view(view)
             if view == "input":
-                self._logits[view] = check_logits(self.model(inputs))
+                self._logits[view] = check_logits(self.forward_model(inputs))
             else:
                 self._logits[view] = check_logits(functional_call(
                     self.model, buffers_snapshot(self.model), (inputs,)
@@ -170,6 +176,7 @@ class StepContext:
             self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
             training_logits=lambda: self.logits("input"), pseudo_graph=graph,
             lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
+            process_group=self.process_group,
         )
         self.lookahead_count += 1
         return self._meta

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from iegkit.errors import NonFiniteLossError
+from iegkit.functional.distributed import all_reduce_mean
 from iegkit.functional.lookahead import trainable_parameters, virtual_step
 from iegkit.functional.losses import check_logits, check_targets, mix_targets, soft_cross_entropy
 
@@ -99,8 +100,12 @@ def probe_tangent(
     *,
     lr: float | None = None,
     dropout: bool = True,
+    process_group: object | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """tau = D * grad L_p(theta'), keyed by parameter name, and L_p(theta') (detached).
+
+    With a ``process_group`` the probe gradient is averaged over the processes (one bucketed
+    all-reduce): the gradient of the mean probe loss over the union of equal-sized probe batches.
 
     ``virtual_grads`` is the gradient of sum_i omega0_i l_i for each trainable parameter (in the order
     of ``trainable_parameters``), or None when omega0 = 0 (then it is zero).
@@ -121,6 +126,9 @@ def probe_tangent(
         probe_loss = F.cross_entropy(probe_logits, probe_targets)
         _check_finite("probe loss L_p(theta')", probe_loss)
         probe_grads = torch.autograd.grad(probe_loss, list(lookahead.values()), allow_unused=True)
+    probe_grads = all_reduce_mean(
+        [torch.zeros_like(p) if g is None else g for p, g in zip(params, probe_grads)],
+        process_group)
     tangents = {
         n: (torch.zeros_like(p) if g is None else g * s)
         for n, p, g, s in zip(names, params, probe_grads, step.scale)
@@ -338,6 +346,7 @@ def lookahead_meta_gradients(
     pseudo_graph: PseudoLabelGraph | None = None,
     lr: float | None = None,
     dropout: bool = True,
+    process_group: object | None = None,
 ) -> MetaGradients:
     """The one implementation of the look-ahead: virtual gradient -> probe tangent -> logit tangent
     -> contraction (module docstring). ``weight_init``/``label_init`` are (B,) tensors.
@@ -348,6 +357,10 @@ def lookahead_meta_gradients(
     ``pseudo_graph``: differentiate the look-ahead through the pseudo labels (official IEG option);
     needs ``training_logits`` and ``label_init``. ``dropout=False``: the probe pass and the JVP
     run without dropout (deterministic; the look-ahead is then that of the dropout-free network).
+    ``process_group`` (DDP): the virtual gradient and the probe gradient are averaged over the
+    processes (one bucketed all-reduce each), so every rank looks ahead with the global step; the
+    per-example contractions stay local. With equal batches and omega0 = 1/B this is the look-ahead
+    of one process on the concatenated batch (BatchNorm, if any, uses each rank's own batch).
     """
     through = pseudo_graph is not None and label_init is not None
     if pseudo_graph is not None and training_logits is None:
@@ -370,8 +383,10 @@ def lookahead_meta_gradients(
                 check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
                 virtual = virtual_gradients(model, optimizer, logits, targets, weight_init,
                                             label_init, pseudo_targets, retain_graph=False)
+    if virtual is not None:
+        virtual = all_reduce_mean(virtual, process_group)
     tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
-                                         lr=lr, dropout=dropout)
+                                         lr=lr, dropout=dropout, process_group=process_group)
     # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it can: a
     # JVP fused into the real forward (dual-number parameters) would save a forward but autograd
     # records every tangent operation, which more than doubles the step's peak memory.

@@ -7,6 +7,7 @@ import torch
 from iegkit._core import keys
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
+from iegkit.functional.distributed import world_size
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
 from iegkit.functional.reweight import OFFICIAL_NORMALIZER_EPS, normalize_meta_weights
 
@@ -26,6 +27,10 @@ class MetaReweighter(PartBase):
       loss_weight: factor on the loss term (IEG's official code uses 1/2).
       normalizer_eps: the official code divides by sum + 1e-5; 0 normalises exactly.
       lookahead_lr: the look-ahead's learning rate (default: the optimizer's current lr).
+      normalize: under DDP, "global" (default: the weights sum to 1 over all processes' batches,
+        one scalar all-reduce, and the loss is scaled by the world size so that DDP's gradient
+        average gives one process's step on the concatenated batch) or "per_rank" (the official
+        code's per-replica normalisation). The same without DDP.
     """
 
     optional_requires = (keys.LR,)  # when a schedule sets this step's lr, look ahead with it
@@ -39,8 +44,11 @@ class MetaReweighter(PartBase):
         loss_weight: float = 1.0,
         normalizer_eps: float = OFFICIAL_NORMALIZER_EPS,
         lookahead_lr: float | None = None,
+        normalize: str = "global",
         name: str = "meta_reweighter",
     ) -> None:
+        if normalize not in ("global", "per_rank"):
+            raise ValueError(f"normalize: expected 'global' or 'per_rank', got {normalize!r}")
         if isinstance(weight_init, str) and weight_init not in ("1/B", "auto"):
             raise ValueError(f"weight_init: expected a number, '1/B' or 'auto', got {weight_init!r}")
         if label_mix is not None and not 0.0 <= label_mix <= 1.0:
@@ -53,6 +61,7 @@ class MetaReweighter(PartBase):
         self.loss_weight = loss_weight
         self.normalizer_eps = normalizer_eps
         self.lookahead_lr = lookahead_lr
+        self.normalize = normalize
         self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS,) if label_mix is not None else ()
 
     def setup(self, plan: Plan) -> None:
@@ -61,11 +70,12 @@ class MetaReweighter(PartBase):
 
     def contribute(self, ctx: StepContext) -> Contribution:
         meta = ctx.meta()
-        weights = normalize_meta_weights(meta.weight, self.normalizer_eps)
+        group = ctx.process_group if self.normalize == "global" else None
+        weights = normalize_meta_weights(meta.weight, self.normalizer_eps, process_group=group)
         logits = ctx.logits("input")
         pseudo = ctx.get(keys.PSEUDO_TARGETS) if self.label_mix is not None else None
         target = mix_targets(ctx.targets, logits.shape[-1], self.label_mix, pseudo).to(logits.dtype)
-        loss = (weights * soft_cross_entropy(logits, target)).sum()
+        loss = (weights * soft_cross_entropy(logits, target)).sum() * world_size(group)
         return Contribution(
             values={keys.WEIGHTS: weights},
             losses={"loss": self.loss_weight * loss},
