@@ -53,12 +53,15 @@ class MetaGradients:
     """dL_p/d omega (``weight``, shape (B,)) and dL_p/d lambda (``label``, (B,) or None).
 
     ``probe_loss`` is L_p(theta'), detached; ``used_fallback`` tells whether double backward was used.
+    ``finite`` is False when the meta-gradients overflowed (float16 forwards): ``weight`` and
+    ``label`` are then -1 everywhere, so the step falls back to uniform weights and kept labels.
     """
 
     weight: Tensor
     label: Tensor | None
     probe_loss: Tensor
     used_fallback: bool = False
+    finite: bool = True
 
 
 @contextlib.contextmanager
@@ -253,7 +256,12 @@ def contract_meta_gradients(
     <J_q tau, -(1 - lambda_i) log p_i> to dL_p/d omega_i and omega_i <J_q tau, log p_i> to
     dL_p/d lambda_i (the q-path of d l_i / d theta along tau).
     """
-    logits = logits.detach()
+    # Under autocast (bf16/fp16 forwards) the contraction still runs in float32: it is B x C, so
+    # free, and it keeps the rounding to that of the logits and tangents themselves.
+    compute = torch.promote_types(logits.dtype, torch.float32)
+    logits, logit_tangents = logits.detach().to(compute), logit_tangents.to(compute)
+    if pseudo_tangents is not None:
+        pseudo_tangents = pseudo_tangents.to(compute)
     num_classes = logits.shape[-1]
     onehot = F.one_hot(targets, num_classes).to(logits.dtype)
     mixed = mix_targets(targets, num_classes, label_init,
@@ -407,8 +415,13 @@ def lookahead_meta_gradients(
         logits, u, targets, weight_init=weight_init, label_init=label_init,
         pseudo_targets=pseudo_targets, pseudo_tangents=pseudo_tangents,
     )
+    finite = bool(torch.isfinite(weight).all()) and (label is None
+                                                     or bool(torch.isfinite(label).all()))
+    if not finite:  # an overflow in low precision: uniform weights, given labels for this step
+        weight = -torch.ones_like(weight)
+        label = None if label is None else -torch.ones_like(label)
     return MetaGradients(weight.detach(), None if label is None else label.detach(), probe_loss,
-                         fallback)
+                         fallback, finite)
 
 
 def meta_gradients(

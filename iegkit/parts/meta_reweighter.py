@@ -82,5 +82,7 @@ class MetaReweighter(PartBase):
             metrics={
                 "probe_loss": meta.probe_loss,
                 "nonzero_fraction": (weights > 0).to(torch.float32).mean(),
+                # 1 when the meta-gradients overflowed (float16) and this step used uniform weights
+                "nonfinite_fallback": torch.tensor(float(not meta.finite)),
             },
         )
