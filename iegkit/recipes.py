@@ -195,6 +195,29 @@ def ieg(
     return compose(*parts, model=model, optimizer=optimizer, seed=seed)
 
 
+def _robust_rampup_steps(total_steps: int, rampup_fraction: float) -> int:
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+    if not 0.0 < rampup_fraction <= 1.0:
+        raise ValueError(f"rampup_fraction: expected a value in (0, 1], got {rampup_fraction}")
+    return max(1, round(rampup_fraction * total_steps))
+
+
+def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_decay: float | None,
+                               alignment_momentum: float | None,
+                               confidence_threshold: float | None,
+                               probe_diagnostics_every: int | None) -> list[Part]:
+    """The pseudo labeler (EMA teacher) and the safeguards that refine or mask its labels."""
+    parts: list[Part] = [ConsistencyPseudoLabeler(strong, temperature=temperature,
+                                                  teacher_decay=teacher_decay,
+                                                  probe_diagnostics_every=probe_diagnostics_every)]
+    if alignment_momentum is not None:
+        parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
+    if confidence_threshold is not None:
+        parts.append(ConfidenceMask(confidence_threshold))
+    return parts
+
+
 def robust_ieg(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -235,15 +258,11 @@ def robust_ieg(
     treats the pseudo labels as constants (the teacher's do not depend on the weights).
     ``components`` selects Table 7's pieces as in ``ieg`` (the ablations with safeguards).
     """
-    if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
-    if not 0.0 < rampup_fraction <= 1.0:
-        raise ValueError(f"rampup_fraction: expected a value in (0, 1], got {rampup_fraction}")
+    rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     unknown = set(components) - COMPONENTS
     if unknown:
         raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
     components = frozenset(components)
-    rampup_steps = max(1, round(rampup_fraction * total_steps))
     parts: list[Part] = []
     if components & {"UC", "MC", "lambda"}:
         if "AA" in components:
@@ -251,14 +270,10 @@ def robust_ieg(
         else:
             strong = (plain_strong_augment if plain_strong_augment is not None
                       else strong_augment if strong_augment is not None else _default_strong(None))
-        parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                              teacher_decay=teacher_decay,
-                                              probe_diagnostics_every=probe_diagnostics_every))
-        if alignment_momentum is not None:
-            parts.append(DistributionAlignment(momentum=alignment_momentum,
-                                               temperature=temperature))
-        if confidence_threshold is not None:
-            parts.append(ConfidenceMask(confidence_threshold))
+        parts += _safeguarded_pseudo_labels(
+            strong, temperature=temperature, teacher_decay=teacher_decay,
+            alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
+            probe_diagnostics_every=probe_diagnostics_every)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr))
@@ -294,18 +309,13 @@ def robust_eg(
 ) -> Pipeline:
     """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
     pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run."""
-    if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
-    if not 0.0 < rampup_fraction <= 1.0:
-        raise ValueError(f"rampup_fraction: expected a value in (0, 1], got {rampup_fraction}")
-    rampup_steps = max(1, round(rampup_fraction * total_steps))
+    rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
-        ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
-                                 probe_diagnostics_every=probe_diagnostics_every),
-        *([DistributionAlignment(momentum=alignment_momentum, temperature=temperature)]
-          if alignment_momentum is not None else []),
-        *([ConfidenceMask(confidence_threshold)] if confidence_threshold is not None else []),
+        *_safeguarded_pseudo_labels(
+            strong, temperature=temperature, teacher_decay=teacher_decay,
+            alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
+            probe_diagnostics_every=probe_diagnostics_every),
         ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
         *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -228,14 +228,3 @@ class Plan:
                     f"relabeler's label_init {meta.label_init}; the weights would be taken at "
                     "another target than the loss uses: pass the same value"
                 )
-
-
-def describe_weight_init(request: MetaRequest) -> str:
-    return str(request.resolved_weight_init())
-
-
-def sequence_of_keys(name: str, value: Sequence[str]) -> tuple[str, ...]:
-    """A part's declared keys as a tuple of strings, with a clear error otherwise."""
-    if isinstance(value, str) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"{name}: expected a tuple of key strings, got {value!r}")
-    return tuple(value)
