@@ -6,10 +6,13 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/meta_step.py --write docs/results.md
     .venv/bin/python benchmarks/meta_step.py --models small_cnn --batch-sizes 256 --repeats 11
     .venv/bin/python benchmarks/meta_step.py --models small_cnn --profile iegkit_l2r
+    .venv/bin/python benchmarks/meta_step.py --variants plain,iegkit_l2r,iegkit_l2r_compiled,double_backward
+    .venv/bin/python benchmarks/meta_step.py --devices cuda --models small_cnn,resnet29,wrn28_10 \
+        --variants plain,iegkit_l2r,iegkit_l2r_compiled,double_backward,plain_bf16,iegkit_l2r_bf16
 
 Defaults: SmallCNN(in_channels=3, num_classes=10, width=32) at B=128 and ResNet29(num_classes=10) at
-B=64 on 32x32 inputs, probe batch 100, 7 repeats (3 for ResNet29 on CPU, ``--cpu-repeats``),
-torch.set_num_threads(2). Inputs are fixed random tensors (the cost does not depend on the values).
+B=64 on 32x32 inputs (``--models wrn28_10``: benchmarks/wrn.py's WRN-28-10, for a GPU), probe batch
+100, 7 repeats (3 for ResNet29 on CPU, ``--cpu-repeats``), torch.set_num_threads(2). Inputs are fixed random tensors (the cost does not depend on the values).
 
 What one "step" is, per variant (every variant owns an identical copy of the model and an SGD optimizer
 with lr 0.1, momentum 0.9, weight decay 5e-4; one untimed warm-up step of each variant runs first so
@@ -26,6 +29,14 @@ that the momentum buffers exist and the look-ahead uses them):
                    torch.func.functional_call at theta' with cloned buffers, grad(probe loss, eps),
                    weights relu(-grad) / (sum + 1e-5), then (w * l).sum() backward (on the same
                    forward's graph) and optimizer.step().
+  iegkit_l2r_compiled  iegkit_l2r with the look-ahead's forward-mode pass compiled
+                   (``pipe.compile_tangent = True``: torch.compile of u = J tau; the warm-up step
+                   compiles and checks it against the eager pass, untimed). Opt-in (``--variants``).
+  plain_bf16, iegkit_l2r_bf16  plain and iegkit_l2r with the pipeline/forward under
+                   ``torch.autocast(device, torch.bfloat16)`` (backward and optimizer.step() outside
+                   it, as autocast is meant to be used); their "ratio to plain" is to plain_bf16 when
+                   it ran. Opt-in (``--variants``); iegkit_l2r_bf16's tangent pass is eager (forward-
+                   mode AD does not compile under autocast).
   higher_l2r       the same step with higher.innerloop_ctx (the optimizer's momentum state is copied
                    by higher), only when ``higher`` is importable.
   torchopt_l2r     the same step with torchopt.MetaSGD (momentum and weight decay, but a fresh
@@ -94,6 +105,7 @@ import iegkit.models  # noqa: E402
 from results_io import command, machine, now, write_section  # noqa: E402
 
 SECTION = "Meta-step overhead (benchmarks/meta_step.py)"
+TANGENT_SECTION = "Compiled tangent pass vs float64 (benchmarks/meta_step.py --compare-tangents)"
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 NORMALIZER_EPS = 1e-5
@@ -101,6 +113,7 @@ NORMALIZER_EPS = 1e-5
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "small_cnn": lambda: iegkit.models.SmallCNN(in_channels=3, num_classes=10, width=32),
     "resnet29": lambda: iegkit.models.ResNet29(num_classes=10),
+    "wrn28_10": lambda: __import__("wrn").wrn28_10(num_classes=10),  # benchmarks/wrn.py; GPU-sized
 }
 NUM_CLASSES = 10
 
@@ -179,6 +192,40 @@ class IegkitL2R(Variant):
 
     def weights(self, b: Batch, i: int) -> torch.Tensor:
         return self.pipe(b.x, b.y, b.xp, b.yp, step=i).weights
+
+
+class IegkitL2RCompiled(IegkitL2R):
+    """iegkit_l2r with the look-ahead's tangent pass compiled (torch.compile; opt-in)."""
+
+    name = "iegkit_l2r_compiled"
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> None:
+        super().__init__(model, opt)
+        self.pipe.compile_tangent = True
+
+
+def _bf16(device_type: str):
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+class PlainBf16(Plain):
+    name = "plain_bf16"
+
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        with _bf16(b.x.device.type):
+            return super().loss(b, i)
+
+
+class IegkitL2RBf16(IegkitL2R):
+    name = "iegkit_l2r_bf16"
+
+    def loss(self, b: Batch, i: int) -> torch.Tensor:
+        with _bf16(b.x.device.type):
+            return super().loss(b, i)
+
+    def weights(self, b: Batch, i: int) -> torch.Tensor:
+        with _bf16(b.x.device.type):
+            return super().weights(b, i)
 
 
 def _trainable(model: torch.nn.Module, opt: torch.optim.Optimizer):
@@ -284,6 +331,8 @@ class TorchoptL2R(HandWrittenL2R):
 
 VARIANTS: list[type[Variant]] = [Plain, IegkitL2R, DoubleBackwardL2R]
 OPTIONAL = {"higher_l2r": (higher, HigherL2R), "torchopt_l2r": (torchopt, TorchoptL2R)}
+#: opt-in with --variants (compiling costs minutes on a CPU; bf16 autocast is slow on most CPUs)
+EXTRA: list[type[Variant]] = [IegkitL2RCompiled, PlainBf16, IegkitL2RBf16]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,13 +416,20 @@ def make_batch(batch_size: int, probe_size: int, device: torch.device, seed: int
     return Batch(x.to(device), y.to(device), xp.to(device), yp.to(device))
 
 
-def available_variants() -> list[type[Variant]]:
-    out = list(VARIANTS)
-    for name, (module, cls) in OPTIONAL.items():
-        if module is None:
+def available_variants(names: list[str] | None = None) -> list[type[Variant]]:
+    """The default variants (plain, iegkit_l2r, double_backward and the installed optional ones), or
+    those named, in the order given (an optional one that is not installed is skipped)."""
+    known = {cls.name: cls for cls in (*VARIANTS, *EXTRA, *(c for _, c in OPTIONAL.values()))}
+    if names is None:
+        names = [c.name for c in VARIANTS] + list(OPTIONAL)
+    out = []
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"--variants: unknown variant '{name}' (known: {sorted(known)})")
+        if name in OPTIONAL and OPTIONAL[name][0] is None:
             print(f"{name}: {name.split('_')[0]} not installed, skipped")
-        else:
-            out.append(cls)
+            continue
+        out.append(known[name])
     return out
 
 
@@ -386,7 +442,7 @@ def check(model_name: str, device: torch.device, classes: list[type[Variant]], b
     lines = []
     results = {}
     for cls in classes:
-        if cls is Plain:
+        if issubclass(cls, Plain):
             continue
         results[cls.name] = cls(*copy.deepcopy((warm.model, warm.opt))).weights(b, 1).detach()
     ref_w = results.get(DoubleBackwardL2R.name)
@@ -473,18 +529,99 @@ def profile_variant(model_name: str, batch_size: int, device: torch.device, args
     print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
 
 
+def compare_tangents(model_name: str, batch_size: int, device: torch.device, args) -> list[str]:
+    """--compare-tangents: is the compiled tangent pass float32 rounding of the exact u = J tau?
+
+    After one plain step (momentum buffers, BatchNorm statistics), tau from the probe pass, then
+    u = J tau by: the eager forward-mode pass, double backward, the compiled pass (all float32), and
+    the eager and compiled passes in float64 on the same point (the float32 weights, tau and
+    inputs cast exactly). Each is compared with float64 eager (relative L2 error over the whole
+    (B, C) tangent, and largest error over largest entry), and so are the L2R weights made from it
+    (max |dw| over max w). Then the eager and compiled float32 passes are timed, interleaved.
+    Returns markdown table rows.
+    """
+    from iegkit.functional import meta as meta_fn
+
+    b = make_batch(batch_size, args.probe_batch, device, seed=batch_size)
+    torch.manual_seed(0)
+    warm = Plain(MODELS[model_name]().to(device))
+    warm.step(b, 0)
+    model, opt = warm.model, warm.opt
+    tau, _ = meta_fn.probe_tangent(model, opt, b.xp, b.yp)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    model64 = copy.deepcopy(model).double()
+    tau64 = {n: t.double() for n, t in tau.items()}
+    x64 = b.x.double()
+    started = time.perf_counter()
+    passes = {
+        "eager f32": meta_fn.logit_tangent(model, tau, b.x)[:2],
+        "double backward f32": meta_fn._double_backward_tangent(model, params, tau, b.x),
+        "compiled f32": meta_fn.logit_tangent(model, tau, b.x, compile=True)[:2],
+    }
+    compile_s = time.perf_counter() - started
+    exact_logits, exact = meta_fn.logit_tangent(model64, tau64, x64)[:2]
+    passes["compiled f64"] = meta_fn.logit_tangent(model64, tau64, x64, compile=True)[:2]
+
+    def weights(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        grad, _ = meta_fn.contract_meta_gradients(
+            logits.double(), u.double(), b.y,
+            weight_init=torch.zeros(batch_size, dtype=torch.float64, device=device))
+        return normalize(grad)
+
+    w_exact = weights(exact_logits, exact)
+    rows = []
+    for name, (logits, u) in passes.items():
+        u = u.double()
+        rows.append(f"| {device.type} | {model_name} | {batch_size} | {name} vs f64 eager | "
+                    f"{float((u - exact).norm() / exact.norm()):.1e} | "
+                    f"{float((u - exact).abs().max() / exact.abs().max()):.1e} | "
+                    f"{float((weights(logits, u) - w_exact).abs().max() / w_exact.max()):.1e} |")
+    (el, eu), (cl, cu) = passes["eager f32"], passes["compiled f32"]
+    rows.append(f"| {device.type} | {model_name} | {batch_size} | compiled f32 vs eager f32 | "
+                f"{float((cu - eu).norm() / eu.norm()):.1e} | "
+                f"{float((cu - eu).abs().max() / eu.abs().max()):.1e} | "
+                f"{float((weights(cl, cu) - weights(el, eu)).abs().max() / weights(el, eu).max()):.1e} |")
+    if any(meta_fn._COMPILE_FAILURES.get(m) for m in (model, model64)):
+        rows.append(f"| {device.type} | {model_name} | {batch_size} | (compile failed: "
+                    f"{meta_fn._COMPILE_FAILURES.get(model) or meta_fn._COMPILE_FAILURES.get(model64)}) "
+                    "| | | |")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.repeats):
+        for compiled in ((False, True) if r % 2 == 0 else (True, False)):
+            sync(device)
+            t0 = time.perf_counter()
+            meta_fn.logit_tangent(model, tau, b.x, compile=compiled)
+            sync(device)
+            times[compiled].append(time.perf_counter() - t0)
+    eager_ms, compiled_ms = (1e3 * statistics.median(times[c]) for c in (False, True))
+    rows.append(f"| {device.type} | {model_name} | {batch_size} | tangent pass: eager "
+                f"{eager_ms:.1f} ms, compiled {compiled_ms:.1f} ms ({eager_ms / compiled_ms:.2f}x; "
+                f"median of {args.repeats} interleaved; first compile {compile_s:.0f} s) | | | |")
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
+
+
+def plain_of(r: Row, rows: list[Row]) -> Row | None:
+    """The plain step a variant is compared with: plain_bf16 for a *_bf16 variant where it ran
+    (the same precision), else plain."""
+    names = ["plain_bf16", "plain"] if r.variant.endswith("_bf16") else ["plain"]
+    for name in names:
+        for p in rows:
+            if (p.device, p.model, p.batch, p.variant) == (r.device, r.model, r.batch, name):
+                return p
+    return None
 
 
 def table(rows: list[Row]) -> str:
     head = ("| device | model | B | variant | median ms | ratio to plain | peak MiB | "
             "memory ratio to plain |")
     lines = [head, "|---|---|---:|---|---:|---:|---:|---:|"]
-    plain = {(r.device, r.model, r.batch): r for r in rows if r.variant == "plain"}
     for r in rows:
-        p = plain.get((r.device, r.model, r.batch))
+        p = plain_of(r, rows)
         ratio = f"{r.median_ms / p.median_ms:.2f}x" if p else "-"
         mratio = f"{r.peak_mib / p.peak_mib:.2f}x" if p and p.peak_mib > 0 else "-"
         lines.append(f"| {r.device} | {r.model} | {r.batch} | {r.variant} | {r.median_ms:.1f} | "
@@ -497,16 +634,29 @@ def notes(rows: list[Row]) -> str:
     for r in rows:
         seen.setdefault((r.device, r.model), r.resident_mib)
     resident = ", ".join(f"{d} {m}: {mib:.1f} MiB" for (d, m), mib in seen.items())
-    plain = {(r.device, r.model, r.batch): r for r in rows if r.variant == "plain"}
     spread, cpu = [], []
     for r in rows:
         if r.device != "cpu":
             continue
         spread.append(f"{r.model}/B={r.batch}/{r.variant}: {r.min_ms:.0f}-{r.max_ms:.0f} ms")
-        p = plain.get((r.device, r.model, r.batch))
-        if p is not None and r.variant != "plain" and p.cpu_ms > 0:
+        p = plain_of(r, rows)
+        if p is not None and p is not r and p.cpu_ms > 0:
             cpu.append(f"{r.model}/B={r.batch}/{r.variant}: {r.cpu_ms / p.cpu_ms:.2f}x")
-    out = [f"- Resident at the start of a step (parameters, BatchNorm and momentum buffers; not in "
+    ratios = []
+    for r in rows:
+        p = plain_of(r, rows)
+        if p is None or p is r:
+            continue
+        extra = ""
+        for other in ("double_backward", "higher_l2r"):
+            o = next((x for x in rows if (x.device, x.model, x.batch, x.variant)
+                      == (r.device, r.model, r.batch, other)), None)
+            if o is not None and r.variant.startswith("iegkit") and not r.variant.endswith("_bf16"):
+                extra += f", {r.median_ms / o.median_ms:.2f}x {other}"
+        ratios.append(f"{r.device}/{r.model}/B={r.batch}/{r.variant}: "
+                      f"{r.median_ms / p.median_ms:.2f}x {p.variant}{extra}")
+    out = [f"- Wall-time ratios: {'; '.join(ratios)}."] if ratios else []
+    out += [f"- Resident at the start of a step (parameters, BatchNorm and momentum buffers; not in "
            f"\"peak MiB\"): {resident}."]
     if spread:
         out.append(f"- CPU, min-max over the repeats: {'; '.join(spread)}.")
@@ -554,6 +704,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-batch", type=int, default=100, help="probe (trusted) batch size")
     parser.add_argument("--devices", default="cpu,cuda",
                         help="comma-separated; cuda is skipped when unavailable")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants, in this order [plain,iegkit_l2r,"
+                             "double_backward and higher_l2r/torchopt_l2r when installed]; also "
+                             "iegkit_l2r_compiled, plain_bf16, iegkit_l2r_bf16")
+    parser.add_argument("--compare-tangents", action="store_true",
+                        help="instead of timing steps: the compiled tangent pass against the eager "
+                             "one and both against float64 (see compare_tangents)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the check that the meta variants compute the same weights")
     parser.add_argument("--profile", metavar="VARIANT", default=None,
@@ -561,7 +718,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(e.g. iegkit_l2r) for each device/model/batch size")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--write", metavar="PATH", default=None,
-                        help=f"write/replace the section '## {SECTION}' in PATH")
+                        help="write/replace the section '## SECTION' (--section) in PATH")
+    parser.add_argument("--section", default=SECTION,
+                        help="the heading --write writes (another one leaves the default section)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -579,9 +738,29 @@ def main(argv: list[str] | None = None) -> None:
     if not devices:
         print("no device to run on (--devices)")
         return
-    classes = available_variants()
+    classes = available_variants(None if args.variants is None else
+                                 [v.strip() for v in args.variants.split(",") if v.strip()])
     if args.profile and args.profile not in {c.name for c in classes}:
         parser.error(f"--profile: unknown variant '{args.profile}'")
+
+    if args.compare_tangents:
+        lines = ["| device | model | B | u = J tau | relative L2 error | max error / max entry | "
+                 "L2R weights: max abs(dw) / max w |", "|---|---|---:|---|---:|---:|---:|"]
+        for device in devices:
+            for m in models:
+                for bs in batch_sizes[m]:
+                    print(f"[compare tangents: {device.type} {m} B={bs}]", flush=True)
+                    lines += compare_tangents(m, bs, device, args)
+        result = "\n".join(lines)
+        print(result)
+        if args.write:
+            write_section(args.write, args.section if args.section != SECTION else TANGENT_SECTION,
+                          "\n".join([f"Command: `{command(argv)}`", "", f"Date: {now()}", "",
+                                      f"Machine: {machine(details=True)}", "",
+                                      "See compare_tangents() in benchmarks/meta_step.py.", "",
+                                      result]))
+            print(f"wrote the tangent comparison to {args.write}")
+        return
 
     started = time.perf_counter()
     rows: list[Row] = []
@@ -613,7 +792,8 @@ def main(argv: list[str] | None = None) -> None:
                 for bs in batch_sizes[m]:
                     profile_variant(m, bs, device, args, classes)
     if args.write:
-        skipped = [n for n, (mod, _) in OPTIONAL.items() if mod is None]
+        skipped = [n for n, (mod, _) in OPTIONAL.items() if mod is None
+                   and (args.variants is None or n in args.variants)]
         body = "\n".join([
             f"Command: `{command(argv)}`",
             "",
@@ -635,8 +815,8 @@ def main(argv: list[str] | None = None) -> None:
             notes(rows),
         ] + ([f"- Same weights check (one identical state; weights = relu(-grad)/(sum + 1e-5)): "
               + " | ".join(checks)] if checks else []))
-        write_section(args.write, SECTION, body)
-        print(f"wrote section '## {SECTION}' to {args.write}")
+        write_section(args.write, args.section, body)
+        print(f"wrote section '## {args.section}' to {args.write}")
 
 
 if __name__ == "__main__":

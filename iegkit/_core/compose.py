@@ -148,11 +148,16 @@ def compose(
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
     meta_dropout: bool = True,
+    compile_tangent: bool = False,
 ) -> Pipeline:
     """Build a pipeline from parts, ordered by what each requires and provides.
 
     ``meta_dropout=False`` runs the look-ahead's probe pass and JVP with dropout off (deterministic
     meta-gradients for models with dropout; default: dropout as in training, a stochastic estimate).
+    ``compile_tangent=True`` runs the look-ahead's forward-mode pass (u = J tau) through
+    ``torch.compile`` (opt-in; the same meta-gradients up to float32 rounding, docs/results.md; the
+    first step compiles; eager again, with a warning, where compiling fails). A recipe's pipeline:
+    set ``pipeline.compile_tangent = True``.
 
     Raises DuplicateProviderError, MissingProviderError or CycleError at build time. ``seed`` seeds
     each part's own generator (derived from the part's name, so parts do not share draws).
@@ -162,6 +167,7 @@ def compose(
     ordered = _order(parts)
     plan = Plan()
     plan.meta_dropout = meta_dropout
+    plan.compile_tangent = bool(compile_tangent)
     for part in ordered:
         part.setup(plan)
     plan.check()
@@ -256,6 +262,16 @@ class Pipeline:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    @property
+    def compile_tangent(self) -> bool:
+        """Whether the look-ahead's JVP runs through ``torch.compile`` (``compose(compile_tangent=)``);
+        settable, e.g. ``recipes.l2r(model, opt).compile_tangent = True``."""
+        return self.plan.compile_tangent
+
+    @compile_tangent.setter
+    def compile_tangent(self, value: bool) -> None:
+        self.plan.compile_tangent = bool(value)
 
     @property
     def provides(self) -> frozenset[str]:

@@ -177,6 +177,7 @@ class StepContext:
             training_logits=lambda: self.logits("input"), pseudo_graph=graph,
             lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
             process_group=self.process_group,
+            compile_tangent=self._plan.compile_tangent,
         )
         self.lookahead_count += 1
         return self._meta

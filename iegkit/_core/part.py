@@ -158,6 +158,8 @@ class Plan:
         self.meta: MetaRequest | None = None
         #: dropout in the meta passes (compose(meta_dropout=...)); False makes them deterministic
         self.meta_dropout = True
+        #: run the look-ahead's JVP through torch.compile (compose(compile_tangent=...)); opt-in
+        self.compile_tangent = False
 
     def add_view(self, name: str, make: ViewFn, *, owner: str) -> None:
         """A derived batch view (e.g. ``strong``), computed at most once per step and forwarded once."""

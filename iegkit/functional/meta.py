@@ -210,20 +210,140 @@ def _double_backward_tangent(model, params: Mapping[str, Tensor], tangents: Mapp
     return logits.detach(), u.detach()
 
 
+_COMPILE_FAILURES: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_COMPILE_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
+_COMPILED_DUAL_LOGITS: Callable | None = None
+_WARNED_AUTOCAST = False
+#: largest relative L2 difference between the compiled and the eager u = J tau on a first use:
+#: float32 rounding gives up to 6e-4 on ResNet-29 (both passes differ from float64 by that much,
+#: docs/results.md); a tangent that a torch version drops or mangles differs by O(1).
+_COMPILE_CHECK_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-2}
+
+
+def _dual_logits_entry(model, params, tangents, inputs, buffers):
+    # The function torch.compile sees (its own code object, so the eager _dual_logits never runs
+    # through dynamo's cache): the model is an argument, its parameters, tangents, buffers and inputs
+    # are graph inputs; dynamo keeps one graph per module structure, mode and input shape (a new
+    # instance of the same architecture reuses it). The dual numbers are made inside the graph.
+    return _dual_logits(model, params, tangents, inputs, buffers)
+
+
+def _compiled_dual_logits() -> Callable:
+    global _COMPILED_DUAL_LOGITS
+    if _COMPILED_DUAL_LOGITS is None:
+        _COMPILED_DUAL_LOGITS = torch.compile(_dual_logits_entry, fullgraph=True, dynamic=False)
+    return _COMPILED_DUAL_LOGITS
+
+
+def _warn_compile_failure(model: torch.nn.Module, reason: str) -> None:
+    if model in _COMPILE_FAILURES:
+        return
+    _COMPILE_FAILURES[model] = reason
+    warnings.warn(
+        f"iegkit: the compiled tangent pass (compile_tangent=True) is not used for "
+        f"{type(model).__name__}: {reason}. The look-ahead runs it eagerly for this model (the same "
+        "exact meta-gradients, not sped up). torch.compile needs a C++ compiler on CPU (Triton on "
+        "CUDA).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _has_active_dropout(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+               for m in model.modules())
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _compiled_logit_tangent(model: torch.nn.Module, params: Mapping[str, Tensor],
+                            tangents: Mapping[str, Tensor], inputs: Tensor,
+                            ) -> tuple[Tensor, Tensor] | None:
+    """(logits, u) from the compiled forward-mode pass, or None where the eager pass must run.
+
+    The first use per input shape is checked against the eager pass (a torch version that drops or
+    mangles the tangent in compiled code would otherwise give silently wrong meta-gradients); a
+    failure or a mismatch warns once and leaves the model on the eager pass.
+    """
+    global _WARNED_AUTOCAST
+    if model in _COMPILE_FAILURES:
+        return None
+    if _autocast_enabled(inputs.device.type):
+        # Forward-mode AD under autocast does not trace (torch 2.13: the casts give tangents another
+        # dtype than their primals); the pass runs eagerly under autocast, compiled otherwise.
+        if not _WARNED_AUTOCAST:
+            _WARNED_AUTOCAST = True
+            warnings.warn("iegkit: compile_tangent=True is not used under torch.autocast (forward-mode "
+                          "AD does not compile with autocast); the tangent pass runs eagerly",
+                          RuntimeWarning, stacklevel=4)
+        return None
+    try:
+        with torch.no_grad():
+            logits, u = _compiled_dual_logits()(model, params, tangents, inputs,
+                                                buffers_snapshot(model))
+    except Exception as error:  # noqa: BLE001 - a real error of the model raises in the eager pass
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        failure = f"{type(error).__name__}: {' '.join(lines[:2])[:300]}"
+        logits = u = None
+    else:
+        key = (tuple(inputs.shape), inputs.dtype, str(inputs.device),
+               tuple(m.training for m in model.modules()))
+        checked = _COMPILE_CHECKED.setdefault(model, set())
+        if key in checked or _has_active_dropout(model):  # dropout: masks differ, nothing to compare
+            return logits, u
+        failure = None
+    try:  # the eager pass: the reference of a first use, or the explanation of a failure
+        with torch.no_grad():
+            eager_logits, eager_u = _dual_logits(model, params, tangents, inputs,
+                                                 buffers_snapshot(model))
+    except (RuntimeError, NotImplementedError):
+        return None  # the eager path reruns it, and raises or falls back to double backward there
+    if failure is None:
+        if not (bool(torch.isfinite(eager_u).all()) and bool(torch.isfinite(eager_logits).all())):
+            return eager_logits, eager_u  # an overflow: nothing to compare; check on the next use
+        tolerance = _COMPILE_CHECK_TOLERANCE.get(eager_u.dtype, 1e-1)
+        scale = eager_u.float().norm().clamp_min(torch.finfo(torch.float32).tiny)
+        difference = float((u.float() - eager_u.float()).norm() / scale)
+        if difference <= tolerance:  # NaN in the compiled u fails too
+            checked.add(key)
+            return logits, u
+        failure = (f"it differs from the eager pass by {difference:.2e} (relative L2; tolerance "
+                   f"{tolerance:g})")
+    _warn_compile_failure(model, failure)
+    return eager_logits, eager_u
+
+
 def logit_tangent(
     model: torch.nn.Module,
     tangents: Mapping[str, Tensor],
     inputs: Tensor,
     *,
     dropout: bool = True,
+    compile: bool = False,
 ) -> tuple[Tensor, Tensor, bool]:
     """(logits, u = J tau, used_fallback) at the model's current parameters, leaving it untouched.
 
     One forward-mode pass; double backward (with a one-time warning naming the layer) where a layer
     has no forward-mode formula.
+
+    ``compile=True`` runs the same forward-mode pass through ``torch.compile`` (one graph; compiled
+    on first use and cached per module structure, mode and input shape; the first use per shape is
+    checked against the eager pass). It computes the same J tau up to float32 reassociation
+    (docs/results.md). Where compiling fails (e.g. no C++ compiler) or disagrees, the pass runs
+    eagerly for this model from then on, with a one-time warning; under ``torch.autocast`` it runs
+    eagerly.
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
     with train_mode(model, dropout=dropout):
+        if compile and model not in _FORWARD_AD_FAILURES:
+            compiled = _compiled_logit_tangent(model, params, tangents, inputs)
+            if compiled is not None:
+                return compiled[0], compiled[1], False
         if model not in _FORWARD_AD_FAILURES:
             stack: list[str] = []
             try:
@@ -355,6 +475,7 @@ def lookahead_meta_gradients(
     lr: float | None = None,
     dropout: bool = True,
     process_group: object | None = None,
+    compile_tangent: bool = False,
 ) -> MetaGradients:
     """The one implementation of the look-ahead: virtual gradient -> probe tangent -> logit tangent
     -> contraction (module docstring). ``weight_init``/``label_init`` are (B,) tensors.
@@ -369,6 +490,7 @@ def lookahead_meta_gradients(
     processes (one bucketed all-reduce each), so every rank looks ahead with the global step; the
     per-example contractions stay local. With equal batches and omega0 = 1/B this is the look-ahead
     of one process on the concatenated batch (BatchNorm, if any, uses each rank's own batch).
+    ``compile_tangent``: run the JVP(s) through ``torch.compile`` (``logit_tangent(compile=True)``).
     """
     through = pseudo_graph is not None and label_init is not None
     if pseudo_graph is not None and training_logits is None:
@@ -398,14 +520,16 @@ def lookahead_meta_gradients(
     # The JVP runs without autograd on a buffer snapshot, BEFORE the real forward where it can: a
     # JVP fused into the real forward (dual-number parameters) would save a forward but autograd
     # records every tangent operation, which more than doubles the step's peak memory.
-    jvp_logits, u, fallback = logit_tangent(model, tangents, inputs, dropout=dropout)
+    jvp_logits, u, fallback = logit_tangent(model, tangents, inputs, dropout=dropout,
+                                            compile=compile_tangent)
     logits = jvp_logits if training_logits is None else training_logits()
     check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
     _check_pseudo(pseudo_targets, logits, label_init)
     pseudo_tangents = None
     if through:
         view_tangents = [u if view is None else logit_tangent(model, tangents, view,
-                                                              dropout=dropout)[1]
+                                                              dropout=dropout,
+                                                              compile=compile_tangent)[1]
                          for view, _ in pseudo_graph.views]
         _, pseudo_tangents = torch.func.jvp(
             pseudo_graph.fn, tuple(logits().detach() for _, logits in pseudo_graph.views),
