@@ -58,6 +58,60 @@ pseudo labels). Besides the final (epoch 200) accuracy it reports the accuracy a
 last SGDR cycle within 200 epochs (step 85,327 of 99,800, about epoch 171, lr at its minimum): the
 point the paper reports, fixed by the schedule, not chosen on the test split.
 
+``--config cpu10k`` (a CPU configuration that can tell the methods apart; issue "CPU CIFAR-10
+configuration"): 10 trusted per class removed first (clean labels, the probe set), then a
+stratified **clean validation split of 5,000 images** (clean labels, used only for the per-epoch
+validation accuracy: every choice is made on it), then a stratified 10,000-image training subset,
+the only labels that get noise; test: the full 10k split, reported only as the final model's
+accuracy (its largest predicted class's share is logged per epoch as a collapse check, never used
+to choose). ``SmallCNN(width=26, blocks=4)`` (widths 26-52-104-208, strides 1-2-2-2, 0.26M
+parameters, the added ones at low resolution), 20 epochs of 78 steps, batch 128 + probe batch 100,
+SGD lr 0.1 momentum 0.9 wd 5e-4, one cosine decay over the run for every method, one torch thread
+per process. The strong view (per-image AutoAugment draw, crop, flip, cutout 16, on the raw images
+in [-1, 1]) is made for all 10k training images once per epoch outside the step (1.4-1.8 s) and
+passed with ``training.fit(views=...)``, so the step measures the method. EG/IEG ramp p and k over
+the run (``recipes.build``); robust EG/IEG use their defaults; probe diagnostics every 10 steps. EG
+and robust EG never read the noisy labels (tested), so they run once per seed (setting ``any``)
+and appear in every column. Each (setting, method, seed) run is appended to ``--store``
+(``runs/cifar10_cpu10k.jsonl``, key ``setting|method|seed|config``, with the whole configuration:
+a run of another configuration is never counted) as it finishes and skipped on restart; ``--shard
+i/n`` runs a disjoint, cost-balanced part of the priority-ordered run list (two processes, one
+thread each); ``--ablations`` adds the safeguard ablations and IEG-n with safeguards at uniform
+0.8; ``--report-only`` writes the table, two PNGs in docs/figures/ (validation curves; collapse
+metrics per epoch) and the section of docs/results.md; ``--dry-run`` is the smoke test
+(tests/test_cifar_benchmark.py).
+
+How it was sized. The model: the cheapest that has >= 0.25M parameters and lets plain reach 55%
+at uniform 0.4, judged on the validation split (plain, seed 0; runs/cifar10_cpu10k_select.jsonl):
+
+    ======================  =========  =========
+    SmallCNN blocks=4       15 epochs  20 epochs
+    ======================  =========  =========
+    width 26 (0.26M)        54.8       57.2
+    width 32 (0.39M)        54.8       56.8
+    ======================  =========  =========
+
+(final validation accuracy %; the test accuracies were 55.2 / 56.7 and 54.3 / 57.2). The cost,
+``--time-steps 5`` (median ms per step, one thread; the shared 2-core machine, where other jobs
+move these by up to 50%: two measurements of width 26 at different loads):
+
+    ==================  =====  =====  =====  =====  =========  ==========  ===============
+    SmallCNN blocks=4   plain  l2r    eg     ieg    robust_eg  robust_ieg  val + test pass
+    ==================  =====  =====  =====  =====  =========  ==========  ===============
+    width 26            259    560    1045   1620   1064       1817        12.5 s
+    width 26            299    873    1474   2329   1865       2823        20.2 s
+    width 32            300    933    1104   n/a*   1089       1761        18.7 s
+    ==================  =====  =====  =====  =====  =========  ==========  ===============
+
+(* 3843, a load spike.) One run of robust IEG is 1,560 steps: about 50-80 min with its evaluations;
+the priority list (20 runs) about 8 h on two processes.
+
+    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --time-steps 5
+    # two processes, in the background (the second with --shard 1/2 > runs/cifar10_cpu10k_1.log):
+    nohup .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --shard 0/2 > runs/cifar10_cpu10k_0.log 2>&1 &
+    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --list-runs   # what is done
+    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --report-only   # -> docs/
+
     .venv/bin/python benchmarks/noisy_cifar10.py --config cpu --time-steps 5   # measure first
     .venv/bin/python benchmarks/noisy_cifar10.py --config cpu --write docs/results.md
     python benchmarks/noisy_cifar10.py --config paper --device cuda --write docs/results.md
@@ -90,6 +144,9 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from results_io import RunStore, command, load_average, now, provenance, write_section  # noqa: E402
+from results_io import machine as results_machine  # noqa: E402
+
 from iegkit import WeightEMA, recipes, training  # noqa: E402
 from iegkit.augment import strong_augment, weak_augment  # noqa: E402
 from iegkit.data import NoisyDataset, ProbeSampler, split_trusted  # noqa: E402
@@ -108,7 +165,7 @@ TRUSTED_PER_CLASS = 10
 @dataclasses.dataclass(frozen=True)
 class Config:
     name: str
-    model: str  # small_cnn | resnet29 | wrn28_10 | wrn28_2
+    model: str  # small_cnn | small_cnn4 (SmallCNN blocks=4) | resnet29 | wrn28_10 | wrn28_2
     width: int  # SmallCNN width / ResNet29 base_width (ignored by the WRNs)
     train_subset: int | None  # None: all 49,900 noisy training images
     epochs: int
@@ -122,6 +179,10 @@ class Config:
     official_lookahead: bool  # meta lr fixed at 0.1; IEG differentiates through the pseudo labels
     device: str
     threads: int  # 0: torch default
+    # --config cpu10k only (the defaults keep the other configurations as they were):
+    val_size: int = 0  # a clean validation split carved from the training images (0: none)
+    probe_diagnostics_every: int | None = 1  # the pseudo labeler's probe_accuracy, every n steps
+    precompute_strong: bool = False  # the strong view made once per epoch outside the step
 
 
 CONFIGS = {
@@ -129,6 +190,9 @@ CONFIGS = {
                   "cpu", 1),
     "paper": Config("paper", "wrn28_10", 160, None, 200, 100, 0.1, "sgdr", 0.999, True, 2, 0.1, True,
                     "cuda", 0),
+    "cpu10k": Config("cpu10k", "small_cnn4", 26, 10_000, 20, 128, 0.1, "cosine", None, True, 2, 1.0,
+                     False, "cpu", 1, val_size=5000, probe_diagnostics_every=10,
+                     precompute_strong=True),
 }
 
 #: The paper's CIFAR-10 numbers (WRN-28-10, 10 trusted per class unless noted; mean +- std of 3
@@ -154,6 +218,8 @@ class Split:
     trusted_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
+    val_images: Tensor | None = None  # --config cpu10k: clean labels, used for nothing else
+    val_labels: Tensor | None = None
 
 
 def prepare_split(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], subset: int | None,
@@ -197,6 +263,10 @@ def build_model(cfg: Config) -> torch.nn.Module:
         from iegkit.models import SmallCNN
 
         return SmallCNN(in_channels=3, num_classes=NUM_CLASSES, width=cfg.width)
+    if cfg.model == "small_cnn4":
+        from iegkit.models import SmallCNN
+
+        return SmallCNN(in_channels=3, num_classes=NUM_CLASSES, width=cfg.width, blocks=4)
     if cfg.model == "resnet29":
         from iegkit.models import ResNet29
 
@@ -216,15 +286,22 @@ def evaluate(model: torch.nn.Module, images: Tensor, labels: Tensor, device: tor
                              transform=lambda batch: to_input(batch, device))
 
 
-def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_steps: int):
+def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_steps: int,
+                  extra: dict | None = None, strong=None):
     """``recipes.build`` with the configuration's options, each given to the recipes that take it
-    (plain has no look-ahead, L2R no pseudo labels, only IEG relabels through them)."""
+    (plain has no look-ahead, L2R no pseudo labels, only IEG relabels through them); ``extra``:
+    more recipe options (a variant's), given the same way; ``strong``: the strong view [AutoAugment
+    CIFAR-10, per image or per batch as the configuration says]."""
     options: dict = {"rampup_steps": max(1, round(cfg.rampup_fraction * total_steps))}
+    if cfg.probe_diagnostics_every != 1:
+        options["probe_diagnostics_every"] = cfg.probe_diagnostics_every
     if cfg.official_lookahead:
         options.update(lookahead_lr=0.1, through_pseudo_labels=True)
+    options.update(extra or {})
     accepted = inspect.signature(recipes.RECIPES[method]).parameters
-    strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
-                            per_image_policy=cfg.per_image_policy)
+    if strong is None:
+        strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
+                                per_image_policy=cfg.per_image_policy)
     return recipes.build(method, model, optimizer, total_steps=total_steps, strong_augment=strong,
                          seed=seed, **{k: v for k, v in options.items() if k in accepted})
 
@@ -327,7 +404,7 @@ def train_one(method: str, split: Split, labels: Tensor, cfg: Config, seed: int,
 
 def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps: int,
                methods: Sequence[str], settings: Sequence[tuple[str, float]],
-               eg_per_setting: bool) -> None:
+               eg_per_setting: bool, label_free: Sequence[str] = ("eg",)) -> None:
     """Median seconds per training step of each method (after 2 warm-up steps), the cost of one
     test evaluation, and the projected time of the full run with the configured epochs."""
     labels = noisy_labels(split.train_clean, "uniform", 0.4, seed)
@@ -343,15 +420,23 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
         gen = torch.Generator().manual_seed(0)
         probe = ProbeSampler(to_input(split.trusted_images, device), split.trusted_labels.to(device),
                              cfg.batch_size, seed=seed)
-        times = []
+        times, precompute = [], []
+        strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
+                                per_image_policy=cfg.per_image_policy)
         for step in range(steps + 2):
             idx = torch.randint(n, (cfg.batch_size,), generator=gen)
             xp, yp = next(probe)
+            views = None
+            if cfg.precompute_strong and "strong" in pipeline.plan.views:  # outside the timer
+                t0 = time.perf_counter()
+                views = {"strong": strong(to_input(split.train_images[idx], device), generator=gen)}
+                precompute.append(time.perf_counter() - t0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             out = pipeline(weak(to_input(split.train_images[idx], device), generator=gen),
-                           labels[idx].to(device), weak(xp, generator=gen), yp, step=step)
+                           labels[idx].to(device), weak(xp, generator=gen), yp, step=step,
+                           views=views)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
@@ -359,18 +444,23 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         per_step[method] = statistics.median(times[2:])
-        print(f"{method:6s} {per_step[method] * 1000:8.1f} ms/step  (min {min(times[2:]) * 1000:.1f})",
-              flush=True)
+        print(f"{method:10s} {per_step[method] * 1000:8.1f} ms/step  (min {min(times[2:]) * 1000:.1f})"
+              + (f"; strong view precomputed outside the step: {statistics.median(precompute) * 1000:.1f}"
+                 f" ms per batch" if precompute else ""), flush=True)
     t0 = time.perf_counter()
     evaluate(model, split.test_images, split.test_labels, device)
+    if split.val_images is not None:
+        evaluate(model, split.val_images, split.val_labels, device)
     eval_s = time.perf_counter() - t0
-    print(f"test evaluation ({split.test_images.shape[0]} images): {eval_s:.1f} s", flush=True)
+    print(f"evaluation ({split.test_images.shape[0]} test"
+          + (f" + {split.val_images.shape[0]} validation" if split.val_images is not None else "")
+          + f" images): {eval_s:.1f} s", flush=True)
     total = 0.0
     for method in methods:
-        runs = len(settings) if (method != "eg" or eg_per_setting) else 1
+        runs = len(settings) if (method not in label_free or eg_per_setting) else 1
         per_run = cfg.epochs * (steps_per_epoch * per_step[method] + eval_s)
         total += runs * per_run
-        print(f"{method:6s} {runs} run(s) x {per_run / 60:.1f} min", flush=True)
+        print(f"{method:10s} {runs} run(s) x {per_run / 60:.1f} min", flush=True)
     per_epoch_all = total / cfg.epochs
     print(f"projected total for {cfg.epochs} epochs, 1 seed: {total / 60:.1f} min "
           f"({per_epoch_all / 60:.2f} min per epoch of every run)", flush=True)
@@ -573,6 +663,693 @@ def report(store: dict, args, settings, methods, device: torch.device) -> str:
     return body
 
 
+# --------------------------------------------------------------------------- --config cpu10k
+
+CPU10K_HEADING = "Noisy CIFAR-10, --config cpu10k (benchmarks/noisy_cifar10.py)"
+CPU10K_STORE = REPO / "runs" / "cifar10_cpu10k.jsonl"
+#: The setting of a run that never reads the noisy labels (EG, robust EG): one run per seed,
+#: reported in every row (the data split, initialisation and draws do not depend on the setting).
+ANY_SETTING = "any"
+LABEL_FREE = frozenset({"eg", "robust_eg"})
+#: name -> (recipe, recipe options). The six methods, the safeguard ablations of robust IEG and
+#: IEG-n of Table 7 with the safeguards (IEG-5 is robust_ieg itself).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    **{m: (m, {}) for m in METHODS},
+    "robust_ieg/no_teacher": ("robust_ieg", {"teacher_decay": None}),
+    "robust_ieg/no_alignment": ("robust_ieg", {"alignment_momentum": None}),
+    "robust_ieg/mask_0.95": ("robust_ieg", {"confidence_threshold": 0.95}),
+    **{f"robust_ieg-{n}": ("robust_ieg", {"components": recipes.TABLE7[n]})
+       for n in recipes.TABLE7 if n != 5},
+}
+SAFEGUARD_ABLATIONS = ("robust_ieg/no_teacher", "robust_ieg/no_alignment", "robust_ieg/mask_0.95")
+TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
+#: ms per training step, measured with --time-steps on the shared 2-core machine (1 thread): only
+#: used to balance --shard (an estimate of each run's cost), never reported.
+STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg": 1465.0,
+           "robust_ieg": 2320.0}
+EVAL_S_PER_EPOCH = 16.0
+
+
+def setting_key(kind: str, rate: float) -> str:
+    return f"{kind}:{rate:g}"
+
+
+def config_label(cfg: Config, dry_run: bool = False) -> str:
+    """"cpu10k", plus every field overridden on the command line (part of each run's key, so runs
+    of another configuration are never mixed into the table)."""
+    base = dataclasses.asdict(CONFIGS["cpu10k"])
+    diff = [f"{k}={v}" for k, v in dataclasses.asdict(cfg).items() if base[k] != v and k != "name"]
+    return ",".join(["cpu10k", *diff, *(["dry_run"] if dry_run else [])])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cpu10kRun:
+    setting: str  # "uniform:0.8", or ANY_SETTING for the label-free methods
+    method: str  # a key of VARIANTS
+    seed: int
+
+    def key(self, label: str) -> str:
+        return f"{self.setting}|{self.method}|{self.seed}|{label}"
+
+
+def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], seeds: int,
+                ablations: str = "none") -> list[Cpu10kRun]:
+    """Every run, by priority: (uniform 0.8, 0.4, asymmetric 0.4: plain s0, robust_ieg s0), then
+    ieg s0 and robust_eg s0, then l2r and eg, then seeds 1.. of plain and robust_ieg; then, with
+    ``ablations`` (safeguards | table7 | all), the safeguard ablations and IEG-1..8 with
+    safeguards at uniform 0.8 (seed 0). Label-free methods run once per seed (setting "any")."""
+    preferred = [("uniform", 0.8), ("uniform", 0.4), ("asymmetric", 0.4)]
+    order = [s for s in preferred if s in settings] + [s for s in settings if s not in preferred]
+    runs: list[Cpu10kRun] = []
+
+    def add(setting, method, seed, *, variant=False):
+        if not variant and method not in methods:
+            return
+        run = Cpu10kRun(ANY_SETTING if method in LABEL_FREE else setting_key(*setting), method, seed)
+        if run not in runs:
+            runs.append(run)
+
+    for pair in (("plain", "robust_ieg"), ("ieg", "robust_eg"), ("l2r", "eg")):
+        for setting in order:
+            for method in pair:
+                add(setting, method, 0)
+    for seed in range(1, seeds):
+        for setting in order:
+            add(setting, "plain", seed)
+            add(setting, "robust_ieg", seed)
+    if order and ablations != "none":
+        where = ("uniform", 0.8) if ("uniform", 0.8) in order else order[0]
+        names = ((SAFEGUARD_ABLATIONS if ablations in ("safeguards", "all") else ())
+                 + (TABLE7_VARIANTS if ablations in ("table7", "all") else ()))
+        for name in names:
+            add(where, name, 0, variant=True)
+    return runs
+
+
+def run_cost(run: Cpu10kRun, cfg: Config) -> float:
+    """Estimated seconds of a run (for --shard)."""
+    steps = cfg.epochs * training.steps_per_epoch(cfg.train_subset or 49_900, cfg.batch_size)
+    return steps * STEP_MS[VARIANTS[run.method][0]] / 1000 + cfg.epochs * EVAL_S_PER_EPOCH
+
+
+def assign_shards(runs: Sequence[Cpu10kRun], shards: int, cfg: Config) -> list[int]:
+    """Each run, in priority order, to the shard with the least estimated work so far: disjoint,
+    balanced, and the same for every invocation with the same run list."""
+    load = [0.0] * shards
+    out = []
+    for run in runs:
+        shard = min(range(shards), key=lambda i: load[i])
+        out.append(shard)
+        load[shard] += run_cost(run, cfg)
+    return out
+
+
+class Store(RunStore):
+    """``results_io.RunStore``, safe for two processes appending to one file: each record goes in
+    one ``write`` to an O_APPEND descriptor, a line cut by a kill is skipped when reading, and
+    ``reload()`` sees what the other process added."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._json = json
+        self.path = Path(path)
+        self.runs: dict[str, dict] = {}
+        self.reload()
+
+    def done(self, key: str, cfg: Config) -> bool:
+        """Whether the run is stored, made with exactly this configuration (a record of the same
+        key made before a default of the configuration changed does not count)."""
+        record = self.runs.get(key)
+        return record is not None and record.get("cfg") == dataclasses.asdict(cfg)
+
+    def reload(self) -> None:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if isinstance(record, dict) and "key" in record:
+                self.runs[record["key"]] = record
+
+    def add(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # after a line cut by a kill
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self.runs[key] = record
+
+
+def _take_stratified(pool: Tensor, labels: Tensor, total: int | None,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(taken, rest): ``total / 10`` random indices of each class from ``pool`` (None: all)."""
+    if total is None:
+        return pool, pool[:0]
+    if total % NUM_CLASSES:
+        raise ValueError(f"expected a multiple of {NUM_CLASSES} images, got {total}")
+    taken = []
+    for c in range(NUM_CLASSES):
+        members = pool[labels[pool] == c]
+        if members.numel() < total // NUM_CLASSES:
+            raise ValueError(f"class {c}: {members.numel()} images left, {total // NUM_CLASSES} needed")
+        taken.append(members[torch.randperm(members.numel(), generator=generator)[:total // NUM_CLASSES]])
+    taken = torch.sort(torch.cat(taken)).values
+    return taken, pool[~torch.isin(pool, taken)]
+
+
+def prepare_cpu10k_split(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], cfg: Config,
+                         seed: int) -> Split:
+    """10 trusted per class removed first (clean labels: the probe set), then a stratified clean
+    validation split of ``cfg.val_size`` images (clean labels, used only for the per-epoch
+    validation accuracy), then a stratified ``cfg.train_subset``-image training subset from the
+    rest (the only images whose labels get noise). Depends on the seed only, not on the setting."""
+    images, labels = train
+    generator = torch.Generator().manual_seed(seed)
+    trusted_idx, rest = split_trusted(labels, TRUSTED_PER_CLASS, NUM_CLASSES, generator)
+    val_idx, rest = _take_stratified(rest, labels, cfg.val_size, generator)
+    train_idx, _ = _take_stratified(rest, labels, cfg.train_subset, generator)
+    return Split(images[train_idx], labels[train_idx], images[trusted_idx], labels[trusted_idx],
+                 test[0], test[1], images[val_idx], labels[val_idx])
+
+
+def load_cifar10_head(data_dir: Path, split: str, per_class: int) -> tuple[Tensor, Tensor]:
+    """The first ``per_class`` images of each class straight from ``<split>.tar.gz`` (about 1 s; no
+    cache written): the data of --dry-run."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from iegkit.datasets import CIFAR10_CLASSES
+
+    images, labels = [], []
+    with tarfile.open(data_dir / f"{split}.tar.gz", "r|gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if (member.isfile() and len(parts) == 3 and parts[1] in CIFAR10_CLASSES
+                    and parts[2].endswith(".jpg") and int(parts[2][:-4]) < per_class):
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
+                    images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
+                labels.append(CIFAR10_CLASSES.index(parts[1]))
+    return torch.stack(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: Tensor, device: torch.device,
+            batch_size: int = 1000) -> Tensor:
+    """Predicted classes in eval mode (the training mode is restored)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(to_input(images[i:i + batch_size], device)).argmax(-1).cpu()
+                     for i in range(0, images.shape[0], batch_size)])
+    model.train(was_training)
+    return out
+
+
+def top_share(predictions: Tensor) -> float:
+    """The share of the largest predicted class (1/C: balanced; 1: collapsed)."""
+    return float(torch.bincount(predictions, minlength=NUM_CLASSES).max()) / max(1, predictions.numel())
+
+
+class StrongViews:
+    """``training.fit``'s ``views`` hook: the strong view of every training image, made once per
+    epoch outside the step (per-image AutoAugment draw on the raw images in [-1, 1]; own generator,
+    seeded by the run's seed and the epoch), served by dataset index."""
+
+    def __init__(self, images: Tensor, augment, seed: int, steps_per_epoch: int,
+                 device: torch.device, chunk: int = 1000) -> None:
+        self.images, self.augment, self.seed = images, augment, seed
+        self.steps_per_epoch, self.device, self.chunk = steps_per_epoch, device, chunk
+        self.epoch: int | None = None
+        self.cache: Tensor | None = None
+        self.seconds: list[float] = []
+
+    def refresh(self, epoch: int) -> None:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(1_000_003 * (self.seed + 1) + epoch)
+        self.cache = torch.cat([self.augment(to_input(self.images[i:i + self.chunk], self.device),
+                                             generator=generator)
+                                for i in range(0, self.images.shape[0], self.chunk)])
+        self.epoch = epoch
+        self.seconds.append(time.perf_counter() - started)
+
+    def __call__(self, step: int, indices: Tensor) -> dict[str, Tensor]:
+        epoch = step // self.steps_per_epoch
+        if epoch != self.epoch:
+            self.refresh(epoch)
+        return {"strong": self.cache[indices.to(self.cache.device)]}
+
+
+def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, device: torch.device,
+                 *, max_steps: int | None = None, progress: bool = False, desc: str = "",
+                 checkpoint: Path | None = None) -> dict:
+    """One run with ``training.fit``: the record stored for it (per-epoch history included).
+
+    ``checkpoint``: written after every epoch and resumed from when present, so that a run longer
+    than one session (robust IEG: about two hours on two shared cores) continues where the last
+    session stopped; deleted once the run is stored."""
+    recipe, variant_options = VARIANTS[run.method]
+    torch.manual_seed(run.seed)
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    per_epoch = training.steps_per_epoch(split.train_images.shape[0], cfg.batch_size)
+    extra = dict(variant_options)
+    with_aa = "AA" in extra.get("components", recipes.COMPONENTS)
+    strong = strong_augment("cifar10" if with_aa else None, value_range=(-1.0, 1.0),
+                            per_image_policy=cfg.per_image_policy)
+    if not with_aa:
+        extra["plain_strong_augment"] = strong
+    pipeline = make_pipeline(recipe, model, optimizer, cfg, run.seed, cfg.epochs * per_epoch,
+                             extra=extra, strong=strong)
+    views = (StrongViews(split.train_images, strong, run.seed, per_epoch, device)
+             if cfg.precompute_strong and "strong" in pipeline.plan.views else None)
+    weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
+
+    def weak_view(images: Tensor, generator=None) -> Tensor:  # uint8 on the device -> [-1, 1]
+        return weak(to_input(images, device), generator=generator)
+
+    data = NoisyDataset(split.train_images.to(device), labels.to(device), split.train_clean,
+                        split.trusted_images.to(device), split.trusted_labels.to(device),
+                        split.test_images, split.test_labels, NUM_CLASSES)
+    eval_seconds: list[float] = []
+    final: dict[str, float] = {}
+
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        started = time.perf_counter()
+        val = predict(m, split.val_images, device)
+        test = predict(m, split.test_images, device)
+        eval_seconds.append(time.perf_counter() - started)
+        # the test accuracy is kept for the final model only (no selection on the test split);
+        # its top-class share is logged per epoch as a collapse check
+        final["test_accuracy"] = float((test == split.test_labels).float().mean())
+        return {"val_accuracy": float((val == split.val_labels).float().mean()),
+                "val_top_share": top_share(val), "test_top_share": top_share(test)}
+
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    started = time.perf_counter()
+
+    def on_step(step: int, idx: Tensor, out) -> None:
+        for name, value in out.metrics.items():
+            if value.numel() == 1:
+                sums[name] = sums.get(name, 0.0) + float(value)
+                counts[name] = counts.get(name, 0) + 1
+
+    def on_epoch(entry: dict) -> None:
+        entry["metrics"] = {name: sums[name] / counts[name] for name in sorted(sums)}
+        sums.clear()
+        counts.clear()
+        entry["seconds"] = time.perf_counter() - started
+        metrics = entry["metrics"]
+        parts = [f"loss {entry['loss']:.3f}", f"val {100 * entry['val_accuracy']:.1f}%",
+                 f"top-class share val {entry['val_top_share']:.2f} test {entry['test_top_share']:.2f}"]
+        for name, short in (("pseudo_labeler/top_share", "PL top share"),
+                            ("pseudo_labeler/marginal_entropy", "PL marginal entropy"),
+                            ("pseudo_labeler/probe_accuracy", "PL probe acc"),
+                            ("distribution_alignment/top_share", "DA top share")):
+            if name in metrics:
+                parts.append(f"{short} {metrics[name]:.2f}")
+        pre = f", strong view {views.seconds[-1]:.1f} s" if views is not None and views.seconds else ""
+        print(f"    {desc} epoch {entry['epoch']}/{cfg.epochs}: " + ", ".join(parts)
+              + f" ({entry['seconds']:.0f} s{pre})", flush=True)
+
+    result = training.fit(pipeline, model, optimizer, data, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, weak_augment=weak_view, seed=run.seed,
+                          scheduler=make_scheduler(cfg, per_epoch), evaluate=evaluate_fn,
+                          on_step=on_step, on_epoch=on_epoch, views=views, max_steps=max_steps,
+                          progress=progress, desc=desc,
+                          checkpoint=None if max_steps is not None else checkpoint,
+                          resume=max_steps is None and checkpoint is not None
+                          and checkpoint.exists())
+    pipeline.close()
+    precompute = sum(views.seconds) if views is not None else 0.0
+    train_seconds = result.seconds - sum(eval_seconds) - precompute
+    history = result.history
+    return {
+        "setting": run.setting, "method": run.method, "recipe": recipe, "seed": run.seed,
+        "options": {k: repr(v) for k, v in variant_options.items()},
+        "test_accuracy": final["test_accuracy"], "val_accuracy": history[-1]["val_accuracy"],
+        "test_top_share": history[-1]["test_top_share"],
+        "max_test_top_share": max(h["test_top_share"] for h in history),
+        "history": history, "steps": result.steps, "seconds": result.seconds,
+        "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, result.steps),
+        "eval_seconds": sum(eval_seconds), "precompute_seconds": precompute,
+        "precompute_seconds_per_epoch": precompute / len(views.seconds) if views is not None else 0.0,
+        "n_train": int(split.train_images.shape[0]), "n_val": int(split.val_images.shape[0]),
+        "n_test": int(split.test_images.shape[0]), "n_trusted": int(split.trusted_images.shape[0]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def main_cpu10k(args, cfg: Config) -> int:
+    """--config cpu10k: every (setting, method, seed) run stored as it finishes in --store (JSON
+    lines) and skipped on restart; --shard i/n runs one disjoint part; --report-only builds the
+    tables, figures and section from the store."""
+    label = config_label(cfg, args.dry_run)
+    store_path = Path(args.store or (REPO / "runs" / "cifar10_cpu10k_dry.jsonl" if args.dry_run
+                                     else CPU10K_STORE))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = args.seeds if args.seeds is not None else 2
+    runs = cpu10k_runs(args.settings, methods, seeds, args.ablations)
+    shard, shards = 0, 1
+    if args.shard:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+    owner = assign_shards(runs, shards, cfg)
+    store = Store(store_path)
+    if args.report_only:
+        args.write = args.write or str(REPO / "docs" / "results.md")
+        body = cpu10k_report(store, args, cfg, label, runs)
+        print(body)
+        if args.write:
+            write_section(args.write, CPU10K_HEADING, body)
+            print(f"wrote the section '## {CPU10K_HEADING}' into {args.write}")
+        return 0
+    if args.list_runs:
+        for run, s in zip(runs, owner):
+            state = "done" if store.done(run.key(label), cfg) else "todo"
+            print(f"shard {s}/{shards}  {state}  {run.key(label)}  (~{run_cost(run, cfg) / 60:.0f} min)")
+        return 0
+
+    mine = [run for run, s in zip(runs, owner) if s == shard]
+    if not args.time_steps and all(store.done(run.key(label), cfg) for run in mine):
+        print(f"--config {label}: all {len(mine)} runs of shard {shard}/{shards} are in {store_path}; "
+              "nothing to do (--report-only builds the tables)", flush=True)
+        return 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    data_dir = Path(args.data)
+    if not ((data_dir / "train.tar.gz").is_file() and (data_dir / "test.tar.gz").is_file()):
+        print(f"noisy_cifar10: CIFAR-10 JPEG archives not found in {data_dir} (expected train.tar.gz "
+              f"and test.tar.gz, see shared/data/cifar10-jpeg/README.md); skipping.")
+        return 0
+    t0 = time.perf_counter()
+    if args.dry_run:
+        train = load_cifar10_head(data_dir, "train", TRUSTED_PER_CLASS
+                                  + (cfg.val_size + (cfg.train_subset or 0)) // NUM_CLASSES)
+        test = load_cifar10_head(data_dir, "test", 20)
+    else:
+        from iegkit.datasets import load_cifar10_jpeg
+
+        train = load_cifar10_jpeg(data_dir, "train", cache_dir=args.cache_dir, verbose=True)[:2]
+        test = load_cifar10_jpeg(data_dir, "test", cache_dir=args.cache_dir, verbose=True)[:2]
+    print(f"CIFAR-10 loaded in {time.perf_counter() - t0:.1f} s: train {tuple(train[0].shape)}, "
+          f"test {tuple(test[0].shape)}", flush=True)
+    if args.time_steps:
+        split = prepare_cpu10k_split(train, test, cfg, 0)
+        model = build_model(cfg)
+        print(f"timing --config {cfg.name}: {cfg.model} width {cfg.width} "
+              f"({sum(p.numel() for p in model.parameters()):,} parameters), "
+              f"{split.train_images.shape[0]} training images, batch {cfg.batch_size} + probe "
+              f"{min(cfg.batch_size, split.trusted_images.shape[0])}, {torch.get_num_threads()} "
+              f"threads, device {device}", flush=True)
+        strong = strong_augment("cifar10", value_range=(-1.0, 1.0), per_image_policy=True)
+        started = time.perf_counter()
+        StrongViews(split.train_images, strong, 0, 1, device).refresh(0)
+        print(f"strong view of all {split.train_images.shape[0]} training images (per-image "
+              f"AutoAugment, outside the step): {time.perf_counter() - started:.1f} s per epoch",
+              flush=True)
+        time_steps(cfg, split, 0, device, args.time_steps,
+                   [m for m in methods if m in METHODS], args.settings, False, tuple(LABEL_FREE))
+        return 0
+
+    print(f"--config {label}: {dataclasses.asdict(cfg)}; store {store_path}; shard {shard}/{shards}: "
+          f"{len(mine)} of {len(runs)} runs, {sum(store.done(r.key(label), cfg) for r in mine)} done",
+          flush=True)
+    splits: dict[int, Split] = {}
+    wall = time.perf_counter()
+    for run in mine:
+        key = run.key(label)
+        store.reload()
+        if store.done(key, cfg):
+            continue
+        if run.seed not in splits:
+            splits[run.seed] = prepare_cpu10k_split(train, test, cfg, run.seed)
+        split = splits[run.seed]
+        kind, rate = ("uniform", 0.8) if run.setting == ANY_SETTING else parse_settings(run.setting)[0]
+        labels = noisy_labels(split.train_clean, kind, rate, run.seed)
+        wrong = float((labels != split.train_clean).float().mean())
+        desc = f"{run.setting} {run.method} s{run.seed}"
+        print(f"{desc}: {split.train_images.shape[0]} training images "
+              + ("(labels unused)" if run.method in LABEL_FREE else f"{100 * wrong:.1f}% wrong labels")
+              + f", {split.val_images.shape[0]} validation, {split.test_images.shape[0]} test",
+              flush=True)
+        checkpoint = (Path(store_path).with_suffix("") / "checkpoints"
+                      / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".pt"))
+        record = train_cpu10k(run, split, labels, cfg, device, max_steps=args.max_steps,
+                              progress=not args.no_progress and sys.stderr.isatty(), desc=desc,
+                              checkpoint=checkpoint)
+        record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
+                       "command": command(args.argv), "machine": results_machine(),
+                       "load_average": load_average(), "date": now()})
+        store.add(key, record)
+        checkpoint.unlink(missing_ok=True)
+        print(f"{desc}: final test accuracy {100 * record['test_accuracy']:.2f}%, val "
+              f"{100 * record['val_accuracy']:.2f}%, max test top-class share "
+              f"{record['max_test_top_share']:.2f}; {record['ms_per_step']:.0f} ms/step, "
+              f"{record['seconds'] / 60:.1f} min (evaluation {record['eval_seconds']:.0f} s, strong "
+              f"view {record['precompute_seconds']:.0f} s); shard total "
+              f"{(time.perf_counter() - wall) / 60:.1f} min", flush=True)
+    print(f"shard {shard}/{shards} done; store {store_path}", flush=True)
+    return 0
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    if len(values) > 1:
+        return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+    return f"{mean:.1f}"
+
+
+def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cpu10kRun]) -> str:
+    """The tables, the figures and the body of the docs/results.md section, from the store."""
+    records = [r for r in store.runs.values()
+               if r.get("config") == label and r.get("cfg") == dataclasses.asdict(cfg)]
+    settings = [setting_key(*s) for s in args.settings]
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        by.setdefault((r["setting"], r["method"]), []).append(r)
+    for group in by.values():
+        group.sort(key=lambda r: r["seed"])
+
+    def group(setting: str, method: str) -> list[dict]:
+        return by.get((ANY_SETTING if method in LABEL_FREE else setting, method), [])
+
+    methods = [m for m in METHODS if any(group(s, m) for s in settings)]
+    figures = Path(args.figures_dir)
+    base = Path(args.write).resolve().parent if args.write else REPO / "docs"
+    figure_paths = plot_cpu10k(group, settings, methods, figures)
+    wrong = {s: next((r["wrong_labels"] for r in records if r["setting"] == s), None)
+             for s in settings}
+
+    head = "| method | " + " | ".join(
+        f"{s.replace(':', ' ')} ({'n/a' if wrong[s] is None else f'{100 * wrong[s]:.0f}% wrong'})"
+        for s in settings) + " |"
+    lines = [head, "|" + " --- |" * (len(settings) + 1)]
+    best = {s: max((statistics.mean(r["test_accuracy"] for r in group(s, m)) for m in methods
+                    if group(s, m)), default=None) for s in settings}
+    for m in methods:
+        cells = []
+        for s in settings:
+            g = group(s, m)
+            if not g:
+                cells.append("-")
+                continue
+            acc = _mean_std([r["test_accuracy"] for r in g])
+            if statistics.mean(r["test_accuracy"] for r in g) == best[s]:
+                acc = f"**{acc}**"
+            cells.append(f"{acc} [{len(g)}] · val {_mean_std([r['val_accuracy'] for r in g])} · "
+                         f"top {max(r['max_test_top_share'] for r in g):.2f}")
+        lines.append(f"| {m}{' (labels unused)' if m in LABEL_FREE else ''} | " + " | ".join(cells)
+                     + " |")
+    table = "\n".join(lines)
+
+    checks = []
+    for s, margin in (("uniform:0.4", 5.0), ("uniform:0.8", 10.0)):
+        p, r = group(s, "plain"), group(s, "robust_ieg")
+        if p and r:
+            diff = 100 * (statistics.mean(x["test_accuracy"] for x in r)
+                          - statistics.mean(x["test_accuracy"] for x in p))
+            checks.append(f"robust IEG - plain at {s.replace(':', ' ')}: {diff:+.1f} points "
+                          f"(target >= +{margin:.0f}: {'met' if diff >= margin else 'not met'})")
+    rows = [s for s in settings if group(s, "plain") and group(s, "robust_ieg")]
+    if rows:
+        worst = min(100 * (statistics.mean(x["test_accuracy"] for x in group(s, "robust_ieg"))
+                           - statistics.mean(x["test_accuracy"] for x in group(s, "plain")))
+                    for s in rows)
+        checks.append(f"robust IEG - plain, worst row: {worst:+.1f} points (target >= -1: "
+                      f"{'met' if worst >= -1 else 'not met'})")
+    for m in ("robust_ieg", "robust_eg"):
+        g = [r for s in settings for r in group(s, m)]
+        if g:
+            top = max(r["max_test_top_share"] for r in {id(r): r for r in g}.values())
+            checks.append(f"{m}: largest test top-class share after any epoch {top:.2f} (target "
+                          f"<= 0.25: {'met' if top <= 0.25 else 'not met'})")
+
+    ablation_lines = []
+    variants = [v for v in (*SAFEGUARD_ABLATIONS, *TABLE7_VARIANTS)
+                if any(r["method"] == v for r in records)]
+    if variants:
+        where = next(r["setting"] for r in records if r["method"] in variants)
+        ablation_lines = [f"Ablations at {where.replace(':', ' ')} (seed 0; robust_ieg = all "
+                          "safeguards = robust IEG-5):", "",
+                          "| variant | test % | val % | max test top-class share |",
+                          "| --- | --- | --- | --- |"]
+        for v in ("robust_ieg", *variants):
+            g = group(where, v)
+            if g:
+                ablation_lines.append(
+                    f"| {v} ({', '.join(f'{k}={x}' for k, x in VARIANTS[v][1].items()) or 'defaults'}) "
+                    f"| {_mean_std([r['test_accuracy'] for r in g])} | "
+                    f"{_mean_std([r['val_accuracy'] for r in g])} | "
+                    f"{max(r['max_test_top_share'] for r in g):.2f} |")
+
+    cost = ["| method | ms/step (mean over runs) | strong view s/epoch | evaluation s/epoch | "
+            "min/run |", "| --- | --- | --- | --- | --- |"]
+    for m in methods:
+        g = [r for r in records if r["method"] == m]
+        epochs = [len(r["history"]) for r in g]
+        cost.append(f"| {m} | {statistics.mean(r['ms_per_step'] for r in g):.0f} | "
+                    f"{statistics.mean(r['precompute_seconds_per_epoch'] for r in g):.1f} | "
+                    f"{statistics.mean(r['eval_seconds'] / e for r, e in zip(g, epochs)):.1f} | "
+                    f"{statistics.mean(r['seconds'] for r in g) / 60:.1f} |")
+    done = sum(store.done(run.key(label), cfg) for run in runs)
+    any_r = records[0] if records else {}
+    commands = sorted({r["command"] for r in records})
+    model_desc = (f"SmallCNN(in_channels=3, width={cfg.width}, blocks=4)" if cfg.model == "small_cnn4"
+                  else f"{cfg.model} (width {cfg.width})")
+    details = (
+        f"{model_desc}, {any_r.get('parameters', 0):,} parameters. Data: 10 trusted images per "
+        f"class (clean labels; the probe set) removed first, then a stratified clean validation "
+        f"split of {cfg.val_size:,} images (clean labels, used only for the validation accuracy), "
+        f"then a stratified {cfg.train_subset:,}-image training subset, the only labels that get "
+        f"noise; test: {any_r.get('n_test', 0):,} images"
+        f"{' (the full test split)' if any_r.get('n_test') == 10_000 else ''}. {cfg.epochs} epoch(s) of "
+        f"{training.steps_per_epoch(cfg.train_subset, cfg.batch_size)} steps, batch "
+        f"{cfg.batch_size} + probe batch {min(cfg.batch_size, TRUSTED_PER_CLASS * NUM_CLASSES)}; "
+        f"SGD lr {cfg.lr} momentum 0.9 wd 5e-4, one cosine decay to 0 over the run for every "
+        f"method; one torch thread per process. Weak view `weak_augment(pad={cfg.weak_pad})`; the "
+        f"strong view (per-image AutoAugment CIFAR-10 policy, crop, flip, cutout 16, on the raw "
+        f"images) is made for every training image once per epoch outside the step and passed "
+        f"with `fit(views=...)`. EG/IEG: p, k ramped over the whole run (`recipes.build`); robust "
+        f"EG/IEG: `recipes.robust_ieg`/`robust_eg` defaults (EMA teacher 0.99, distribution "
+        f"alignment 0.99, ramp over the run); probe diagnostics every "
+        f"{cfg.probe_diagnostics_every} steps. EG and robust EG never read the noisy labels: one "
+        f"run per seed, shown in every column. Nothing was selected on the test split.")
+    head = provenance(f"; {done} of {len(runs)} listed runs in the store.")
+    body = [head.replace(command(), command(args.argv), 1), "",
+            "Training commands (runs stored one by one in "
+            f"`{os.path.relpath(store.path.resolve(), REPO)}`, skipped on restart): "
+            + "; ".join(f"`{c}`" for c in commands), "", details, "",
+            "Final test accuracy % of the final model (mean ± std over seeds) [seeds] · final "
+            "validation accuracy % · top: the largest predicted class's share of the test "
+            "predictions, maximum over all epochs (collapse check; balanced = 0.10). Bold: best "
+            "per column.", "", table, ""]
+    if checks:
+        body += ["Against the targets: " + "; ".join(checks) + ".", ""]
+    if ablation_lines:
+        body += ablation_lines + [""]
+    body += ["Cost on this machine (ms/step: the step alone; the strong view and the evaluation of "
+             "the validation and test splits are timed apart):", "", *cost, ""]
+    for path, what in figure_paths:
+        body.append(f"{what}: ![{what}]({os.path.relpath(path.resolve(), base)})")
+        body.append("")
+    return "\n".join(body)
+
+
+def plot_cpu10k(group, settings: Sequence[str], methods: Sequence[str],
+                figures: Path) -> list[tuple[Path, str]]:
+    """Validation accuracy per epoch (one panel per setting) and the collapse metrics per epoch
+    (rows: metrics, columns: settings); mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def curve(records: list[dict], get) -> tuple[list, list]:
+        hists = [r["history"] for r in records]
+        length = min(len(h) for h in hists)
+        ys = []
+        for i in range(length):
+            values = [get(h[i]) for h in hists]
+            values = [v for v in values if v is not None]
+            ys.append(statistics.mean(values) if values else float("nan"))
+        return [hists[0][i]["epoch"] for i in range(length)], ys
+
+    figures.mkdir(parents=True, exist_ok=True)
+    color = {m: f"C{i}" for i, m in enumerate(METHODS)}  # the same colour in every panel
+    out = []
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, s in zip(axes[0], settings):
+        for m in methods:
+            if group(s, m):
+                xs, ys = curve(group(s, m), lambda h: 100 * h["val_accuracy"])
+                ax.plot(xs, ys, label=m, marker=".", color=color[m])
+        ax.set_title(f"{s.replace(':', ' ')} noise")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("noisy CIFAR-10, --config cpu10k:\nclean validation split", fontsize=9)
+    fig.tight_layout()
+    path = figures / "noisy_cifar10_cpu10k_val.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out.append((path, "Validation accuracy per epoch"))
+
+    rows = [("test top-class share", lambda h: h["test_top_share"]),
+            ("val top-class share", lambda h: h["val_top_share"]),
+            ("pseudo-label top share", lambda h: h["metrics"].get("pseudo_labeler/top_share")),
+            ("pseudo-label marginal entropy",
+             lambda h: h["metrics"].get("pseudo_labeler/marginal_entropy")),
+            ("pseudo-label probe accuracy",
+             lambda h: h["metrics"].get("pseudo_labeler/probe_accuracy")),
+            ("aligned pseudo-label top share",
+             lambda h: h["metrics"].get("distribution_alignment/top_share"))]
+    fig, axes = plt.subplots(len(rows), len(settings), figsize=(4.2 * len(settings), 2.3 * len(rows)),
+                             sharex=True, squeeze=False)
+    for j, s in enumerate(settings):
+        axes[0][j].set_title(f"{s.replace(':', ' ')} noise")
+        for i, (name, get) in enumerate(rows):
+            ax = axes[i][j]
+            for m in methods:
+                if group(s, m):
+                    xs, ys = curve(group(s, m), get)
+                    if any(y == y for y in ys):  # not all NaN
+                        ax.plot(xs, ys, label=m, marker=".", color=color[m])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if name.endswith("share"):
+                ax.axhline(0.25, color="gray", lw=0.8, ls="--")
+            ax.grid(alpha=0.3)
+        axes[-1][j].set_xlabel("epoch")
+    handles = {}
+    for row in axes:
+        for ax in row:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(name, handle)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
+    fig.suptitle("collapse metrics per epoch\n(pseudo-label metrics: mean over the epoch's "
+                 "steps; dashed: 0.25)", fontsize=9)
+    fig.tight_layout()
+    path = figures / "noisy_cifar10_cpu10k_collapse.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    out.append((path, "Collapse metrics per epoch"))
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -605,14 +1382,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated kind:rate [uniform:0.4,uniform:0.8,asymmetric:0.4]")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..n-1 [1]")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds 0..n-1 [1; cpu10k: 2, the seeds after 0 for plain and "
+                             "robust_ieg only]")
     parser.add_argument("--device", default=None, help="cpu or cuda [the config's]")
     parser.add_argument("--threads", type=int, default=None, help="torch threads [the config's]")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="override the config's training subset (0: all)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--model", choices=["small_cnn", "resnet29", "wrn28_10", "wrn28_2"])
+    parser.add_argument("--model", choices=["small_cnn", "small_cnn4", "resnet29", "wrn28_10",
+                                            "wrn28_2"])
     parser.add_argument("--width", type=int, default=None, help="SmallCNN width / ResNet29 base_width")
     parser.add_argument("--per-image-policy", choices=["yes", "no"], default=None)
     parser.add_argument("--eg-per-setting", action="store_true",
@@ -632,7 +1412,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="accuracy curves PNG [docs/figures/noisy_cifar10_<config>.png]")
     parser.add_argument("--notes", default=None, help="markdown file appended to the section")
     parser.add_argument("--no-progress", action="store_true")
+    cpu10k = parser.add_argument_group("--config cpu10k (runs stored one by one, see the docstring)")
+    cpu10k.add_argument("--store", default=None,
+                        help="JSON-lines store of finished runs [runs/cifar10_cpu10k.jsonl]")
+    cpu10k.add_argument("--shard", default=None, metavar="I/N",
+                        help="run only part I of N (0-based) of the run list, disjoint and "
+                             "balanced: start N processes with 0/N .. N-1/N")
+    cpu10k.add_argument("--ablations", choices=["none", "safeguards", "table7", "all"],
+                        default="none",
+                        help="also the safeguard ablations of robust_ieg and/or IEG-1..8 with "
+                             "safeguards at uniform 0.8, seed 0 (after the main runs) [none]")
+    cpu10k.add_argument("--figures-dir", default=str(REPO / "docs" / "figures"),
+                        help="where --report-only writes the PNGs [docs/figures]")
+    cpu10k.add_argument("--list-runs", action="store_true",
+                        help="print the run list (priority order, shard, done or not) and exit")
+    cpu10k.add_argument("--dry-run", action="store_true",
+                        help="tiny sizes straight from the archives (100 training, 100 validation, "
+                             "200 test images, batch 32, width 8), 1 epoch of 3 steps; own store "
+                             "and key")
     args = parser.parse_args(argv)
+    args.argv = argv  # None: sys.argv (the command recorded with each run and in the report)
 
     cfg = CONFIGS[args.config]
     overrides = {}
@@ -652,11 +1451,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["device"] = args.device
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.dry_run:
+        if cfg.name != "cpu10k":
+            parser.error("--dry-run: only with --config cpu10k")
+        overrides.update(epochs=1, train_subset=100, val_size=100, batch_size=32, width=8)
     cfg = dataclasses.replace(cfg, **overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    if args.shard is not None and not re.fullmatch(r"\d+/\d+", args.shard) or (
+            args.shard and not 0 <= int(args.shard.split("/")[0]) < int(args.shard.split("/")[1])):
+        parser.error(f"--shard: expected I/N with 0 <= I < N, got {args.shard!r}")
+    if cfg.name == "cpu10k":
+        return main_cpu10k(args, cfg)
+    if args.shard or args.list_runs or args.ablations != "none" or args.store:
+        parser.error("--shard, --list-runs, --ablations, --store: only with --config cpu10k")
+    args.seeds = args.seeds or 1
     settings = args.settings
     args.figure = args.figure or str(REPO / "docs" / "figures" / f"noisy_cifar10_{cfg.name}.png")
     results_path = Path(args.results or f"/tmp/iegkit_noisy_cifar10_{cfg.name}.json")
@@ -715,7 +1526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = fresh
     if args.resume and results_path.exists():
         store = json.loads(results_path.read_text())
-        if store["config"] != fresh["config"]:
+        defaults = {f.name: f.default for f in dataclasses.fields(Config)
+                    if f.default is not dataclasses.MISSING}  # fields added later: same run
+        if any(store["config"].get(k, defaults.get(k)) != v for k, v in fresh["config"].items()):
             print(f"--resume: {results_path} was made with another configuration "
                   f"({store['config']}); remove it or pass --results", file=sys.stderr)
             return 2
