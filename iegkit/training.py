@@ -4,7 +4,8 @@
 weak augmentation of both, ``out = pipeline(...)``, then the user's ``zero_grad``/``backward``/
 ``step``. Everything specific to an application comes in as arguments and callbacks: the lr
 scheduler, the per-epoch evaluation, ``on_step`` (a diagnostics recorder, an EMA of the weights),
-``on_epoch`` (logs), checkpoints. ``train`` builds SmallCNN, SGD and a named recipe
+``on_epoch`` (logs), ``views`` (precomputed view inputs, e.g. a strong view made outside the step),
+checkpoints. ``train`` builds SmallCNN, SGD and a named recipe
 (``recipes.build``, which owns the per-method defaults) and calls ``fit``.
 
 Randomness: ``fit`` draws the data order from ``Generator(seed)``, the augmentations from
@@ -39,6 +40,8 @@ __all__ = ["FitResult", "TrainingData", "accuracy", "default_augmentations", "fi
 Augment = Callable[..., Tensor]
 #: ``on_step(step, dataset_indices, step_output)``, after ``optimizer.step()``.
 StepCallback = Callable[[int, Tensor, StepOutput], None]
+#: ``views(step, dataset_indices) -> {view name: inputs}``, before each step (``Pipeline(views=)``).
+ViewsCallback = Callable[[int, Tensor], Mapping[str, Tensor]]
 #: ``scheduler(optimizer, total_steps) -> LRScheduler``, stepped after every optimizer step.
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 
@@ -129,6 +132,7 @@ def fit(
     evaluate_every_epoch: bool = True,
     on_step: StepCallback | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    views: ViewsCallback | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
@@ -154,6 +158,12 @@ def fit(
       on_step: ``(step, indices, out)`` after each ``optimizer.step()`` (before the scheduler's).
       on_epoch: ``(entry)`` after each epoch's evaluation; it may add keys to the entry, which is
         then appended to the history (and checkpointed).
+      views: ``(step, indices) -> {name: inputs}``, called before each step with the batch's
+        dataset indices; the mapping goes to ``pipeline(..., views=...)`` and replaces those
+        declared views' own functions (e.g. ``{"strong": cache[indices]}``, a strong view
+        precomputed once per epoch or made by DataLoader workers, so the augmentation does not run
+        inside the step). Its tensors must have the shape of the (weak) training batch and be on
+        its device; only names a part declares are accepted (``pipeline.plan.views``).
       checkpoint: a file written (``iegkit.checkpoint``) every ``checkpoint_every`` epochs and after
         the last epoch of this call: model, optimizer, pipeline, global RNG, the loop's generators,
         probe sampler, scheduler, history, and ``state``'s objects. ``resume=True`` restores it
@@ -233,7 +243,8 @@ def fit(
             out = pipeline(weak_augment(data.train_inputs[idx], generator=generators["augment"]),
                            data.train_labels[idx],
                            weak_augment(probe_inputs, generator=generators["augment"]),
-                           probe_labels, step=step)
+                           probe_labels, step=step,
+                           views=views(step, idx) if views is not None else None)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()

@@ -144,3 +144,46 @@ def test_resume_needs_a_checkpoint(data):
     with pytest.raises(ValueError, match="resume"):
         fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
             resume=True, progress=False)
+
+
+def test_views_hook_passes_precomputed_views_to_the_pipeline(data):
+    """``fit(views=...)``: called before each step with (step, dataset indices); its strong view
+    replaces the part's own (never called) and equals computing the same view inside the step."""
+
+    def identity(images, generator=None):
+        return images
+
+    def never(images, generator=None):
+        raise AssertionError("the strong view was computed inside the step")
+
+    cache = data.train_inputs.flip(-1)  # flip(weak) == flip(inputs) with the identity weak view
+    calls = []
+
+    def views(step, idx):
+        calls.append((step, idx.clone()))
+        return {"strong": cache[idx]}
+
+    def run(strong, **kwargs):
+        torch.manual_seed(0)
+        model = SmallCNN(1, 10, width=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        pipeline = recipes.build("robust_ieg", model, optimizer, total_steps=6, strong_augment=strong,
+                                 probe_diagnostics_every=None)
+        seen = []
+        result = fit(pipeline, model, optimizer, data, epochs=2, batch_size=20,
+                     weak_augment=identity, on_step=lambda s, idx, out: seen.append(idx.clone()),
+                     progress=False, **kwargs)
+        return result, seen, model
+
+    hooked, seen, hooked_model = run(never, views=views)
+    assert [s for s, _ in calls] == list(range(6))
+    assert all(torch.equal(a, b) for (_, a), b in zip(calls, seen))
+    inside, _, inside_model = run(flip)
+    assert [h["loss"] for h in hooked.history] == [h["loss"] for h in inside.history]
+    for a, b in zip(hooked_model.parameters(), inside_model.parameters()):
+        assert torch.equal(a, b)
+
+    model, optimizer, pipeline = make("plain")  # no part declares a strong view
+    with pytest.raises(ValueError, match="no part declares a view named 'strong'"):
+        fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+            views=views, progress=False)

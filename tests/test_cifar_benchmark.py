@@ -1,0 +1,161 @@
+"""benchmarks/noisy_cifar10.py --config cpu10k: the split, the run list and shards, the store, and
+a dry run on real images (skipped when the CIFAR-10 archives are absent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from iegkit import recipes, training
+from iegkit.data import NoisyDataset
+from iegkit.models import SmallCNN
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("noisy_cifar10")
+
+
+def test_the_model_is_a_small_bn_cnn_with_its_parameters_at_low_resolution(bench):
+    model = bench.build_model(bench.CONFIGS["cpu10k"])
+    assert 250_000 <= sum(p.numel() for p in model.parameters()) <= 1_000_000
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    cfg = bench.CONFIGS["cpu10k"]
+    assert (cfg.batch_size, cfg.epochs >= 15, cfg.threads, cfg.schedule) == (128, True, 1, "cosine")
+
+
+def test_split_trusted_then_validation_then_training_subset(bench):
+    n = 3000  # 300 per class
+    labels = torch.arange(n) % 10
+    ids = torch.arange(n)[:, None]  # "images" that name their index
+    cfg = dataclasses.replace(bench.CONFIGS["cpu10k"], val_size=500, train_subset=1000)
+    test = (torch.zeros(20, 1), torch.arange(20) % 10)
+    split = bench.prepare_cpu10k_split((ids, labels), test, cfg, seed=0)
+    trusted, val, train = (set(x.flatten().tolist()) for x in
+                           (split.trusted_images, split.val_images, split.train_images))
+    assert (len(trusted), len(val), len(train)) == (100, 500, 1000)
+    assert not (trusted & val or trusted & train or val & train)
+    for images, got, per_class in ((split.trusted_images, split.trusted_labels, 10),
+                                   (split.val_images, split.val_labels, 50),
+                                   (split.train_images, split.train_clean, 100)):
+        assert torch.equal(got, labels[images.flatten()])  # clean labels kept
+        assert torch.bincount(got, minlength=10).tolist() == [per_class] * 10
+    again = bench.prepare_cpu10k_split((ids, labels), test, cfg, seed=0)
+    assert torch.equal(again.val_images, split.val_images)
+    other = bench.prepare_cpu10k_split((ids, labels), test, cfg, seed=1)
+    assert not torch.equal(other.val_images, split.val_images)
+
+
+def test_run_list_priority_label_free_methods_and_shards(bench):
+    settings = list(bench.SETTINGS)
+    runs = bench.cpu10k_runs(settings, list(bench.METHODS), seeds=2)
+    label = "cpu10k"
+    keys = [r.key(label) for r in runs]
+    assert keys[:6] == [f"{s}|{m}|0|cpu10k" for s in ("uniform:0.8", "uniform:0.4", "asymmetric:0.4")
+                        for m in ("plain", "robust_ieg")]
+    assert keys[6] == "uniform:0.8|ieg|0|cpu10k" and "any|robust_eg|0|cpu10k" in keys[6:12]
+    assert len(keys) == len(set(keys))
+    assert [k for k in keys if "|eg|" in k or "robust_eg" in k] == ["any|robust_eg|0|cpu10k",
+                                                                    "any|eg|0|cpu10k"]
+    assert all(r.seed == 0 or r.method in ("plain", "robust_ieg") for r in runs)
+    assert keys[-1] == "asymmetric:0.4|robust_ieg|1|cpu10k"
+    cfg = bench.CONFIGS["cpu10k"]
+    owners = bench.assign_shards(runs, 2, cfg)
+    assert owners == bench.assign_shards(runs, 2, cfg) and set(owners) == {0, 1}
+    loads = [sum(bench.run_cost(r, cfg) for r, o in zip(runs, owners) if o == s) for s in (0, 1)]
+    assert max(loads) < 1.3 * min(loads)
+    extra = bench.cpu10k_runs(settings, ["plain"], seeds=1, ablations="all")
+    assert [r.method for r in extra] == ["plain"] * 3 + [*bench.SAFEGUARD_ABLATIONS,
+                                                         *bench.TABLE7_VARIANTS]
+    assert {r.setting for r in extra[3:]} == {"uniform:0.8"}
+    assert bench.config_label(dataclasses.replace(cfg, epochs=30)) == "cpu10k,epochs=30"
+
+
+def test_store_skips_cut_lines_and_sees_the_other_process(bench, tmp_path):
+    path = tmp_path / "runs.jsonl"
+    a, b = bench.Store(path), bench.Store(path)
+    a.add("x", {"v": 1})
+    with path.open("a") as handle:
+        handle.write('{"key": "cut", "v"')  # a line cut by a kill
+    b.add("y", {"v": 2})
+    b.reload()
+    assert set(b.runs) == {"x", "y"} and set(bench.Store(path).runs) == {"x", "y"}
+    cfg = bench.CONFIGS["cpu10k"]
+    a.add("z", {"cfg": dataclasses.asdict(dataclasses.replace(cfg, epochs=cfg.epochs + 1))})
+    assert not a.done("z", cfg) and not a.done("missing", cfg)  # another configuration's run
+    a.add("z", {"cfg": dataclasses.asdict(cfg)})
+    assert bench.Store(path).done("z", cfg)
+
+
+@pytest.mark.parametrize("method", ["eg", "robust_eg"])
+def test_label_free_methods_do_not_read_the_noisy_labels(method):
+    """Why EG and robust EG run once per seed and appear in every row of the table."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 3, 8, 8, generator=generator) * 2 - 1
+    clean = torch.arange(40) % 10
+
+    def run(labels):
+        torch.manual_seed(0)
+        model = SmallCNN(3, 10, width=4, blocks=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        pipeline = recipes.build(method, model, optimizer, total_steps=4,
+                                 strong_augment=lambda x, generator=None: x.flip(-1))
+        data = NoisyDataset(images, labels, clean, images[:20], clean[:20], images[:10], clean[:10],
+                            10)
+        result = training.fit(pipeline, model, optimizer, data, epochs=2, batch_size=20,
+                              weak_augment=lambda x, generator=None: x, progress=False)
+        return [h["loss"] for h in result.history], list(model.parameters())
+
+    losses, params = run(clean)
+    other_losses, other_params = run((clean + 3) % 10)
+    assert losses == other_losses
+    assert all(torch.equal(p, q) for p, q in zip(params, other_params))
+
+
+def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path, capsys):
+    data = Path(bench.DEFAULT_DATA)
+    if not ((data / "train.tar.gz").is_file() and (data / "test.tar.gz").is_file()):
+        pytest.skip(f"CIFAR-10 JPEG archives not found in {data} (train.tar.gz, test.tar.gz)")
+    store = tmp_path / "runs.jsonl"
+    argv = ["--config", "cpu10k", "--dry-run", "--store", str(store), "--settings", "uniform:0.8",
+            "--methods", "plain,robust_ieg", "--seeds", "1", "--no-progress"]
+    assert bench.main(argv) == 0
+    records = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [r["key"] for r in records] == [
+        f"uniform:0.8|{m}|0|cpu10k,width=8,train_subset=100,epochs=1,batch_size=32,val_size=100,"
+        "dry_run" for m in ("plain", "robust_ieg")]
+    for r in records:
+        assert (r["n_train"], r["n_val"], r["n_test"], r["n_trusted"], r["steps"]) == (
+            100, 100, 200, 100, 3)
+        entry = r["history"][-1]
+        assert {"val_accuracy", "val_top_share", "test_top_share", "loss", "metrics"} <= set(entry)
+        assert "test_accuracy" not in entry  # the test split only in the final result
+        assert 0 <= r["test_accuracy"] <= 1 and r["ms_per_step"] > 0
+    ieg = records[1]
+    assert {"pseudo_labeler/top_share", "pseudo_labeler/marginal_entropy",
+            "pseudo_labeler/probe_accuracy", "distribution_alignment/top_share"} <= set(
+        ieg["history"][-1]["metrics"])
+    assert ieg["precompute_seconds"] > 0 and records[0]["precompute_seconds"] == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+
+    assert bench.main(argv) == 0  # restart: both runs skipped
+    assert len(store.read_text().splitlines()) == 2
+
+    results, figures = tmp_path / "results.md", tmp_path / "figures"
+    assert bench.main([*argv, "--report-only", "--write", str(results),
+                       "--figures-dir", str(figures)]) == 0
+    text = results.read_text()
+    assert f"## {bench.CPU10K_HEADING}" in text and "| robust_ieg |" in text
+    assert "Command: `" in text and "figures/noisy_cifar10_cpu10k_val.png" in text
+    assert (figures / "noisy_cifar10_cpu10k_val.png").stat().st_size > 0
+    assert (figures / "noisy_cifar10_cpu10k_collapse.png").stat().st_size > 0
