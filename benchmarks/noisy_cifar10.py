@@ -957,9 +957,11 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
 
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    steps_run = [0]  # in this session (a resumed run restores the earlier epochs)
     started = time.perf_counter()
 
     def on_step(step: int, idx: Tensor, out) -> None:
+        steps_run[0] += 1
         for name, value in out.metrics.items():
             if value.numel() == 1:
                 sums[name] = sums.get(name, 0.0) + float(value)
@@ -992,6 +994,8 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
                           resume=max_steps is None and checkpoint is not None
                           and checkpoint.exists())
     pipeline.close()
+    if "test_accuracy" not in final:  # the checkpoint already held every epoch
+        evaluate_fn(model)
     precompute = sum(views.seconds) if views is not None else 0.0
     train_seconds = result.seconds - sum(eval_seconds) - precompute
     history = result.history
@@ -1002,7 +1006,10 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         "test_top_share": history[-1]["test_top_share"],
         "max_test_top_share": max(h["test_top_share"] for h in history),
         "history": history, "steps": result.steps, "seconds": result.seconds,
-        "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, result.steps),
+        "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, steps_run[0]),
+        # seconds, train_seconds, eval_seconds, precompute_seconds: this session's (the last, for
+        # a run resumed from its checkpoint), over steps_this_session and evaluated_epochs
+        "steps_this_session": steps_run[0], "evaluated_epochs": len(eval_seconds),
         "eval_seconds": sum(eval_seconds), "precompute_seconds": precompute,
         "precompute_seconds_per_epoch": precompute / len(views.seconds) if views is not None else 0.0,
         "n_train": int(split.train_images.shape[0]), "n_val": int(split.val_images.shape[0]),
@@ -1218,10 +1225,10 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
             "min/run |", "| --- | --- | --- | --- | --- |"]
     for m in methods:
         g = [r for r in records if r["method"] == m]
-        epochs = [len(r["history"]) for r in g]
+        epochs = [r.get("evaluated_epochs", len(r["history"])) for r in g]
         cost.append(f"| {m} | {statistics.mean(r['ms_per_step'] for r in g):.0f} | "
                     f"{statistics.mean(r['precompute_seconds_per_epoch'] for r in g):.1f} | "
-                    f"{statistics.mean(r['eval_seconds'] / e for r, e in zip(g, epochs)):.1f} | "
+                    f"{statistics.mean(r['eval_seconds'] / max(1, e) for r, e in zip(g, epochs)):.1f} | "
                     f"{statistics.mean(r['seconds'] for r in g) / 60:.1f} |")
     done = sum(store.done(run.key(label), cfg) for run in runs)
     any_r = records[0] if records else {}

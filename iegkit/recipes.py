@@ -269,7 +269,7 @@ def robust_ieg(
             strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
         else:
             strong = (plain_strong_augment if plain_strong_augment is not None
-                      else strong_augment if strong_augment is not None else _default_strong(None))
+                      else _default_strong(None))
         parts += _safeguarded_pseudo_labels(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
@@ -364,6 +364,8 @@ def build(
     name = method.lower()
     if name not in method_names():
         raise ValueError(f"method: unknown {method!r}; choose from {method_names()}")
+    if name.startswith("robust_") and name != "robust_eg" and strong_augment is not None:
+        options.setdefault("plain_strong_augment", strong_augment)
     if name in ("eg", "ieg") or name.startswith("ieg-"):
         options.setdefault("rampup_steps", total_steps)
         if strong_augment is not None:

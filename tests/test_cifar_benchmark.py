@@ -159,3 +159,26 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
     assert "Command: `" in text and "figures/noisy_cifar10_cpu10k_val.png" in text
     assert (figures / "noisy_cifar10_cpu10k_val.png").stat().st_size > 0
     assert (figures / "noisy_cifar10_cpu10k_collapse.png").stat().st_size > 0
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_path, monkeypatch):
+    data = Path(bench.DEFAULT_DATA)
+    if not ((data / "train.tar.gz").is_file() and (data / "test.tar.gz").is_file()):
+        pytest.skip(f"CIFAR-10 JPEG archives not found in {data} (train.tar.gz, test.tar.gz)")
+    store = tmp_path / "runs.jsonl"
+    argv = ["--config", "cpu10k", "--dry-run", "--store", str(store), "--settings", "uniform:0.8",
+            "--methods", "plain", "--seeds", "1", "--no-progress"]
+
+    def killed(self, key, record):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bench.Store, "add", killed)
+        with pytest.raises(KeyboardInterrupt):
+            bench.main(argv)
+    checkpoints = list((tmp_path / "runs" / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) == 1 and not store.exists()
+    assert bench.main(argv) == 0  # resumes from the checkpoint: no epoch left, evaluates, stores
+    (record,) = [json.loads(line) for line in store.read_text().splitlines()]
+    assert len(record["history"]) == 1 and record["steps_this_session"] == 0
+    assert 0 <= record["test_accuracy"] <= 1 and not checkpoints[0].exists()
