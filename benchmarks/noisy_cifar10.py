@@ -73,7 +73,7 @@ passed with ``training.fit(views=...)``, so the step measures the method. EG/IEG
 the run (``recipes.build``); robust EG/IEG use their defaults; probe diagnostics every 10 steps. EG
 and robust EG never read the noisy labels (tested), so they run once per seed (setting ``any``)
 and appear in every column. Each (setting, method, seed) run is appended to ``--store``
-(``runs/cifar10_cpu10k.jsonl``, key ``setting|method|seed|config``, with the whole configuration:
+(``benchmarks/results/cifar10_cpu10k.jsonl``, tracked in git, key ``setting|method|seed|config``, with the whole configuration:
 a run of another configuration is never counted) as it finishes and skipped on restart; ``--shard
 i/n`` runs a disjoint, cost-balanced part of the priority-ordered run list (two processes, one
 thread each); ``--ablations`` adds the safeguard ablations and IEG-n with safeguards at uniform
@@ -666,7 +666,8 @@ def report(store: dict, args, settings, methods, device: torch.device) -> str:
 # --------------------------------------------------------------------------- --config cpu10k
 
 CPU10K_HEADING = "Noisy CIFAR-10, --config cpu10k (benchmarks/noisy_cifar10.py)"
-CPU10K_STORE = REPO / "runs" / "cifar10_cpu10k.jsonl"
+# tracked in git, so that the table grows over sessions (a fresh checkout keeps the finished runs)
+CPU10K_STORE = REPO / "benchmarks" / "results" / "cifar10_cpu10k.jsonl"
 #: The setting of a run that never reads the noisy labels (EG, robust EG): one run per seed,
 #: reported in every row (the data split, initialisation and draws do not depend on the setting).
 ANY_SETTING = "any"
@@ -1421,7 +1422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     cpu10k = parser.add_argument_group("--config cpu10k (runs stored one by one, see the docstring)")
     cpu10k.add_argument("--store", default=None,
-                        help="JSON-lines store of finished runs [runs/cifar10_cpu10k.jsonl]")
+                        help="JSON-lines store of finished runs [benchmarks/results/cifar10_cpu10k.jsonl]")
     cpu10k.add_argument("--shard", default=None, metavar="I/N",
                         help="run only part I of N (0-based) of the run list, disjoint and "
                              "balanced: start N processes with 0/N .. N-1/N")

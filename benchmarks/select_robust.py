@@ -4,7 +4,7 @@
 their CLEAN labels, used for nothing else) replaces the test split; the trusted set is the usual 10
 per class. ``--split test`` (the final table, after selection): the whole training split, the test
 split, the chosen defaults. Each (config, noise, seed, epochs, split) run is stored as it finishes
-in runs/select_robust.jsonl and skipped on restart.
+in benchmarks/results/select_robust.jsonl (tracked) and skipped on restart.
 
     .venv/bin/python benchmarks/select_robust.py --threads 1 --write docs/results.md
     .venv/bin/python benchmarks/select_robust.py --split test --seeds 3 \
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--configs", default="", help="semicolon-separated subset of config names")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--store", default="runs/select_robust.jsonl")
+    parser.add_argument("--store", default="benchmarks/results/select_robust.jsonl")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="val: selection on a clean validation split; test: the final table")
     parser.add_argument("--write", default="", help="write the table into this markdown file")
