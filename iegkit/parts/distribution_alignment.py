@@ -98,6 +98,10 @@ class DistributionAlignment(PartBase):
         if set(state) != {"model_marginal"}:
             raise ValueError(f"state: expected key 'model_marginal', got {sorted(state)}")
         marginal = torch.as_tensor(state["model_marginal"], dtype=torch.float64)
+        if marginal.numel() == 0:  # saved before its first step: nothing learned yet
+            if self.num_classes is not None:
+                raise ValueError(f"state: model_marginal is empty, expected ({self.num_classes},)")
+            return
         if self.num_classes is None:
             self._start(marginal.numel())
         if marginal.shape != (self.num_classes,):

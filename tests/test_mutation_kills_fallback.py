@@ -1,0 +1,123 @@
+"""The double-backward fallback of the tangent pass (found by mutation testing, docs/mutation.md).
+
+torch words "this layer has no forward-mode formula" in several ways across layers and versions
+(an autograd.Function without jvp(), an op without a forward AD formula, a functorch transform);
+each wording must switch the look-ahead to the exact double-backward path with one warning, and
+any other error of the model must propagate unchanged, without a warning and without a fallback.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from conftest import make_problem
+from reference import reference_meta_gradients
+from torch import nn
+
+from iegkit.functional import meta_gradients
+
+
+def _is_dual(x: torch.Tensor) -> bool:
+    return fwAD.unpack_dual(x).tangent is not None
+
+
+class RaisesUnderForwardAD(nn.Module):
+    """Identity, except that a forward-mode (dual) input raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        if _is_dual(x):
+            raise self.error
+        return x
+
+
+def _model_with(layer: nn.Module):
+    model, x, y, xp, yp, q = make_problem("mlp")
+    model.net = nn.Sequential(model.net[0], model.net[1], layer, model.net[2], model.net[3])
+    return model, x, y, xp, yp, q
+
+
+WORDINGS = [
+    RuntimeError("Trying to use forward AD with my_op that does not support it"),
+    NotImplementedError("my_op: derivative for forward-mode differentiation is not implemented"),
+    RuntimeError("my_op is not supported in forward mode"),
+    NotImplementedError("You must implement the JVP function for my_op"),
+    RuntimeError("vmap: my_op is not supported by functorch transforms"),
+]
+
+
+@pytest.mark.parametrize("error", WORDINGS, ids=lambda e: str(e)[:24])
+def test_every_wording_of_a_missing_forward_formula_falls_back_exactly(error):
+    model, x, y, xp, yp, q = _model_with(RaisesUnderForwardAD(error))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"layer 'net\.2' \(RaisesUnderForwardAD\)"):
+        got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                             pseudo_targets=q)
+    assert got.used_fallback
+    want_w, want_l = reference_meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125,
+                                              label_init=0.9, pseudo_targets=q)
+    torch.testing.assert_close(got.weight, want_w, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.label, want_l, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+                                   NotImplementedError("my_op has no CPU kernel")],
+                         ids=lambda e: type(e).__name__)
+def test_any_other_error_of_the_model_propagates_without_a_fallback(error):
+    model, x, y, xp, yp, q = _model_with(RaisesUnderForwardAD(error))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "falls back to double backward" warning
+        with pytest.raises(type(error), match=str(error)):
+            meta_gradients(model, opt, x, y, xp, yp)
+
+
+class SquareNoJvp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class RootLevelSquare(nn.Module):
+    """The layer without a jvp() is called in the model's own forward, not in a submodule; with
+    ``unused`` one more parameter is held by the optimizer but never reaches the logits."""
+
+    def __init__(self, unused: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Linear(6, 8)
+        self.second = nn.Linear(8, 4)
+        if unused:
+            self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.second(SquareNoJvp.apply(self.first(x)) * 0.5)
+
+
+def test_a_root_level_layer_is_named_after_the_model_and_unused_parameters_are_fine():
+    _, x, y, xp, yp, q = make_problem("mlp")
+    model = RootLevelSquare(unused=True).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"layer 'RootLevelSquare' \(RootLevelSquare\)"):
+        got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                             pseudo_targets=q)
+    assert got.used_fallback
+    # the unused parameter changes nothing: the reference runs on the same model without it
+    twin = RootLevelSquare(unused=False).double()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    want_w, want_l = reference_meta_gradients(twin, twin_opt, x, y, xp, yp, weight_init=0.125,
+                                              label_init=0.9, pseudo_targets=q)
+    torch.testing.assert_close(got.weight, want_w, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.label, want_l, rtol=1e-12, atol=1e-15)
