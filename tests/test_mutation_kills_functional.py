@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import make_problem
 
-from iegkit.functional import meta_gradients
+from iegkit.functional import meta_gradients, mix_targets
+from iegkit.functional.meta import probe_tangent
 from iegkit.functional.collapse import pseudo_label_accuracy, pseudo_label_concentration
 from iegkit.functional.consistency import kl_consistency
 from iegkit.functional.distribution_alignment import align_distribution, unsharpen
@@ -178,3 +179,31 @@ def test_pseudo_targets_with_a_graph_are_treated_as_constants():
     torch.testing.assert_close(with_graph.weight, constant.weight, rtol=0, atol=0)
     torch.testing.assert_close(with_graph.label, constant.label, rtol=0, atol=0)
     assert math.isfinite(float(with_graph.probe_loss))
+
+
+def test_label_mix_is_exact_in_the_targets_dtype():
+    y = torch.tensor([0, 2, 1])
+    q = torch.softmax(randn(0, 3, 3), -1)
+    lam = 0.9  # not a float32 number: computed in float32 it would be off by ~2e-8
+    want = lam * torch.eye(3, dtype=torch.float64)[y] + (1 - lam) * q
+    torch.testing.assert_close(mix_targets(y, 3, lam, q), want, rtol=1e-15, atol=1e-16)
+    with pytest.raises(ValueError, match="pseudo_targets"):
+        mix_targets(y, 3, lam)
+
+
+def test_probe_tangent_runs_dropout_by_default():
+    """probe_tangent(dropout=True) is the documented default: the probe pass draws dropout masks
+    (so two seeds differ); dropout=False is deterministic."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 4))
+    model = model.double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    xp, yp = randn(1, 5, 6), torch.tensor([0, 1, 2, 3, 0])
+
+    def tangent(seed, **kwargs):
+        torch.manual_seed(seed)
+        tangents, _ = probe_tangent(model, optimizer, xp, yp, **kwargs)
+        return torch.cat([t.reshape(-1) for t in tangents.values()])
+
+    assert not torch.equal(tangent(1), tangent(2))
+    assert torch.equal(tangent(1, dropout=False), tangent(2, dropout=False))

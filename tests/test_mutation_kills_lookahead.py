@@ -5,7 +5,9 @@ finite differences, in float64."""
 
 from __future__ import annotations
 
+
 import copy
+import inspect
 
 import pytest
 import torch
@@ -63,6 +65,9 @@ ADAM_SETTINGS = [
     (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1.0)),
     (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
 ]
+if "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters:  # torch >= 2.6
+    ADAM_SETTINGS.append((torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1,
+                                                 decoupled_weight_decay=True)))
 
 
 @pytest.mark.parametrize("cls,kwargs", ADAM_SETTINGS, ids=str)
@@ -85,3 +90,16 @@ SGD_SETTINGS = [
 @pytest.mark.parametrize("steps_before", [0, 1, 2])
 def test_sgd_first_and_later_steps_match_the_optimizer(kwargs, steps_before):
     _check(torch.optim.SGD, kwargs, steps_before)
+
+
+def test_a_frozen_parameter_does_not_hide_the_rest_of_its_group():
+    model = _Model(_params())
+    model.w.requires_grad_(False)  # first in the group, frozen
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert [name for name, _, _ in trainable_parameters(model, optimizer)] == ["b"]
+    model.w.requires_grad_(True)
+    model.b.requires_grad_(False)
+    assert [name for name, _, _ in trainable_parameters(model, optimizer)] == ["w"]
+    model.w.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        trainable_parameters(model, optimizer)

@@ -87,3 +87,50 @@ def test_restart_list_defaults_are_t_mul_one_and_a_half_and_ten_restarts():
     assert sgdr_restarts(500) == sgdr_restarts(500, 1.5, 10)
     assert len(sgdr_restarts(500)) == 10
     assert sgdr_restarts(500)[:3] == [500.0, 1250.0, 2375.0]
+
+
+def _expected_lr(t, *, peak_lr, first_cycle_steps, t_mul, m_mul):
+    """SGDR eq. 5 with cycle i = the number of restarts S_1, S_2, ... at or before t."""
+    import math
+    restarts = sgdr_restarts(first_cycle_steps, t_mul, 200)
+    i = sum(1 for s in restarts if s <= t)
+    start = 0.0 if i == 0 else restarts[i - 1]
+    length = first_cycle_steps * t_mul**i
+    return peak_lr * m_mul**i * 0.5 * (1.0 + math.cos(math.pi * (t - start) / length))
+
+
+@pytest.mark.parametrize("first,t_mul", [(1, 1.1), (3, 1.25), (7, 1.5), (500, 1.5), (10, 2.0)])
+def test_steps_a_hair_before_and_at_each_restart(first, t_mul):
+    """Just below a restart the closed-form cycle estimate can round up by one; the step still
+    belongs to the ending cycle (lr near 0), and at the restart to the new one (lr = its peak)."""
+    import math
+    settings = dict(peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul, m_mul=0.5)
+    for s in sgdr_restarts(first, t_mul, 12):
+        for t in (math.nextafter(s, 0.0), s):
+            assert sgdr(t, **settings) == pytest.approx(_expected_lr(t, **settings), rel=1e-9,
+                                                        abs=1e-12), t
+
+
+def _expected_far(t, first, t_mul):
+    import math
+    restarts = sgdr_restarts(first, t_mul, 800)
+    i = sum(1 for s in restarts if s <= t)
+    start, length = restarts[i - 1], first * t_mul**i
+    return 0.1 * 0.9**i * 0.5 * (1.0 + math.cos(math.pi * ((t - start) / length)))
+
+
+def test_a_clock_beyond_float_range_of_the_estimate():
+    """t / first * (t_mul - 1) overflows to inf for t near the float maximum: the cycle is then
+    found from logarithms of the factors (here 2 < t_mul < 3)."""
+    t, first, t_mul = 1.22e308, 1, 2.5
+    assert t / first * (t_mul - 1) == float("inf")
+    assert sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul) == pytest.approx(
+        _expected_far(t, first, t_mul), rel=1e-9, abs=1e-300)
+
+
+def test_a_clock_near_the_float_maximum():
+    """pi * T_cur overflows to inf for T_cur above ~5.7e307 (and math.cos(inf) raises 'math domain
+    error'): the phase is computed as pi * (T_cur / T_i), a fraction in [0, 1)."""
+    t, first, t_mul = 1.5e308, 1, 2.5
+    assert sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul) == pytest.approx(
+        _expected_far(t, first, t_mul), rel=1e-9, abs=1e-300)

@@ -156,7 +156,8 @@ def sgdr(
         return warmup_start_lr + (peak_lr - warmup_start_lr) * (step / warmup_steps)
     i, t_cur, t_i = _locate(step - warmup_steps, first, t_mul)
     peak_i = max(peak_lr * m_mul**i, min_lr)
-    return min_lr + (peak_i - min_lr) * (0.5 * (1.0 + math.cos(math.pi * t_cur / t_i)))
+    # the fraction first: pi * t_cur overflows to inf (and cos(inf) raises) for t_cur near 1.8e308
+    return min_lr + (peak_i - min_lr) * (0.5 * (1.0 + math.cos(math.pi * (t_cur / t_i))))
 
 
 def sgdr_restarts(first_cycle_steps: int, t_mul: float = 1.5, n: int = 10) -> list[float]:
