@@ -5,7 +5,6 @@ finite differences, in float64."""
 
 from __future__ import annotations
 
-
 import copy
 import inspect
 
