@@ -46,6 +46,14 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "robust_ieg ramp 0.5, no teacher": ("robust_ieg", {"rampup_fraction": 0.5,
                                                         "teacher_decay": None}),
     "robust_ieg": ("robust_ieg", {}),  # the defaults chosen from the rows above
+    # The trusted-set gate needs trusted examples the step never sees: 3 of the 10 per class are
+    # held out for it (the control row trains on the same 7 per class without a gate).
+    "robust_ieg, 7 trusted per class": ("robust_ieg", {"holdout_per_class": 3, "gate": False}),
+    "robust_ieg + gate (3/class held out)": ("robust_ieg", {"holdout_per_class": 3}),
+    "robust_ieg, no ramp, 7 trusted per class": ("robust_ieg", {"holdout_per_class": 3, "gate": False,
+                                                            "rampup_fraction": 1e-9}),
+    "robust_ieg, gate instead of ramp (3/class held out)": (
+        "robust_ieg", {"holdout_per_class": 3, "rampup_fraction": 1e-9}),
     "robust_eg": ("robust_eg", {}),
 }
 
@@ -60,6 +68,25 @@ def validation_split(data: NoisyDataset, seed: int, fraction: float = 0.2) -> No
         train_clean_labels=data.train_clean_labels[train_idx],
         test_inputs=data.train_inputs[val_idx], test_labels=data.train_clean_labels[val_idx],
     )
+
+
+def hold_out_trusted(data: NoisyDataset, options: dict, seed: int) -> tuple[NoisyDataset, dict]:
+    """``holdout_per_class`` n: n trusted examples per class leave the probe set; they become
+    robust_ieg's ``trusted_holdout`` (the TrustedGate's fold) unless ``gate`` is False."""
+    options = dict(options)
+    per_class = options.pop("holdout_per_class", None)
+    gate = options.pop("gate", True)
+    if per_class is None:
+        return data, options
+    per_class_total = data.trusted_labels.shape[0] // data.num_classes
+    generator = torch.Generator().manual_seed(20_000 + seed)
+    keep_idx, holdout_idx = stratified_split(data.trusted_labels, per_class / per_class_total,
+                                             data.num_classes, generator)
+    if gate:
+        options["trusted_holdout"] = (data.trusted_inputs[holdout_idx],
+                                      data.trusted_labels[holdout_idx])
+    return dataclasses.replace(data, trusted_inputs=data.trusted_inputs[keep_idx],
+                               trusted_labels=data.trusted_labels[keep_idx]), options
 
 
 @torch.no_grad()
@@ -101,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 if key in store:
                     continue
                 method, options = CONFIGS[name]
-                result = train(method, data, epochs=args.epochs, seed=seed, weak_augment=weak,
+                run_data, options = hold_out_trusted(data, options, seed)
+                result = train(method, run_data, epochs=args.epochs, seed=seed, weak_augment=weak,
                                strong_augment=strong, recipe_options=options, progress=False,
                                evaluate=lambda m, d=data: evaluate(m, d.test_inputs, d.test_labels))
                 history = result.history

@@ -18,6 +18,7 @@ from iegkit.parts import (
     MetaReweighter,
     ProbeMixUp,
     SGDRSchedule,
+    TrustedGate,
 )
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "SGDRSchedule",
     "StepContext",
     "StepOutput",
+    "TrustedGate",
     "WeightEMA",
     "augment",
     "compose",

@@ -22,6 +22,7 @@ from iegkit.parts import (
     MetaReweighter,
     ProbeMixUp,
     SGDRSchedule,
+    TrustedGate,
 )
 
 __all__ = ["RECIPES", "TABLE7", "ablation", "build", "eg", "ieg", "l2r", "method_names", "plain",
@@ -206,15 +207,22 @@ def _robust_rampup_steps(total_steps: int, rampup_fraction: float) -> int:
 def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_decay: float | None,
                                alignment_momentum: float | None,
                                confidence_threshold: float | None,
-                               probe_diagnostics_every: int | None) -> list[Part]:
-    """The pseudo labeler (EMA teacher) and the safeguards that refine or mask its labels."""
-    parts: list[Part] = [ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                                  teacher_decay=teacher_decay,
-                                                  probe_diagnostics_every=probe_diagnostics_every)]
+                               probe_diagnostics_every: int | None,
+                               trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
+                               gate_margin: float, seed: int) -> list[Part]:
+    """The pseudo labeler (EMA teacher) and the safeguards that refine, mask or gate its labels."""
+    labeler = ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
+                                       probe_diagnostics_every=probe_diagnostics_every)
+    parts: list[Part] = [labeler]
     if alignment_momentum is not None:
         parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
     if confidence_threshold is not None:
         parts.append(ConfidenceMask(confidence_threshold))
+    if trusted_holdout is not None:
+        if not (isinstance(trusted_holdout, tuple) and len(trusted_holdout) == 2):
+            raise TypeError("trusted_holdout: expected a tuple (images, labels) of held-out "
+                            "trusted examples")
+        parts.append(TrustedGate(labeler, *trusted_holdout, margin=gate_margin, seed=seed))
     return parts
 
 
@@ -234,6 +242,8 @@ def robust_ieg(
     teacher_decay: float | None = 0.99,
     alignment_momentum: float | None = 0.99,
     confidence_threshold: float | None = None,
+    trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gate_margin: float = 0.1,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     lookahead_lr: float | None = None,
     first_cycle_steps: int | None = None,
@@ -254,7 +264,10 @@ def robust_ieg(
        the paper has none). Derived from the run length, so nothing is set per dataset.
 
     ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations).
-    Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms. The look-ahead
+    Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
+    ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
+    ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
+    (``gate_margin`` above chance opens it fully). The look-ahead
     treats the pseudo labels as constants (the teacher's do not depend on the weights).
     ``components`` selects Table 7's pieces as in ``ieg`` (the ablations with safeguards).
     """
@@ -273,7 +286,8 @@ def robust_ieg(
         parts += _safeguarded_pseudo_labels(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
-            probe_diagnostics_every=probe_diagnostics_every)
+            probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
+            gate_margin=gate_margin, seed=seed)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr))
@@ -301,6 +315,8 @@ def robust_eg(
     teacher_decay: float | None = 0.99,
     alignment_momentum: float | None = 0.99,
     confidence_threshold: float | None = None,
+    trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gate_margin: float = 0.1,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
@@ -308,14 +324,16 @@ def robust_eg(
     probe_diagnostics_every: int | None = 1,
 ) -> Pipeline:
     """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
-    pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run."""
+    pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run;
+    ``confidence_threshold`` and ``trusted_holdout`` as there."""
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
         *_safeguarded_pseudo_labels(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
-            probe_diagnostics_every=probe_diagnostics_every),
+            probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
+            gate_margin=gate_margin, seed=seed),
         ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
         *_schedule(optimizer, first_cycle_steps, t_mul, m_mul),

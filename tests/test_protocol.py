@@ -35,7 +35,15 @@ SETTINGS = {
                                           iegkit.DistributionAlignment(), iegkit.ProbeMixUp()],
     "ConfidenceMask": lambda opt: [labeler(), iegkit.ConfidenceMask(0.2), iegkit.KLConsistency()],
     "WeightEMA": lambda opt: [iegkit.CrossEntropy(), iegkit.WeightEMA(decay=0.9)],
+    "TrustedGate": lambda opt: _gated(),
 }
+
+
+def _gated():
+    _, _, _, holdout_x, holdout_y, _ = make_problem("cnn", batch=12)
+    pseudo_labeler = labeler(teacher_decay=0.9)
+    return [pseudo_labeler, iegkit.TrustedGate(pseudo_labeler, holdout_x, holdout_y, every=1),
+            iegkit.ProbeMixUp(), iegkit.KLConsistency()]
 
 
 def test_every_part_has_a_contract_setting():

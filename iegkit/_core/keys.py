@@ -6,8 +6,8 @@ use their own keys; these are the ones iegkit's parts read and write.
 
 from __future__ import annotations
 
-__all__ = ["LR", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW", "UNLABELED_MASK",
-           "WEIGHTS"]
+__all__ = ["LR", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW", "UNLABELED_GATE",
+           "UNLABELED_MASK", "WEIGHTS"]
 
 #: omega* (B,): per-example weights from the meta-gradient (MetaReweighter).
 WEIGHTS = "weights"
@@ -23,6 +23,8 @@ PSEUDO_LABELER = "fn:pseudo_labels"
 STRONG_VIEW = "view:strong"
 #: (B,) in [0, 1]: which examples the unlabeled terms keep (ConfidenceMask).
 UNLABELED_MASK = "mask:unlabeled"
+#: A 0-dim tensor in [0, 1] that scales the unlabeled terms' weights p and k (TrustedGate).
+UNLABELED_GATE = "gate:unlabeled"
 #: This step's learning rate, set on the optimizer by a schedule part. The meta parts order after
 #: it so that the look-ahead uses the lr the real step will use.
 LR = "lr"

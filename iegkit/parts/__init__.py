@@ -9,6 +9,7 @@ from iegkit.parts.meta_relabeler import MetaRelabeler
 from iegkit.parts.meta_reweighter import MetaReweighter
 from iegkit.parts.probe_mixup import ProbeMixUp
 from iegkit.parts.sgdr_schedule import SGDRSchedule
+from iegkit.parts.trusted_gate import TrustedGate
 
 __all__ = [
     "ConfidenceMask",
@@ -20,4 +21,5 @@ __all__ = [
     "MetaReweighter",
     "ProbeMixUp",
     "SGDRSchedule",
+    "TrustedGate",
 ]

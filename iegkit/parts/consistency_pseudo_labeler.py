@@ -112,15 +112,20 @@ class ConsistencyPseudoLabeler(PartBase):
         return self.pseudo_labels(self.teacher.forward(weak), self.teacher.forward(strong))
 
     @torch.no_grad()
-    def _probe_accuracy(self, ctx: StepContext) -> Tensor:
-        probe = ctx.view("probe")
-        strong = self._check_strong(self.strong_augment(probe, generator=self._probe_generator),
-                                    probe)
+    def label_images(self, model: torch.nn.Module, images: Tensor,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """Pseudo labels (N, C) of any images, made as the step makes them (the images as the weak
+        view, ``strong_augment(images, generator=generator)`` as the strong one; the teacher if
+        there is one), without gradients and without touching BatchNorm running statistics: for
+        diagnostics and TrustedGate."""
+        strong = self._check_strong(self.strong_augment(images, generator=generator), images)
         if self.teacher is not None:
-            pseudo = self._teacher_labels(probe, strong)
-        else:
-            pseudo = self.pseudo_labels(_batch_stats_forward(ctx.model, probe),
-                                        _batch_stats_forward(ctx.model, strong))
+            return self._teacher_labels(images, strong)
+        return self.pseudo_labels(_batch_stats_forward(model, images),
+                                  _batch_stats_forward(model, strong))
+
+    def _probe_accuracy(self, ctx: StepContext) -> Tensor:
+        pseudo = self.label_images(ctx.model, ctx.view("probe"), self._probe_generator)
         return pseudo_label_accuracy(pseudo, ctx.probe_targets)
 
     def contribute(self, ctx: StepContext) -> Contribution:

@@ -55,11 +55,12 @@ class ProbeMixUp(PartBase):
       normalize_logits: the official per-chunk RMS logit normalisation before the cross-entropies.
       threshold: None (official: every example is pseudo-labelled) or T of the paper's split.
       rampup_steps: None (official: p from the first step) or a linear ramp of p from 0 over that
-        many steps (MixMatch's ramp-up), against confirmation bias of early pseudo labels.
+        many steps (MixMatch's ramp-up), against confirmation bias of early pseudo labels. p is
+        also multiplied by ``keys.UNLABELED_GATE`` when a part (TrustedGate) provides it.
     """
 
     needs_probe = True
-    optional_requires = (keys.UNLABELED_MASK,)
+    optional_requires = (keys.UNLABELED_MASK, keys.UNLABELED_GATE)
 
     def __init__(self, unlabeled_weight: float = 5.0, *, coefficient: str = "official",
                  alpha: float = 0.5, normalize_logits: bool = True, threshold: float | None = None,
@@ -108,6 +109,7 @@ class ProbeMixUp(PartBase):
             unlabeled_loss = (unlabeled_rows * torch.cat([mask, mask])).mean()
         else:
             unlabeled_loss = unlabeled_rows.mean()
-        weight = self.unlabeled_weight * linear_rampup(ctx.step, self.rampup_steps)
+        weight = (self.unlabeled_weight * linear_rampup(ctx.step, self.rampup_steps)
+                  * float(ctx.get(keys.UNLABELED_GATE, 1.0)))
         return Contribution(losses={"probe": probe_loss, "unlabeled": weight * unlabeled_loss},
                             metrics={"unlabeled_weight": torch.tensor(weight)})
