@@ -45,7 +45,8 @@ if [ "$mode" != "report" ]; then
             { print; fflush() }'
 fi
 
-# Counts per folder, from mutmut's per-file results (mutants/<path>.meta).
+# Counts per folder, from mutmut's per-file results (mutants/<path>.meta), and the score against
+# the reviewed list of equivalent mutants (scripts/mutation_equivalents.txt: name|class|reason).
 "$PY" - <<'EOF'
 import json
 from collections import Counter
@@ -54,34 +55,48 @@ from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
 folders = ["iegkit/functional", "iegkit/parts"]
-shown = ["killed", "survived", "timeout", "suspicious", "no tests", "segfault", "not checked"]
-survivors = []
+shown = ["killed", "survived", "equivalent", "timeout", "no tests", "suspicious", "segfault",
+         "not checked"]
+equivalent = {}
+for line in Path("scripts/mutation_equivalents.txt").read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+        name, kind, reason = line.split("|", 2)
+        equivalent[name] = kind
+survivors, seen = [], set()
 
 
 def row(label, counts):
     total = sum(counts.values())
     killed = counts["killed"] + counts["timeout"]
-    score = f"{100 * killed / total:.1f}" if total else "-"
-    return f"{label:<48}" + "".join(f"{counts[s]:>9}" for s in shown) + f"{total:>7}{score:>9}"
+    scored = total - counts["equivalent"] - counts["no tests"]
+    score = f"{100 * killed / scored:.1f}" if scored else "-"
+    return f"{label:<46}" + "".join(f"{counts[s]:>9}" for s in shown) + f"{total:>7}{score:>8}"
 
 
 print()
-print(f"{'':<48}" + "".join(f"{s[:8]:>9}" for s in shown) + f"{'total':>7}{'killed%':>9}")
+print(f"{'':<46}" + "".join(f"{s[:8]:>9}" for s in shown) + f"{'total':>7}{'score%':>8}")
 for folder in folders:
     counts = Counter()
     for meta in sorted(Path("mutants", folder).glob("*.py.meta")):
         file_counts = Counter()
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            seen.add(name)
             status = status_by_exit_code[code]
+            if status == "survived" and name in equivalent:
+                status = "equivalent"
             file_counts[status] += 1
-            if status not in ("killed", "timeout", "not checked"):
+            if status not in ("killed", "timeout", "not checked", "equivalent"):
                 survivors.append((status, name))
         if file_counts:
             print(row("  " + str(meta.relative_to("mutants"))[: -len(".meta")], file_counts))
         counts += file_counts
     print(row(folder, counts))
-print("killed% = (killed + timeout) / all mutants, before removing equivalent mutants "
-      "(docs/mutation.md)")
+print("score% = (killed + timeout) / (all - equivalent - no tests); 'no tests': mutants of code that "
+      "only runs under torch.compile (docs/mutation.md)")
+stale = sorted(set(equivalent) - seen)
+if stale and seen:
+    print(f"\n{len(stale)} names in scripts/mutation_equivalents.txt are not mutants of this code "
+          "(the code changed: review them): " + ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
 if survivors:
     print(f"\n{len(survivors)} not killed (inspect one with: .venv/bin/mutmut show NAME):")
     for status, name in sorted(survivors, key=lambda x: x[1]):

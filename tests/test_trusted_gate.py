@@ -199,3 +199,12 @@ def test_robust_ieg_with_a_holdout_composes_the_gate():
     with pytest.raises(TypeError, match="trusted_holdout"):
         iegkit.recipes.robust_ieg(model, opt, total_steps=10, trusted_holdout=[xp, yp])
     pipeline.close()
+
+
+def test_an_unbound_labeler_with_a_teacher_refuses_to_label():
+    """Before bind() there is no teacher: labelling with the student instead would be silent."""
+    model, x, *_ = make_problem("cnn", batch=4)
+    labeler = iegkit.ConsistencyPseudoLabeler(lambda images, generator=None: images,
+                                              teacher_decay=0.9)
+    with pytest.raises(RuntimeError, match=r"bind\(model, optimizer\) first"):
+        labeler.label_images(model, x)

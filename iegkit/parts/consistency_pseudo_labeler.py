@@ -119,7 +119,7 @@ class ConsistencyPseudoLabeler(PartBase):
         there is one), without gradients and without touching BatchNorm running statistics: for
         diagnostics and TrustedGate."""
         strong = self._check_strong(self.strong_augment(images, generator=generator), images)
-        if self.teacher is not None:
+        if self.teacher_decay is not None:  # an unbound labeler must not label with the student
             return self._teacher_labels(images, strong)
         return self.pseudo_labels(_batch_stats_forward(model, images),
                                   _batch_stats_forward(model, strong))
@@ -130,7 +130,7 @@ class ConsistencyPseudoLabeler(PartBase):
 
     def contribute(self, ctx: StepContext) -> Contribution:
         weak, strong = ctx.logits("input"), ctx.logits("strong")
-        if self.teacher is not None:
+        if self.teacher_decay is not None:
             pseudo = self._teacher_labels(ctx.inputs, ctx.view("strong"))
         else:
             pseudo = self.pseudo_labels(weak.detach(), strong.detach())
