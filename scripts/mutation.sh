@@ -11,7 +11,8 @@
 # iegkit/parts/*; mutmut copies the project into ./mutants/ (git-ignored), records which default
 # tests (`pytest -x -q`; the project's addopts exclude slow tests) cover each function, and runs
 # only those for each mutant. It runs under `nice -n 19`, one worker and one thread per process,
-# so it can share the machine with benchmarks (about 1-2 h on 2 cores; MUTMUT_CHILDREN=n for more).
+# so it can share the machine with benchmarks (about 1-2 h on 2 free cores; MUTMUT_CHILDREN=n for
+# more workers, MUTMUT_NICE=0 when it should not yield to other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +39,7 @@ if [ "$mode" != "report" ]; then
     echo "mutmut $("$PY" -c 'import importlib.metadata as m; print(m.version("mutmut"))'), $(date -u +%Y-%m-%dT%H:%MZ), $(getconf _NPROCESSORS_ONLN) cores"
     # mutmut's own exit status is 0 even with survivors; a failing clean run exits non-zero.
     # The progress spinner is thinned to one line per 25 mutants.
-    nice -n 19 .venv/bin/mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" 2>&1 \
+    nice -n "${MUTMUT_NICE:-19}" .venv/bin/mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" 2>&1 \
         | stdbuf -oL tr '\r' '\n' | awk '
             /^[^ ]+ [0-9]+\/[0-9]+ / { split($2, a, "/"); if (a[1] % 25 == 0 && a[1] != last) { print; fflush(); last = a[1] }; next }
             /^[^ ]+ (Generating|Running|Listing|Filtering)/ { next }
