@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -208,3 +209,87 @@ def test_an_unbound_labeler_with_a_teacher_refuses_to_label():
                                               teacher_decay=0.9)
     with pytest.raises(RuntimeError, match=r"bind\(model, optimizer\) first"):
         labeler.label_images(model, x)
+
+
+def _exactly(message):
+    return "^" + re.escape(message) + "$"
+
+
+@pytest.mark.parametrize("args,error,message", [
+    ((object(), torch.zeros(4, 3), torch.zeros(4).long()), TypeError,
+     "pseudo_labeler: expected a ConsistencyPseudoLabeler (an object with "
+     "label_images(model, images, generator))"),
+    ((FixedLabeler([]), torch.zeros(0, 3), torch.zeros(0).long()), ValueError,
+     "holdout_inputs: expected a non-empty tensor (N, ...)"),
+    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(3).long()), ValueError,
+     "holdout_labels: expected integer class indices of shape (4,), got torch.Size([3])"),
+    ((FixedLabeler([]), torch.zeros(4, 3), [0, 1, 2, 3]), ValueError,
+     "holdout_labels: expected integer class indices of shape (4,), got <class 'list'>"),
+])
+def test_errors_name_the_argument_exactly(args, error, message):
+    with pytest.raises(error, match=_exactly(message)):
+        iegkit.TrustedGate(*args)
+
+
+def test_margin_and_momentum_bounds():
+    assert trusted_gate(1.0, 4, 0.75) == 1.0  # margin 1 - 1/C is allowed
+    labels = torch.zeros(4).long()
+    with pytest.raises(ValueError, match="margin"):
+        iegkit.TrustedGate(FixedLabeler([]), torch.zeros(4, 3), labels, margin=1.0)
+    assert iegkit.TrustedGate(FixedLabeler([]), torch.zeros(4, 3), labels, momentum=0.0).momentum == 0.0
+
+
+def test_defaults_measure_every_ten_steps_with_a_generator_seeded_zero():
+    holdout_y = torch.arange(8) % 4
+    labeler = FixedLabeler([holdout_y] * 3)
+    pipeline, gate, _, batch = _compose(labeler, holdout_y)
+    assert gate.num_classes is None and gate.accuracy is None
+    assert torch.equal(gate._generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    for step in range(12):
+        out = pipeline(*batch, step=step)
+        assert ("trusted_gate/holdout_accuracy" in out.metrics) == (step % 10 == 0)
+        assert float(out.metrics["trusted_gate/gate"]) == 1.0
+    assert labeler.calls == [8, 8]
+
+
+def test_gate_is_closed_until_the_first_measurement_of_a_resumed_run():
+    """A state saved before any measurement (accuracy None) keeps the gate closed on a step that
+    does not measure."""
+    holdout_y = torch.arange(8) % 4
+    pipeline, gate, log, batch = _compose(FixedLabeler([]), holdout_y, every=5)
+    gate.load_state_dict({"accuracy": None, "num_classes": None})
+    assert gate.accuracy is None and gate.num_classes is None
+    pipeline(*batch, step=1)
+    assert log == [0.0]
+    gate.load_state_dict({"accuracy": 0.9, "num_classes": None})
+    pipeline(*batch, step=2)
+    assert log == [0.0, 0.0]
+
+
+def test_a_label_equal_to_the_number_of_classes_is_refused():
+    pipeline, _, _, batch = _compose(FixedLabeler([torch.zeros(4).long()]), torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"holdout_labels: expected values in \[0, 3\]"):
+        pipeline(*batch, step=0)
+
+
+def test_the_real_labeler_labels_the_holdout_with_the_model_and_the_gates_generator():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def noise(images, generator=None):
+        return images + torch.randn(images.shape, generator=generator, dtype=images.dtype)
+
+    labeler = iegkit.ConsistencyPseudoLabeler(noise)
+    holdout_x, holdout_y = x.float(), y  # float32 fold for a float64 model: cast by the gate
+    gate = iegkit.TrustedGate(labeler, holdout_x, holdout_y, seed=3)
+    pipeline = iegkit.compose(labeler, gate, iegkit.KLConsistency(), model=model, optimizer=opt)
+    twin = copy.deepcopy(model)
+    out = pipeline(x, y, xp, yp, step=0)
+    want = labeler.label_images(twin, x, torch.Generator().manual_seed(3)).argmax(-1)
+    assert float(out.metrics["trusted_gate/holdout_accuracy"]) == pytest.approx(
+        float((want == y).double().mean()), rel=1e-6)
+
+
+def test_the_default_margin_is_a_tenth():
+    assert trusted_gate(0.35, 4) == pytest.approx(1.0)  # 0.25 + 0.1 opens it fully
+    assert trusted_gate(0.30, 4) == pytest.approx(0.5)
