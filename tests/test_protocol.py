@@ -253,3 +253,11 @@ def test_precomputed_views_replace_the_part_view_function():
         pipeline(x, y, xp, yp, step=0, views={"weak": x})
     with pytest.raises(ValueError, match=r"views\['strong'\]: expected a tensor of the inputs' shape"):
         pipeline(x, y, xp, yp, step=0, views={"strong": x[:3]})
+
+
+def test_a_part_without_contribute_cannot_be_built():
+    class Forgetful(PartBase):
+        name = "forgetful"
+
+    with pytest.raises(TypeError, match="contribute"):
+        Forgetful()

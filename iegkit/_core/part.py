@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -87,10 +88,11 @@ class Part(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-class PartBase:
+class PartBase(abc.ABC):
     """The defaults of the protocol: no keys, no views, nothing on bind or after a step, no state.
 
-    Subclasses set ``name`` and the key tuples, and implement ``contribute``.
+    Subclasses set ``name`` and the key tuples, and implement ``contribute`` (abstract: a subclass
+    without it cannot be instantiated, so the mistake shows at construction, not at step 1).
     """
 
     name: str = "part"
@@ -106,8 +108,9 @@ class PartBase:
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Nothing to attach by default."""
 
+    @abc.abstractmethod
     def contribute(self, ctx: StepContext) -> Contribution:
-        raise NotImplementedError(f"part '{self.name}': contribute() is not implemented")
+        """This step's losses, values and metrics (the one member every part must define)."""
 
     def after_optimizer_step(self, step: int) -> None:
         """Nothing to update after the optimizer step by default."""
