@@ -114,16 +114,7 @@ def main() -> int:
                 accs.setdefault((n, rate), []).append(100 * accuracy)
                 print(f"IEG-{n} noise {rate} seed {seed}: {100 * accuracy:.1f}% "
                       f"({run.seconds:.0f}s)", flush=True)
-    cols = " | ".join(f"ours {r}" for r in rates)
-    lines = [f"| # | UC | MC | AA | λ | {cols} | paper 0.4 | paper 0.8 |",
-             "|---|---|---|---|---|" + "---|" * (len(rates) + 2)]
-    for n in numbers:
-        marks = " | ".join("✓" if c in TABLE7[n] else "" for c in ("UC", "MC", "AA", "lambda"))
-        ours = " | ".join(
-            f"{statistics.mean(accs[(n, r)]):.1f} ± "
-            f"{statistics.stdev(accs[(n, r)]) if len(accs[(n, r)]) > 1 else 0:.1f}" for r in rates)
-        lines.append(f"| {n} | {marks} | {ours} | {PAPER[n][0]:.2f} | {PAPER[n][1]:.2f} |")
-    table = "\n".join(lines)
+    table = table7(numbers, rates, "ours", lambda n, r: accs.get((n, r), []))
     print(table)
     lambda_lines = []
     if recorders:
@@ -150,6 +141,23 @@ def main() -> int:
     return 0
 
 
+def table7(numbers, rates, label: str, accuracies) -> str:
+    """Table 7's layout: components, mean ± std of ``accuracies(n, rate)`` per rate, the paper."""
+    cols = " | ".join(f"{label} {r}" for r in rates)
+    lines = [f"| # | UC | MC | AA | λ | {cols} | paper 0.4 | paper 0.8 |",
+             "|---|---|---|---|---|" + "---|" * (len(rates) + 2)]
+    for n in numbers:
+        marks = " | ".join("✓" if c in TABLE7[n] else "" for c in ("UC", "MC", "AA", "lambda"))
+        cells = []
+        for rate in rates:
+            accs = accuracies(n, rate)
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cells.append(f"{statistics.mean(accs):.1f} ± {spread:.1f}" if accs else "-")
+        lines.append(f"| {n} | {marks} | {' | '.join(cells)} | {PAPER[n][0]:.2f} | "
+                     f"{PAPER[n][1]:.2f} |")
+    return "\n".join(lines)
+
+
 def main_robust(args) -> int:
     """IEG-1..8 with robust_ieg's safeguards, resumable (no lambda figure)."""
     torch.set_num_threads(args.threads)
@@ -171,21 +179,12 @@ def main_robust(args) -> int:
                                 "seconds": run.seconds})
                 print(f"robust IEG-{n} noise {rate} seed {seed}: "
                       f"{100 * run.final['test_accuracy']:.1f}% ({run.seconds:.0f}s)", flush=True)
-    cols = " | ".join(f"robust {r}" for r in rates)
-    lines = [f"| # | UC | MC | AA | λ | {cols} | paper 0.4 | paper 0.8 |",
-             "|---|---|---|---|---|" + "---|" * (len(rates) + 2)]
-    for n in numbers:
-        marks = " | ".join("✓" if c in TABLE7[n] else "" for c in ("UC", "MC", "AA", "lambda"))
-        cells = []
-        for r in rates:
-            accs = [100 * rec["test_accuracy"] for rec in store.runs.values()
-                    if rec["ablation"] == n and rec["noise"] == r and rec["epochs"] == args.epochs
-                    and rec["seed"] < args.seeds]
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            cells.append(f"{statistics.mean(accs):.1f} ± {spread:.1f}" if accs else "-")
-        lines.append(f"| {n} | {marks} | {' | '.join(cells)} | {PAPER[n][0]:.2f} | "
-                     f"{PAPER[n][1]:.2f} |")
-    table = "\n".join(lines)
+    def accuracies(n: int, rate: float) -> list[float]:
+        return [100 * rec["test_accuracy"] for rec in store.runs.values()
+                if rec["ablation"] == n and rec["noise"] == rate and rec["epochs"] == args.epochs
+                and rec["seed"] < args.seeds]
+
+    table = table7(numbers, rates, "robust", accuracies)
     print(table)
     if args.write:
         body = (f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {now()}; runs stored in "

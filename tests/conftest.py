@@ -66,3 +66,37 @@ def take_real_step(model, optimizer, x, y):
 @pytest.fixture
 def problem():
     return make_problem
+
+
+def stepped_copy(model, optimizer, grads):
+    """The parameters ``optimizer.step()`` would give ``model`` for ``grads``, on a deep copy (the
+    reference the virtual step is checked against; the original is untouched)."""
+    import copy
+
+    shadow = copy.deepcopy(model)
+    # load_state_dict restores every hyper-parameter of every group, so lr alone builds it
+    shadow_opt = type(optimizer)(shadow.parameters(), lr=optimizer.defaults["lr"])
+    shadow_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for p, g in zip(shadow.parameters(), grads):
+        p.grad = g.clone()
+    shadow_opt.step()
+    return [p.detach() for p in shadow.parameters()]
+
+
+class SquareNoJvp(torch.autograd.Function):
+    """x**2 with a backward (itself differentiable) but no jvp(): forward-mode AD cannot pass it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class Square(nn.Module):
+    def forward(self, x):
+        return SquareNoJvp.apply(x)

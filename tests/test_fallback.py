@@ -7,31 +7,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_problem
+from conftest import Square, make_problem
 from reference import reference_meta_gradients
 from torch import nn
 
 import iegkit
 from iegkit.functional import meta_gradients
-
-
-class SquareNoJvp(torch.autograd.Function):
-    """x**2 with a backward (itself differentiable) but no jvp()."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-
-class Square(nn.Module):
-    def forward(self, x):
-        return SquareNoJvp.apply(x)
 
 
 def model_with_custom_layer():

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import make_problem
+from conftest import SquareNoJvp, make_problem
 from reference import reference_meta_gradients
 from torch import nn
 
@@ -76,18 +76,6 @@ def test_any_other_error_of_the_model_propagates_without_a_fallback(error):
         warnings.simplefilter("error")  # no "falls back to double backward" warning
         with pytest.raises(type(error), match=str(error)):
             meta_gradients(model, opt, x, y, xp, yp)
-
-
-class SquareNoJvp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 class RootLevelSquare(nn.Module):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_problem
+from conftest import Square, make_problem
 from torch import nn
 
 from iegkit.errors import NonFiniteLossError, UnsupportedOptimizerError
@@ -197,25 +197,6 @@ def test_a_non_finite_loss_names_which_loss():
 # -- the tangent pass --------------------------------------------------------------------------
 
 
-class _SquareNoJvp(torch.autograd.Function):
-    """x**2 with a backward but no jvp()."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-
-class _Square(nn.Module):
-    def forward(self, x):
-        return _SquareNoJvp.apply(x)
-
-
 def _tangents(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: torch.ones_like(p) for n, p in model.named_parameters()}
 
@@ -235,9 +216,9 @@ def test_the_tangent_pass_runs_the_given_model_without_a_fallback():
 def test_the_fallback_warning_names_the_layer_and_the_fix():
     """A layer without jvp() is named in the warning, which says how to get the fast path."""
     model, x, *_ = make_problem("mlp")
-    model.net = nn.Sequential(model.net[0], model.net[1], _Square(), model.net[3])
+    model.net = nn.Sequential(model.net[0], model.net[1], Square(), model.net[3])
     with pytest.warns(RuntimeWarning, match=(
-            r"^iegkit: layer 'net\.2' \(_Square\) has no forward-mode \(JVP\) formula .*"
+            r"^iegkit: layer 'net\.2' \(Square\) has no forward-mode \(JVP\) formula .*"
             + re.escape("; the meta step falls back to double backward for this model, which is "
                         "exact but slower and uses more memory. Give its autograd.Function a jvp() "
                         "to use the fast path.") + "$")):
