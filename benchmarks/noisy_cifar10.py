@@ -681,6 +681,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "robust_ieg/mask_0.95": ("robust_ieg", {"confidence_threshold": 0.95}),
     **{f"robust_ieg-{n}": ("robust_ieg", {"components": recipes.TABLE7[n]})
        for n in recipes.TABLE7 if n != 5},
+    # candidates for robust_ieg's meta_shrinkage, selected on the validation split (--variants)
+    **{f"robust_ieg/shrink_{b:g}": ("robust_ieg", {"meta_shrinkage": b})
+       for b in (0.0, 0.25, 0.5, 0.75, 1.0)},
 }
 SAFEGUARD_ABLATIONS = ("robust_ieg/no_teacher", "robust_ieg/no_alignment", "robust_ieg/mask_0.95")
 TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
@@ -714,7 +717,7 @@ class Cpu10kRun:
 
 
 def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], seeds: int,
-                ablations: str = "none") -> list[Cpu10kRun]:
+                ablations: str = "none", variants: Sequence[str] = ()) -> list[Cpu10kRun]:
     """Every run, by priority: (uniform 0.8, 0.4, asymmetric 0.4: plain s0, robust_ieg s0), then
     ieg s0 and robust_eg s0, then l2r and eg, then seeds 1.. of plain and robust_ieg; then, with
     ``ablations`` (safeguards | table7 | all), the safeguard ablations and IEG-1..8 with
@@ -744,6 +747,9 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
                  + (TABLE7_VARIANTS if ablations in ("table7", "all") else ()))
         for name in names:
             add(where, name, 0, variant=True)
+    for name in variants:
+        for setting in order:
+            add(setting, name, 0, variant=True)
     return runs
 
 
@@ -1028,7 +1034,11 @@ def main_cpu10k(args, cfg: Config) -> int:
                                      else CPU10K_STORE))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = args.seeds if args.seeds is not None else 2
-    runs = cpu10k_runs(args.settings, methods, seeds, args.ablations)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    runs = cpu10k_runs(args.settings, methods, seeds, args.ablations, variants)
     shard, shards = 0, 1
     if args.shard:
         shard, shards = (int(x) for x in args.shard.split("/"))
@@ -1426,6 +1436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu10k.add_argument("--shard", default=None, metavar="I/N",
                         help="run only part I of N (0-based) of the run list, disjoint and "
                              "balanced: start N processes with 0/N .. N-1/N")
+    cpu10k.add_argument("--variants", default="",
+                        help="comma-separated VARIANTS (e.g. robust_ieg/shrink_0.5), seed 0, at "
+                             "every --settings, after the other runs (selection on the val split)")
     cpu10k.add_argument("--ablations", choices=["none", "safeguards", "table7", "all"],
                         default="none",
                         help="also the safeguard ablations of robust_ieg and/or IEG-1..8 with "

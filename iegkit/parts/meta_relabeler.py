@@ -7,6 +7,7 @@ from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
 from iegkit.functional.relabel import relabel_from_meta_gradient
+from iegkit.functional.shrinkage import shrink_toward_init
 
 __all__ = ["MetaRelabeler"]
 
@@ -29,6 +30,9 @@ class MetaRelabeler(PartBase):
         more JVP per extra view; it needs a pseudo labeler that provides ``keys.PSEUDO_LABELER``
         (not an EMA teacher, whose labels do not depend on the weights). False (default) treats
         them as constants.
+      shrinkage: beta in [0, 1]; the target uses (1 - beta) lambda* + beta lambda0, lambda*
+        shrunk toward label_init (robust IEG; 0, the paper's rule, by default). ``keys.RELABEL``
+        holds the lambda the loss used.
     """
 
     optional_requires = (keys.LR,)
@@ -36,11 +40,14 @@ class MetaRelabeler(PartBase):
 
     def __init__(self, label_init: float = 0.9, *, weight_init: WeightInit | None = None,
                  loss_weight: float = 1.0, through_pseudo_labels: bool = False,
-                 name: str = "meta_relabeler") -> None:
+                 shrinkage: float = 0.0, name: str = "meta_relabeler") -> None:
         if not 0.0 <= label_init <= 1.0:
             raise ValueError(f"label_init: expected a value in [0, 1], got {label_init}")
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage: expected a value in [0, 1], got {shrinkage}")
         self.name = name
         self.label_init = label_init
+        self.shrinkage = shrinkage
         self.weight_init = weight_init
         self.loss_weight = loss_weight
         self.through_pseudo_labels = through_pseudo_labels
@@ -55,12 +62,13 @@ class MetaRelabeler(PartBase):
 
     def contribute(self, ctx: StepContext) -> Contribution:
         meta = ctx.meta()
-        relabel = relabel_from_meta_gradient(meta.label)
+        decision = relabel_from_meta_gradient(meta.label)
+        relabel = shrink_toward_init(decision, self.label_init, self.shrinkage)
         logits = ctx.logits("input")
         target = mix_targets(ctx.targets, logits.shape[-1], relabel, ctx.get(keys.PSEUDO_TARGETS))
         loss = soft_cross_entropy(logits, target.to(logits.dtype)).mean()
         return Contribution(
             values={keys.RELABEL: relabel},
             losses={"loss": self.loss_weight * loss},
-            metrics={"kept_fraction": relabel.float().mean()},
+            metrics={"kept_fraction": decision.float().mean()},  # of lambda*, before shrinkage
         )

@@ -10,6 +10,7 @@ from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
 from iegkit.functional.distributed import world_size
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
 from iegkit.functional.reweight import OFFICIAL_NORMALIZER_EPS, normalize_meta_weights
+from iegkit.functional.shrinkage import shrink_toward_init
 
 __all__ = ["MetaReweighter"]
 
@@ -31,6 +32,9 @@ class MetaReweighter(PartBase):
         one scalar all-reduce, and the loss is scaled by the world size so that DDP's gradient
         average gives one process's step on the concatenated batch) or "per_rank" (the official
         code's per-replica normalisation). The same without DDP.
+      shrinkage: beta in [0, 1]; the loss uses (1 - beta) omega* + beta / B (B: the examples the
+        weights are normalised over), omega* shrunk toward uniform weights (robust IEG; 0, the
+        paper's rule, by default). ``keys.WEIGHTS`` holds the weights the loss used.
     """
 
     optional_requires = (keys.LR,)  # when a schedule sets this step's lr, look ahead with it
@@ -45,6 +49,7 @@ class MetaReweighter(PartBase):
         normalizer_eps: float = OFFICIAL_NORMALIZER_EPS,
         lookahead_lr: float | None = None,
         normalize: str = "global",
+        shrinkage: float = 0.0,
         name: str = "meta_reweighter",
     ) -> None:
         if normalize not in ("global", "per_rank"):
@@ -53,6 +58,8 @@ class MetaReweighter(PartBase):
             raise ValueError(f"weight_init: expected a number, '1/B' or 'auto', got {weight_init!r}")
         if label_mix is not None and not 0.0 <= label_mix <= 1.0:
             raise ValueError(f"label_mix: expected a value in [0, 1], got {label_mix}")
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage: expected a value in [0, 1], got {shrinkage}")
         if normalizer_eps < 0:
             raise ValueError(f"normalizer_eps: expected >= 0, got {normalizer_eps}")
         self.name = name
@@ -62,6 +69,7 @@ class MetaReweighter(PartBase):
         self.normalizer_eps = normalizer_eps
         self.lookahead_lr = lookahead_lr
         self.normalize = normalize
+        self.shrinkage = shrinkage
         self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS,) if label_mix is not None else ()
 
     def setup(self, plan: Plan) -> None:
@@ -72,6 +80,10 @@ class MetaReweighter(PartBase):
         meta = ctx.meta()
         group = ctx.process_group if self.normalize == "global" else None
         weights = normalize_meta_weights(meta.weight, self.normalizer_eps, process_group=group)
+        nonzero = (weights > 0).to(torch.float32).mean()
+        if self.shrinkage:
+            uniform = 1.0 / (weights.shape[0] * world_size(group))
+            weights = shrink_toward_init(weights, uniform, self.shrinkage)
         logits = ctx.logits("input")
         pseudo = ctx.get(keys.PSEUDO_TARGETS) if self.label_mix is not None else None
         target = mix_targets(ctx.targets, logits.shape[-1], self.label_mix, pseudo).to(logits.dtype)
@@ -81,7 +93,7 @@ class MetaReweighter(PartBase):
             losses={"loss": self.loss_weight * loss},
             metrics={
                 "probe_loss": meta.probe_loss,
-                "nonzero_fraction": (weights > 0).to(torch.float32).mean(),
+                "nonzero_fraction": nonzero,  # of omega*, before any shrinkage
                 # 1 when the meta-gradients overflowed (float16) and this step used uniform weights
                 "nonfinite_fallback": torch.tensor(float(not meta.finite)),
             },
