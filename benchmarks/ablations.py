@@ -30,7 +30,7 @@ from results_io import RunStore, command, machine, now, write_section  # noqa: E
 
 from iegkit.augment import strong_augment  # noqa: E402
 from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit.recipes import TABLE7  # noqa: E402
+from iegkit.recipes import ROBUST_META_SHRINKAGE, TABLE7  # noqa: E402
 from iegkit.training import default_augmentations, steps_per_epoch, train  # noqa: E402
 
 #: Paper Table 7 (CIFAR-100, WRN-28-10): test accuracy at noise 0.4 and 0.8.
@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--figure", default="docs/figures/ablation_lambda.png")
     parser.add_argument("--robust", action="store_true",
                         help="robust_ieg(components=...) instead of ieg: the safeguards on")
+    parser.add_argument("--meta-shrinkage", type=float, default=ROBUST_META_SHRINKAGE,
+                        help="with --robust: robust_ieg's meta_shrinkage [its default]")
     parser.add_argument("--store", default="benchmarks/results/ablations_robust.jsonl",
                         help="with --robust: one JSON line per finished run")
     args = parser.parse_args()
@@ -167,14 +169,17 @@ def main_robust(args) -> int:
     for rate in rates:
         for n in numbers:
             for seed in range(args.seeds):
-                key = f"{n}|{rate}|{seed}|{args.epochs}"
+                key = f"{n}|{rate}|{seed}|{args.epochs}" + (
+                    f"|shrink{args.meta_shrinkage:g}" if args.meta_shrinkage else "")
                 if key in store:
                     continue
                 data = make_noisy_digits(rate, 10, seed=seed)
                 run = train("robust_ieg", data, epochs=args.epochs, batch_size=100, seed=seed,
                             progress=False,
-                            recipe_options={**strong_views(), "components": TABLE7[n]})
+                            recipe_options={**strong_views(), "components": TABLE7[n],
+                                            "meta_shrinkage": args.meta_shrinkage})
                 store.add(key, {"ablation": n, "noise": rate, "seed": seed, "epochs": args.epochs,
+                                "meta_shrinkage": args.meta_shrinkage,
                                 "test_accuracy": run.final["test_accuracy"],
                                 "seconds": run.seconds})
                 print(f"robust IEG-{n} noise {rate} seed {seed}: "
@@ -182,7 +187,8 @@ def main_robust(args) -> int:
     def accuracies(n: int, rate: float) -> list[float]:
         return [100 * rec["test_accuracy"] for rec in store.runs.values()
                 if rec["ablation"] == n and rec["noise"] == rate and rec["epochs"] == args.epochs
-                and rec["seed"] < args.seeds]
+                and rec["seed"] < args.seeds
+                and rec.get("meta_shrinkage", 0.0) == args.meta_shrinkage]
 
     table = table7(numbers, rates, "robust", accuracies)
     print(table)
@@ -192,7 +198,8 @@ def main_robust(args) -> int:
                 f"As the section above (digits, uniform noise, 10 trusted per class, "
                 f"{args.epochs} epochs, final-model test accuracy %, mean ± std over {args.seeds} "
                 "seeds), with robust_ieg's safeguards on in every row (EMA teacher 0.99, "
-                "distribution alignment 0.99, p and k ramped over the run): "
+                "distribution alignment 0.99, p and k ramped over the run, meta shrinkage "
+                f"{args.meta_shrinkage:g}): "
                 "`recipes.robust_ieg(components=TABLE7[n])`.\n\n" + table)
         write_section(args.write, "Ablations IEG-1..8 with the safeguards (benchmarks/ablations.py "
                       "--robust)", body)
