@@ -34,7 +34,8 @@ class MetaReweighter(PartBase):
         code's per-replica normalisation). The same without DDP.
       shrinkage: beta in [0, 1]; the loss uses (1 - beta) omega* + beta / B (B: the examples the
         weights are normalised over), omega* shrunk toward uniform weights (robust IEG; 0, the
-        paper's rule, by default). ``keys.WEIGHTS`` holds the weights the loss used.
+        paper's rule, by default). ``keys.WEIGHTS`` holds the weights the loss used. An all-zero
+        omega* then gives beta / B everywhere (the prior), not the paper's empty step.
     """
 
     optional_requires = (keys.LR,)  # when a schedule sets this step's lr, look ahead with it
