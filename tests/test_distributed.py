@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import iegkit
 from iegkit import recipes
 
 WORLD = 2
@@ -38,6 +39,8 @@ def shift_view(inputs, generator=None):  # a deterministic strong view: no draws
 def build(method, model, optimizer):
     if method == "l2r":
         return recipes.l2r(model, optimizer)
+    if method == "l2r_shrunk":  # the shrinkage's uniform weight is 1 / (world size * B)
+        return iegkit.compose(iegkit.MetaReweighter(shrinkage=0.5), model=model, optimizer=optimizer)
     # IEG's meta parts, pseudo labels and KL (Table 7's IEG-6 without AutoAugment). Two things are
     # per process by design, as per replica in the official code, and are left out here: the MixUp
     # pool (mixed within each batch) and the official logit normalisation (one RMS per batch chunk)
@@ -63,7 +66,7 @@ def worker(rank, init_file, out_dir):
     x, y, xp, yp = make_data()
     sl, pl = slice(rank * B, (rank + 1) * B), slice(rank * BP, (rank + 1) * BP)
     results = {}
-    for method in ("l2r", "ieg"):
+    for method in ("l2r", "ieg", "l2r_shrunk"):
         model = torch.nn.parallel.DistributedDataParallel(make_model())
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         pipeline = build(method, model, optimizer)
@@ -91,7 +94,7 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     x, y, xp, yp = make_data()
-    for method in ("l2r", "ieg"):
+    for method in ("l2r", "ieg", "l2r_shrunk"):
         model = make_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         outs = take_steps(method, model, optimizer, build(method, model, optimizer), x, y, xp, yp)
