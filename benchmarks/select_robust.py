@@ -29,21 +29,24 @@ from iegkit.data import NoisyDataset, make_noisy_digits, stratified_split  # noq
 from iegkit.demo import digits_augmentations  # noqa: E402
 from iegkit.training import train  # noqa: E402
 
+#: The rows measured before robust_ieg had meta shrinkage keep the setting they ran with.
+BEFORE_SHRINKAGE = {"meta_shrinkage": 0.0}
 #: name -> (method, recipe options)
 CONFIGS: dict[str, tuple[str, dict]] = {
     "plain": ("plain", {}),
     "ieg (official, no ramp)": ("ieg", {"rampup_steps": None}),
     "ieg (ramp over the run)": ("ieg", {}),
-    "robust_ieg ramp 0.25": ("robust_ieg", {"rampup_fraction": 0.25}),
-    "robust_ieg ramp 0.5": ("robust_ieg", {"rampup_fraction": 0.5}),
-    "robust_ieg ramp 1.0": ("robust_ieg", {"rampup_fraction": 1.0}),
-    "robust_ieg ramp 0.5, teacher 0.999": ("robust_ieg", {"rampup_fraction": 0.5,
+    "robust_ieg ramp 0.25": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 0.25}),
+    "robust_ieg ramp 0.5": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 0.5}),
+    "robust_ieg ramp 1.0": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 1.0}),
+    "robust_ieg ramp 0.5, teacher 0.999": ("robust_ieg", {**BEFORE_SHRINKAGE,
+                                                           "rampup_fraction": 0.5,
                                                            "teacher_decay": 0.999}),
-    "robust_ieg ramp 0.5, mask 0.95": ("robust_ieg", {"rampup_fraction": 0.5,
+    "robust_ieg ramp 0.5, mask 0.95": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 0.5,
                                                        "confidence_threshold": 0.95}),
-    "robust_ieg ramp 0.5, no DA": ("robust_ieg", {"rampup_fraction": 0.5,
+    "robust_ieg ramp 0.5, no DA": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 0.5,
                                                    "alignment_momentum": None}),
-    "robust_ieg ramp 0.5, no teacher": ("robust_ieg", {"rampup_fraction": 0.5,
+    "robust_ieg ramp 0.5, no teacher": ("robust_ieg", {**BEFORE_SHRINKAGE, "rampup_fraction": 0.5,
                                                         "teacher_decay": None}),
     "robust_ieg, meta shrinkage 0": ("robust_ieg", {"meta_shrinkage": 0.0}),
     "robust_ieg, meta shrinkage 0.25": ("robust_ieg", {"meta_shrinkage": 0.25}),
@@ -52,16 +55,23 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "robust_ieg": ("robust_ieg", {}),  # the defaults chosen from the rows above
     # The trusted-set gate needs trusted examples the step never sees: 3 of the 10 per class are
     # held out for it (the control row trains on the same 7 per class without a gate).
-    "robust_ieg, 7 trusted per class": ("robust_ieg", {"holdout_per_class": 3, "gate": False}),
-    "robust_ieg + gate (3/class held out)": ("robust_ieg", {"holdout_per_class": 3}),
-    "robust_ieg, no ramp, 7 trusted per class": ("robust_ieg", {"holdout_per_class": 3, "gate": False,
-                                                            "rampup_fraction": 1e-9}),
+    "robust_ieg, 7 trusted per class": ("robust_ieg", {**BEFORE_SHRINKAGE, "holdout_per_class": 3,
+                                                        "gate": False}),
+    "robust_ieg + gate (3/class held out)": ("robust_ieg", {**BEFORE_SHRINKAGE,
+                                                             "holdout_per_class": 3}),
+    "robust_ieg, no ramp, 7 trusted per class": ("robust_ieg", {
+        **BEFORE_SHRINKAGE, "holdout_per_class": 3, "gate": False, "rampup_fraction": 1e-9}),
     "robust_ieg, gate instead of ramp (3/class held out)": (
-        "robust_ieg", {"holdout_per_class": 3, "rampup_fraction": 1e-9}),
+        "robust_ieg", {**BEFORE_SHRINKAGE, "holdout_per_class": 3, "rampup_fraction": 1e-9}),
     "robust_eg": ("robust_eg", {}),
 }
 
 
+#: How to read the validation table (written under it).
+VAL_NOTES = """The ramp, teacher, mask, alignment, 7-trusted and gate rows were selected before robust_ieg
+had meta shrinkage and keep `meta_shrinkage=0` (their configs pin it, so they reproduce);
+"robust_ieg" is the current default (meta shrinkage 0.75, chosen on CIFAR-10's validation split;
+on digits every shrinkage is within noise)."""
 #: How to read the test-split table (written under it; the numbers are in the table).
 TEST_NOTES = """Digits (1,797 real images), a stratified 30% test split, 10 trusted per class, SmallCNN width 32,
 30 epochs, batch 100, the final model evaluated once; each recipe with its defaults
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         heading = ("Selecting robust_ieg's defaults on digits (validation split)"
                    if args.split == "val" else "Robust IEG on digits (test split)")
-        notes = "" if args.split == "val" else "\n\n" + TEST_NOTES
+        notes = "\n\n" + (VAL_NOTES if args.split == "val" else TEST_NOTES)
         write_section(args.write, heading, provenance() + "\n\n" + table + notes)
     return 0
 
