@@ -100,3 +100,13 @@ class SquareNoJvp(torch.autograd.Function):
 class Square(nn.Module):
     def forward(self, x):
         return SquareNoJvp.apply(x)
+
+
+def ieg_meta_reference(shadow, x, y, xp, yp, pseudo):
+    """The functional meta step at IEG's initial point (omega0 = 1/B, lambda0 = 0.9), on ``shadow``
+    (a copy of the model taken before the pipeline ran) with SGD lr 0.1, momentum 0.9."""
+    from iegkit.functional import meta_gradients
+
+    optimizer = torch.optim.SGD(shadow.parameters(), lr=0.1, momentum=0.9)
+    return meta_gradients(shadow, optimizer, x, y, xp, yp, weight_init=1 / x.shape[0],
+                          label_init=0.9, pseudo_targets=pseudo)

@@ -8,13 +8,13 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_problem
+from conftest import ieg_meta_reference, make_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iegkit
 from iegkit import recipes
-from iegkit.functional import meta_gradients, normalize_meta_weights
+from iegkit.functional import normalize_meta_weights
 from iegkit.functional.relabel import relabel_from_meta_gradient
 from iegkit.functional.shrinkage import shrink_toward_init
 
@@ -88,11 +88,9 @@ def shrunk_pipeline(model, beta):
 def test_parts_use_the_shrunk_decisions_of_the_exact_meta_step(beta):
     model, x, y, xp, yp, _ = make_problem("cnn")
     shadow = copy.deepcopy(model)
-    shadow_opt = torch.optim.SGD(shadow.parameters(), lr=0.1, momentum=0.9)
     out = shrunk_pipeline(model, beta)(x, y, xp, yp, step=0)
     pseudo = out.values["targets:pseudo"]
-    want = meta_gradients(shadow, shadow_opt, x, y, xp, yp, weight_init=1 / x.shape[0],
-                          label_init=0.9, pseudo_targets=pseudo)
+    want = ieg_meta_reference(shadow, x, y, xp, yp, pseudo)
     b = x.shape[0]
     omega = (1 - beta) * normalize_meta_weights(want.weight) + beta / b
     lam = (1 - beta) * relabel_from_meta_gradient(want.label) + beta * 0.9
