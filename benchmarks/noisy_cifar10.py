@@ -693,6 +693,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # candidates for robust_ieg's meta_shrinkage, selected on the validation split (--variants)
     **{f"robust_ieg/shrink_{b:g}": ("robust_ieg", {"meta_shrinkage": b})
        for b in SHRINKAGE_CANDIDATES},
+    # candidate safeguard: pseudo labels as the posterior given the noisy label (--variants)
+    "robust_ieg/posterior": ("robust_ieg", {"label_posterior": True}),
+    "robust_ieg/posterior_shrink_1": ("robust_ieg", {"label_posterior": True,
+                                                     "meta_shrinkage": 1.0}),
 }
 SAFEGUARD_ABLATIONS = ("robust_ieg/no_teacher", "robust_ieg/no_alignment", "robust_ieg/mask_0.95")
 TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
@@ -994,7 +998,8 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         for name, short in (("pseudo_labeler/top_share", "PL top share"),
                             ("pseudo_labeler/marginal_entropy", "PL marginal entropy"),
                             ("pseudo_labeler/probe_accuracy", "PL probe acc"),
-                            ("distribution_alignment/top_share", "DA top share")):
+                            ("distribution_alignment/top_share", "DA top share"),
+                            ("noisy_label_posterior/label_accuracy", "label accuracy est")):
             if name in metrics:
                 parts.append(f"{short} {metrics[name]:.2f}")
         pre = f", strong view {views.seconds[-1]:.1f} s" if views is not None and views.seconds else ""

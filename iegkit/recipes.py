@@ -20,6 +20,7 @@ from iegkit.parts import (
     KLConsistency,
     MetaRelabeler,
     MetaReweighter,
+    NoisyLabelPosterior,
     ProbeMixUp,
     SGDRSchedule,
     TrustedGate,
@@ -212,13 +213,16 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
                                confidence_threshold: float | None,
                                probe_diagnostics_every: int | None,
                                trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
-                               gate_margin: float, seed: int) -> list[Part]:
+                               gate_margin: float, seed: int,
+                               label_posterior: bool = False) -> list[Part]:
     """The pseudo labeler (EMA teacher) and the safeguards that refine, mask or gate its labels."""
     labeler = ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
                                        probe_diagnostics_every=probe_diagnostics_every)
     parts: list[Part] = [labeler]
     if alignment_momentum is not None:
         parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
+    if label_posterior:
+        parts.append(NoisyLabelPosterior(temperature=temperature))
     if confidence_threshold is not None:
         parts.append(ConfidenceMask(confidence_threshold))
     if trusted_holdout is not None:
@@ -248,6 +252,7 @@ def robust_ieg(
     trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
     gate_margin: float = 0.1,
     meta_shrinkage: float = ROBUST_META_SHRINKAGE,
+    label_posterior: bool = False,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     lookahead_lr: float | None = None,
     first_cycle_steps: int | None = None,
@@ -274,6 +279,9 @@ def robust_ieg(
 
     ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations).
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
+    ``label_posterior=True`` adds ``NoisyLabelPosterior`` after the alignment: the pseudo labels
+    become the posterior of the true class given them (prior) and the noisy given label (evidence,
+    a symmetric channel whose accuracy is estimated from the batch).
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
     (``gate_margin`` above chance opens it fully). The look-ahead
@@ -296,7 +304,7 @@ def robust_ieg(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
-            gate_margin=gate_margin, seed=seed)
+            gate_margin=gate_margin, seed=seed, label_posterior=label_posterior)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr, shrinkage=meta_shrinkage))

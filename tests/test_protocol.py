@@ -33,6 +33,8 @@ SETTINGS = {
     "SGDRSchedule": lambda opt: [iegkit.SGDRSchedule(opt, 10), iegkit.MetaReweighter()],
     "DistributionAlignment": lambda opt: [labeler(teacher_decay=0.9),
                                           iegkit.DistributionAlignment(), iegkit.ProbeMixUp()],
+    "NoisyLabelPosterior": lambda opt: [labeler(teacher_decay=0.9), iegkit.DistributionAlignment(),
+                                        iegkit.NoisyLabelPosterior(), iegkit.ProbeMixUp()],
     "ConfidenceMask": lambda opt: [labeler(), iegkit.ConfidenceMask(0.2), iegkit.KLConsistency()],
     "WeightEMA": lambda opt: [iegkit.CrossEntropy(), iegkit.WeightEMA(decay=0.9)],
     "TrustedGate": lambda opt: _gated(),

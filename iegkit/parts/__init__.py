@@ -7,6 +7,7 @@ from iegkit.parts.distribution_alignment import DistributionAlignment
 from iegkit.parts.kl_consistency import KLConsistency
 from iegkit.parts.meta_relabeler import MetaRelabeler
 from iegkit.parts.meta_reweighter import MetaReweighter
+from iegkit.parts.noisy_label_posterior import NoisyLabelPosterior
 from iegkit.parts.probe_mixup import ProbeMixUp
 from iegkit.parts.sgdr_schedule import SGDRSchedule
 from iegkit.parts.trusted_gate import TrustedGate
@@ -19,6 +20,7 @@ __all__ = [
     "KLConsistency",
     "MetaRelabeler",
     "MetaReweighter",
+    "NoisyLabelPosterior",
     "ProbeMixUp",
     "SGDRSchedule",
     "TrustedGate",

@@ -1,0 +1,212 @@
+"""NoisyLabelPosterior: pseudo labels as the prior, the noisy given label as the evidence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_problem
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import iegkit
+from iegkit import keys, recipes
+from iegkit.functional.distribution_alignment import unsharpen
+from iegkit.functional.label_posterior import estimate_label_accuracy, noisy_label_posterior
+from iegkit.functional.pseudo_label import sharpen
+
+
+@st.composite
+def labelled_batches(draw):
+    rows, classes = draw(st.integers(1, 12)), draw(st.integers(2, 10))
+    logits = torch.tensor(draw(st.lists(st.floats(-4, 4), min_size=rows * classes,
+                                        max_size=rows * classes)), dtype=torch.float64)
+    probs = torch.softmax(logits.reshape(rows, classes), -1)
+    labels = torch.tensor(draw(st.lists(st.integers(0, classes - 1), min_size=rows,
+                                        max_size=rows)))
+    return probs, labels
+
+
+def bayes_reference(q, labels, r, tau):
+    """Bayes' rule written out row by row, then sharpening, as the docstring states it."""
+    rows, classes = q.shape
+    out = torch.empty_like(q)
+    for i in range(rows):
+        likelihood = torch.full((classes,), (1 - r) / (classes - 1), dtype=q.dtype)
+        likelihood[labels[i]] = r
+        post = q[i] * likelihood
+        post = post / post.sum()
+        post = post ** (1 / tau)
+        out[i] = post / post.sum()
+    return out
+
+
+def log_likelihood(q_on_label, r, classes):
+    return torch.log(q_on_label * r + (1 - q_on_label) * (1 - r) / (classes - 1)).sum()
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(labelled_batches(), st.floats(0.0, 0.99), st.sampled_from([0.25, 0.5, 1.0]))
+def test_posterior_is_bayes_rule_then_sharpening(batch, fraction, tau):
+    q, labels = batch
+    classes = q.shape[-1]
+    r = 1 / classes + fraction * (1 - 1 / classes)
+    got = noisy_label_posterior(sharpen(q, tau), labels, r, temperature=tau)
+    torch.testing.assert_close(got, bayes_reference(q, labels, r, tau), rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(got.sum(-1), torch.ones(q.shape[0], dtype=torch.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(labelled_batches(), st.randoms(use_true_random=False))
+def test_posterior_endpoints_and_permutation_equivariance(batch, rnd):
+    g, labels = batch
+    classes = g.shape[-1]
+    # r = 1/C: the label is no evidence; r = 1: the label is the truth
+    torch.testing.assert_close(noisy_label_posterior(g, labels, 1 / classes), g, rtol=1e-9,
+                               atol=1e-12)
+    onehot = torch.nn.functional.one_hot(labels, classes).to(g.dtype)
+    assert torch.equal(noisy_label_posterior(g, labels, 1.0), onehot)
+    perm = torch.tensor(rnd.sample(range(g.shape[0]), g.shape[0]))
+    torch.testing.assert_close(noisy_label_posterior(g[perm], labels[perm], 0.6),
+                               noisy_label_posterior(g, labels, 0.6)[perm])
+
+
+@settings(max_examples=40, deadline=None)
+@given(labelled_batches())
+def test_more_reliable_labels_pull_more_mass_onto_the_label(batch):
+    g, labels = batch
+    classes = g.shape[-1]
+    rows = torch.arange(g.shape[0])
+    masses = [noisy_label_posterior(g, labels, r)[rows, labels]
+              for r in (1 / classes, 0.5 * (1 + 1 / classes), 0.99)]
+    assert bool((masses[0] <= masses[1] + 1e-12).all()) and bool((masses[1] <= masses[2] + 1e-12).all())
+
+
+@settings(max_examples=50, deadline=None)
+@given(labelled_batches())
+def test_label_accuracy_estimate_is_the_likelihood_maximum(batch):
+    probs, labels = batch
+    classes = probs.shape[-1]
+    estimate = estimate_label_accuracy(probs, labels, iterations=2000)
+    assert 1 / classes <= estimate <= 1.0
+    q_on_label = probs[torch.arange(probs.shape[0]), labels].clamp(1e-12, 1 - 1e-12)
+    grid = torch.linspace(1 / classes, 1 - 1e-9, 2001, dtype=torch.float64)
+    best = max(float(log_likelihood(q_on_label, r, classes)) for r in grid)
+    # no r on a fine grid of [1/C, 1) is more likely than the estimate (up to the grid's step)
+    assert float(log_likelihood(q_on_label, torch.tensor(min(estimate, 1 - 1e-9)), classes)) >= best - 1e-3 * probs.shape[0]
+    perm = torch.randperm(probs.shape[0], generator=torch.Generator().manual_seed(0))
+    assert estimate_label_accuracy(probs[perm], labels[perm], iterations=2000) == pytest.approx(estimate, abs=1e-9)
+
+
+@pytest.mark.parametrize("accuracy", [0.28, 0.64, 0.9])
+def test_label_accuracy_is_recovered_from_calibrated_predictions(accuracy):
+    gen = torch.Generator().manual_seed(1)
+    rows, classes = 20000, 10
+    probs = torch.softmax(2.0 * torch.randn(rows, classes, generator=gen, dtype=torch.float64), -1)
+    true = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # calibrated: true ~ probs
+    wrong = (true + torch.randint(1, classes, (rows,), generator=gen)) % classes
+    flip = torch.rand(rows, generator=gen, dtype=torch.float64) > accuracy
+    labels = torch.where(flip, wrong, true)
+    assert estimate_label_accuracy(probs, labels) == pytest.approx(accuracy, abs=0.02)
+
+
+def test_labels_against_the_prediction_are_clipped_to_no_evidence():
+    probs = torch.tensor([[0.98, 0.01, 0.01]] * 6, dtype=torch.float64)
+    labels = torch.tensor([1, 2, 1, 2, 1, 2])
+    assert estimate_label_accuracy(probs, labels) == pytest.approx(1 / 3)
+
+
+def test_bad_arguments_are_named():
+    g = torch.full((4, 3), 1 / 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="labels"):
+        noisy_label_posterior(g, torch.tensor([0, 1, 2, 3]), 0.5)
+    with pytest.raises(ValueError, match="labels"):
+        noisy_label_posterior(g, torch.tensor([0, 1]), 0.5)
+    with pytest.raises(ValueError, match=r"label_accuracy: expected a value in \[1/C, 1\]"):
+        noisy_label_posterior(g, torch.tensor([0, 1, 2, 0]), 0.2)
+    with pytest.raises(ValueError, match="temperature"):
+        noisy_label_posterior(g, torch.tensor([0, 1, 2, 0]), 0.5, temperature=0.0)
+    with pytest.raises(ValueError, match="probs: expected a non-empty"):
+        estimate_label_accuracy(g[:0], torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="iterations"):
+        estimate_label_accuracy(g, torch.tensor([0, 1, 2, 0]), iterations=0)
+    with pytest.raises(ValueError, match="momentum"):
+        iegkit.NoisyLabelPosterior(momentum=1.0)
+
+
+# --- the part in a pipeline ----------------------------------------------------------------------
+
+def noise_augment(images, generator=None):
+    return images + 0.1 * torch.randn(images.shape, generator=generator, dtype=images.dtype)
+
+
+def pipeline_with(model, opt, posterior):
+    return iegkit.compose(
+        iegkit.ConsistencyPseudoLabeler(noise_augment),
+        iegkit.DistributionAlignment(momentum=0.9),
+        posterior,
+        iegkit.MetaReweighter("1/B", label_mix=0.9, loss_weight=0.5),
+        iegkit.MetaRelabeler(0.9, loss_weight=0.5),
+        iegkit.ProbeMixUp(5.0),
+        model=model, optimizer=opt,
+    )
+
+
+def test_part_refines_the_aligned_labels_with_its_running_estimate():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    posterior = iegkit.NoisyLabelPosterior(momentum=0.5)
+    pipeline = pipeline_with(model, opt, posterior)
+    names = [p.name for p in pipeline.parts]
+    assert (names.index("distribution_alignment") < names.index("noisy_label_posterior")
+            < names.index("meta_reweighter"))
+    # the aligned labels, before this part refines them: the same pipeline without it
+    aligned_only = iegkit.compose(iegkit.ConsistencyPseudoLabeler(noise_augment),
+                                  iegkit.DistributionAlignment(momentum=0.9),
+                                  iegkit.ProbeMixUp(5.0), model=model, optimizer=opt)
+    aligned = aligned_only(x, y, xp, yp, step=0).values[keys.PSEUDO_TARGETS]
+    first_estimate = estimate_label_accuracy(unsharpen(aligned, 0.5), y)
+
+    out = pipeline(x, y, xp, yp, step=0)
+    torch.testing.assert_close(out.values[keys.PSEUDO_TARGETS],
+                               noisy_label_posterior(aligned, y, first_estimate))
+    assert float(out.metrics["noisy_label_posterior/label_accuracy"]) == pytest.approx(
+        first_estimate, abs=1e-6)
+    assert posterior.label_accuracy is None  # moves only after the optimizer step
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    assert posterior.label_accuracy == pytest.approx(first_estimate)
+
+    out2 = pipeline(x, y, xp, yp, step=1)
+    second = float(out2.metrics["noisy_label_posterior/batch_label_accuracy"])
+    # the refinement uses the running estimate, not this batch's
+    assert float(out2.metrics["noisy_label_posterior/label_accuracy"]) == pytest.approx(
+        first_estimate, abs=1e-6)
+    opt.zero_grad()
+    out2.loss.backward()
+    opt.step()
+    assert posterior.label_accuracy == pytest.approx(0.5 * first_estimate + 0.5 * second,
+                                                     abs=1e-6)
+
+    fresh = iegkit.NoisyLabelPosterior(momentum=0.5)
+    fresh.load_state_dict(posterior.state_dict())
+    assert fresh.label_accuracy == posterior.label_accuracy
+    with pytest.raises(ValueError, match="label_accuracy"):
+        fresh.load_state_dict({"label_accuracy": 1.5})
+    with pytest.raises(ValueError, match="expected key"):
+        fresh.load_state_dict({})
+
+
+def test_robust_ieg_label_posterior_option_adds_the_part_after_alignment():
+    model, *_ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    without = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
+                                 label_posterior=False)
+    assert "NoisyLabelPosterior" not in [type(p).__name__ for p in without.parts]
+    with_posterior = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
+                                        label_posterior=True)
+    kinds = [type(p).__name__ for p in with_posterior.parts]
+    assert kinds.index("DistributionAlignment") < kinds.index("NoisyLabelPosterior") < kinds.index(
+        "MetaReweighter")
