@@ -53,6 +53,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "robust_ieg, meta shrinkage 0.5": ("robust_ieg", {"meta_shrinkage": 0.5}),
     "robust_ieg, meta shrinkage 0.75": ("robust_ieg", {"meta_shrinkage": 0.75}),
     "robust_ieg + label posterior": ("robust_ieg", {"label_posterior": True}),
+    "robust_ieg, p 1, k 5": ("robust_ieg", {"unlabeled_weight": 1.0, "consistency_weight": 5.0}),
     "robust_ieg": ("robust_ieg", {}),  # the defaults chosen from the rows above
     # The trusted-set gate needs trusted examples the step never sees: 3 of the 10 per class are
     # held out for it (the control row trains on the same 7 per class without a gate).
