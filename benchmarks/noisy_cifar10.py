@@ -1265,13 +1265,15 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
         shrink_lines = ["Selection of robust_ieg's defaults (seed 0; chosen on the validation "
                         "accuracy, the test accuracy shown for the record):",
                         "", "| robust_ieg options | " + " | ".join(
-                            f"{st.replace(':', ' ')} val % / test %" for st in settings) + " |",
+                            f"{st.replace(':', ' ')} val % / test % (max val top-class share)"
+                            for st in settings) + " |",
                         "|" + " --- |" * (len(settings) + 1)]
         for variant, method in candidates:
             cells = []
             for st in settings:
                 g = [r for r in group(st, method) if r["seed"] == 0]
                 cells.append(f"{100 * g[0]['val_accuracy']:.1f} / {100 * g[0]['test_accuracy']:.1f}"
+                             f" ({max(h['val_top_share'] for h in g[0]['history']):.2f})"
                              if g else "-")
             options = ", ".join(f"{k}={x:g}" if isinstance(x, float) else f"{k}={x}"
                                 for k, x in VARIANTS[variant][1].items())
@@ -1279,8 +1281,9 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
             shrink_lines.append(f"| {options}{default} | " + " | ".join(cells) + " |")
         plain = [group(st, "plain") for st in settings]
         shrink_lines.append("| plain | " + " | ".join(
-            f"{100 * g[0]['val_accuracy']:.1f} / {100 * g[0]['test_accuracy']:.1f}" if g else "-"
-            for g in plain) + " |")
+            f"{100 * g[0]['val_accuracy']:.1f} / {100 * g[0]['test_accuracy']:.1f}"
+            f" ({max(h['val_top_share'] for h in g[0]['history']):.2f})" if g else "-"
+            for g in (sorted(g, key=lambda r: r["seed"]) for g in plain)) + " |")
 
     cost = ["| method | ms/step (mean over runs) | strong view s/epoch | evaluation s/epoch | "
             "min/run |", "| --- | --- | --- | --- | --- |"]
