@@ -281,7 +281,7 @@ def robust_ieg(
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
     ``label_posterior=True`` adds ``NoisyLabelPosterior`` after the alignment: the pseudo labels
     become the posterior of the true class given them (prior) and the noisy given label (evidence,
-    a symmetric channel whose accuracy is estimated from the batch).
+    a symmetric channel whose accuracy is a running estimate from the batches).
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
     (``gate_margin`` above chance opens it fully). The look-ahead

@@ -88,7 +88,7 @@ def test_more_reliable_labels_pull_more_mass_onto_the_label(batch):
 def test_label_accuracy_estimate_is_the_likelihood_maximum(batch):
     probs, labels = batch
     classes = probs.shape[-1]
-    estimate = estimate_label_accuracy(probs, labels, iterations=2000)
+    estimate = estimate_label_accuracy(probs, labels)
     assert 1 / classes <= estimate <= 1.0
     q_on_label = probs[torch.arange(probs.shape[0]), labels].clamp(1e-12, 1 - 1e-12)
     grid = torch.linspace(1 / classes, 1 - 1e-9, 2001, dtype=torch.float64)
@@ -96,7 +96,7 @@ def test_label_accuracy_estimate_is_the_likelihood_maximum(batch):
     # no r on a fine grid of [1/C, 1) is more likely than the estimate (up to the grid's step)
     assert float(log_likelihood(q_on_label, torch.tensor(min(estimate, 1 - 1e-9)), classes)) >= best - 1e-3 * probs.shape[0]
     perm = torch.randperm(probs.shape[0], generator=torch.Generator().manual_seed(0))
-    assert estimate_label_accuracy(probs[perm], labels[perm], iterations=2000) == pytest.approx(estimate, abs=1e-9)
+    assert estimate_label_accuracy(probs[perm], labels[perm]) == pytest.approx(estimate, abs=1e-9)
 
 
 @pytest.mark.parametrize("accuracy", [0.28, 0.64, 0.9])
@@ -115,6 +115,21 @@ def test_labels_against_the_prediction_are_clipped_to_no_evidence():
     probs = torch.tensor([[0.98, 0.01, 0.01]] * 6, dtype=torch.float64)
     labels = torch.tensor([1, 2, 1, 2, 1, 2])
     assert estimate_label_accuracy(probs, labels) == pytest.approx(1 / 3)
+    # a flat prior says nothing about the labels: no evidence either
+    assert estimate_label_accuracy(torch.full((5, 4), 0.25), torch.tensor([0, 1, 2, 3, 0])) == 0.25
+    # labels the prior always backs are certain
+    assert estimate_label_accuracy(torch.eye(3), torch.tensor([0, 1, 2])) == 1.0
+
+
+def test_float32_and_zero_prior_classes():
+    g = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float32)
+    labels = torch.tensor([0, 0])
+    out = noisy_label_posterior(g, labels, 0.9)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.sum(-1), torch.ones(2))
+    assert float(out[0, 0]) < 1e-6  # no evidence revives a class the prior rules out
+    torch.testing.assert_close(out[1], torch.tensor([1.0, 0.0, 0.0]))
+    assert 1 / 3 <= estimate_label_accuracy(g, labels) <= 1.0
 
 
 def test_bad_arguments_are_named():
@@ -129,8 +144,10 @@ def test_bad_arguments_are_named():
         noisy_label_posterior(g, torch.tensor([0, 1, 2, 0]), 0.5, temperature=0.0)
     with pytest.raises(ValueError, match="probs: expected a non-empty"):
         estimate_label_accuracy(g[:0], torch.tensor([], dtype=torch.long))
-    with pytest.raises(ValueError, match="iterations"):
-        estimate_label_accuracy(g, torch.tensor([0, 1, 2, 0]), iterations=0)
+    with pytest.raises(ValueError, match="pseudo: expected a non-empty"):
+        noisy_label_posterior(g[0], torch.tensor([0]), 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        iegkit.NoisyLabelPosterior(temperature=0.0)
     with pytest.raises(ValueError, match="momentum"):
         iegkit.NoisyLabelPosterior(momentum=1.0)
 
@@ -141,10 +158,10 @@ def noise_augment(images, generator=None):
     return images + 0.1 * torch.randn(images.shape, generator=generator, dtype=images.dtype)
 
 
-def pipeline_with(model, opt, posterior):
+def pipeline_with(model, opt, align, posterior):
     return iegkit.compose(
         iegkit.ConsistencyPseudoLabeler(noise_augment),
-        iegkit.DistributionAlignment(momentum=0.9),
+        align,
         posterior,
         iegkit.MetaReweighter("1/B", label_mix=0.9, loss_weight=0.5),
         iegkit.MetaRelabeler(0.9, loss_weight=0.5),
@@ -153,50 +170,59 @@ def pipeline_with(model, opt, posterior):
     )
 
 
-def test_part_refines_the_aligned_labels_with_its_running_estimate():
+class SpyPosterior(iegkit.NoisyLabelPosterior):
+    """Keeps the pseudo labels the part receives (after the alignment), to check what it does."""
+
+    def contribute(self, ctx):
+        self.received = ctx.get(keys.PSEUDO_TARGETS).detach().clone()
+        return super().contribute(ctx)
+
+
+def test_part_starts_neutral_then_refines_with_its_running_estimate():
     model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    posterior = iegkit.NoisyLabelPosterior(momentum=0.5)
-    pipeline = pipeline_with(model, opt, posterior)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    align = iegkit.DistributionAlignment(momentum=0.9)
+    posterior = SpyPosterior(momentum=0.9)
+    pipeline = pipeline_with(model, opt, align, posterior)
     names = [p.name for p in pipeline.parts]
     assert (names.index("distribution_alignment") < names.index("noisy_label_posterior")
             < names.index("meta_reweighter"))
-    # the aligned labels, before this part refines them: the same pipeline without it
-    aligned_only = iegkit.compose(iegkit.ConsistencyPseudoLabeler(noise_augment),
-                                  iegkit.DistributionAlignment(momentum=0.9),
-                                  iegkit.ProbeMixUp(5.0), model=model, optimizer=opt)
-    aligned = aligned_only(x, y, xp, yp, step=0).values[keys.PSEUDO_TARGETS]
-    first_estimate = estimate_label_accuracy(unsharpen(aligned, 0.5), y)
 
     out = pipeline(x, y, xp, yp, step=0)
-    torch.testing.assert_close(out.values[keys.PSEUDO_TARGETS],
-                               noisy_label_posterior(aligned, y, first_estimate))
-    assert float(out.metrics["noisy_label_posterior/label_accuracy"]) == pytest.approx(
-        first_estimate, abs=1e-6)
-    assert posterior.label_accuracy is None  # moves only after the optimizer step
+    aligned = posterior.received
+    # before any optimizer step r = 1/C: the label is no evidence and the labels pass unchanged
+    torch.testing.assert_close(out.values[keys.PSEUDO_TARGETS], aligned)
+    first = estimate_label_accuracy(unsharpen(aligned, 0.5), y)
+    assert float(out.metrics["noisy_label_posterior/batch_label_accuracy"]) == pytest.approx(
+        first, abs=1e-6)
+    assert posterior.label_accuracy is None
     opt.zero_grad()
     out.loss.backward()
     opt.step()
-    assert posterior.label_accuracy == pytest.approx(first_estimate)
+    running = 0.9 / 3 + 0.1 * first
+    assert posterior.label_accuracy == pytest.approx(running)
 
     out2 = pipeline(x, y, xp, yp, step=1)
-    second = float(out2.metrics["noisy_label_posterior/batch_label_accuracy"])
-    # the refinement uses the running estimate, not this batch's
-    assert float(out2.metrics["noisy_label_posterior/label_accuracy"]) == pytest.approx(
-        first_estimate, abs=1e-6)
+    aligned = posterior.received
+    second = estimate_label_accuracy(unsharpen(aligned, 0.5), y)
+    assert abs(second - running) > 1e-3  # so using the batch's estimate would be caught
+    torch.testing.assert_close(out2.values[keys.PSEUDO_TARGETS],
+                               noisy_label_posterior(aligned, y, running))
     opt.zero_grad()
     out2.loss.backward()
     opt.step()
-    assert posterior.label_accuracy == pytest.approx(0.5 * first_estimate + 0.5 * second,
-                                                     abs=1e-6)
+    assert posterior.label_accuracy == pytest.approx(0.9 * running + 0.1 * second)
 
-    fresh = iegkit.NoisyLabelPosterior(momentum=0.5)
+    fresh = iegkit.NoisyLabelPosterior(momentum=0.9)
     fresh.load_state_dict(posterior.state_dict())
     assert fresh.label_accuracy == posterior.label_accuracy
     with pytest.raises(ValueError, match="label_accuracy"):
         fresh.load_state_dict({"label_accuracy": 1.5})
     with pytest.raises(ValueError, match="expected key"):
         fresh.load_state_dict({})
+    # a stored value below 1/C (e.g. from a run with more classes) is used as 1/C, not refused
+    fresh.load_state_dict({"label_accuracy": 0.01})
+    assert fresh._current(3) == pytest.approx(1 / 3)
 
 
 def test_robust_ieg_label_posterior_option_adds_the_part_after_alignment():
@@ -206,7 +232,8 @@ def test_robust_ieg_label_posterior_option_adds_the_part_after_alignment():
                                  label_posterior=False)
     assert "NoisyLabelPosterior" not in [type(p).__name__ for p in without.parts]
     with_posterior = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
-                                        label_posterior=True)
+                                        label_posterior=True, temperature=0.7)
     kinds = [type(p).__name__ for p in with_posterior.parts]
+    assert with_posterior.parts[kinds.index("NoisyLabelPosterior")].temperature == 0.7
     assert kinds.index("DistributionAlignment") < kinds.index("NoisyLabelPosterior") < kinds.index(
         "MetaReweighter")

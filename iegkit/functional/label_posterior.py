@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -9,21 +11,34 @@ from iegkit.functional.losses import check_targets
 
 __all__ = ["estimate_label_accuracy", "noisy_label_posterior"]
 
+#: Halvings of [1/C, 1] in the maximum-likelihood solve: below float64 resolution.
+_BISECTIONS = 60
 
-def _check(probs: Tensor, labels: Tensor) -> int:
-    if probs.dim() != 2 or probs.shape[0] == 0:
-        raise ValueError(f"probs: expected a non-empty (B, C) tensor, got shape {tuple(probs.shape)}")
+
+def _check(name: str, probs: Tensor, labels: Tensor) -> int:
+    if not isinstance(probs, Tensor) or probs.dim() != 2 or probs.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty (B, C) tensor, got shape "
+                         f"{tuple(getattr(probs, 'shape', ()))}")
     num_classes = probs.shape[-1]
     if num_classes < 2:
-        raise ValueError(f"probs: expected C >= 2 classes, got {num_classes}")
+        raise ValueError(f"{name}: expected C >= 2 classes, got {num_classes}")
     check_targets("labels", labels, probs.shape[0], num_classes)
     return num_classes
 
 
-def _check_accuracy(label_accuracy: float, num_classes: int) -> None:
-    if not 1.0 / num_classes <= label_accuracy <= 1.0:
-        raise ValueError(f"label_accuracy: expected a value in [1/C, 1] = [{1.0 / num_classes:.4g}, "
-                         f"1], got {label_accuracy}")
+def posterior_unchecked(pseudo: Tensor, labels: Tensor, label_accuracy: float,
+                        temperature: float) -> Tensor:
+    """``noisy_label_posterior`` without argument checks (no device syncs): for parts whose
+    inputs the pipeline has already validated."""
+    num_classes = pseudo.shape[-1]
+    onehot = torch.nn.functional.one_hot(labels.long(), num_classes).to(pseudo.dtype)
+    other = (1.0 - label_accuracy) / (num_classes - 1)
+    if other <= 0.0:
+        return onehot
+    # log P(y | c) - log P(y | c' != y): 0 off the label, log(r / other) on it
+    boost = math.log(label_accuracy / other) / temperature
+    tiny = torch.finfo(pseudo.dtype).tiny
+    return torch.softmax(torch.log(pseudo.clamp_min(tiny)) + boost * onehot, dim=-1)
 
 
 def noisy_label_posterior(pseudo: Tensor, labels: Tensor, label_accuracy: float, *,
@@ -33,44 +48,55 @@ def noisy_label_posterior(pseudo: Tensor, labels: Tensor, label_accuracy: float,
 
     The pseudo label is the prior on the true class, the given label ``y`` the evidence: Bayes'
     rule under uniform label noise of accuracy r (Natarajan et al. 2013's symmetric channel).
-    Sharpening commutes with the product, so g' = Normalize(g * P(y | .)^(1/tau)) exactly. r = 1/C
-    makes the label carry no evidence (g' = g); r -> 1 returns onehot(y). Rows stay on the simplex,
-    and permuting the batch permutes the result.
+    Sharpening commutes with the product, so g' = Normalize(g * P(y | .)^(1/tau)) exactly: the
+    label's class gains a factor (r (C - 1) / (1 - r))^(1/tau) on g. r = 1/C makes the label carry
+    no evidence (g' = g); r = 1 returns onehot(y). Rows stay on the simplex, and permuting the
+    batch permutes the result.
 
-    Shapes: pseudo (B, C) on the simplex, labels (B,) class indices -> (B, C).
+    Shapes: pseudo (B, C) on the simplex, labels (B,) class indices -> (B, C), dtype of pseudo.
     """
-    num_classes = _check(pseudo, labels)
-    _check_accuracy(label_accuracy, num_classes)
-    if temperature <= 0:
+    num_classes = _check("pseudo", pseudo, labels)
+    if not 1.0 / num_classes <= label_accuracy <= 1.0:
+        raise ValueError(f"label_accuracy: expected a value in [1/C, 1] = [{1.0 / num_classes:.4g}, "
+                         f"1], got {label_accuracy}")
+    if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
-    tiny = torch.finfo(pseudo.dtype).tiny
-    other = (1.0 - label_accuracy) / (num_classes - 1)
-    # log P(y | c) / P(y | c != y): 0 off the label, log(r / other) on it (inf when r = 1).
-    log_ratio = torch.log(torch.tensor(label_accuracy / other if other > 0 else float("inf"),
-                                       dtype=pseudo.dtype, device=pseudo.device))
-    onehot = torch.nn.functional.one_hot(labels.long(), num_classes).to(pseudo.dtype)
-    if other == 0:
-        return onehot
-    return torch.softmax(torch.log(pseudo.clamp_min(tiny)) + onehot * log_ratio / temperature,
-                         dim=-1)
+    return posterior_unchecked(pseudo, labels, float(label_accuracy), temperature)
 
 
-def estimate_label_accuracy(probs: Tensor, labels: Tensor, *, iterations: int = 50) -> float:
-    """r = argmax_r sum_i log(q_i r + (1 - q_i)(1 - r) / (C - 1)), q_i = probs[i, y_i], on [1/C, 1].
+def accuracy_unchecked(probs: Tensor, labels: Tensor) -> float:
+    """``estimate_label_accuracy`` without argument checks (one device-to-host copy)."""
+    num_classes = probs.shape[-1]
+    q = (probs.detach().gather(1, labels.long()[:, None]).squeeze(1)
+         .to(device="cpu", dtype=torch.float64).clamp(0.0, 1.0))
+    rest = (1.0 - q) / (num_classes - 1)
+    slope = q - rest
+
+    def score(r: float) -> float:  # d/dr of the log-likelihood: decreasing in r
+        return float((slope / (rest + r * slope).clamp_min(1e-300)).sum())
+
+    low, high = 1.0 / num_classes, 1.0
+    if score(low) <= 0.0:  # flat (every q_i = 1/C) or falling from the start
+        return low
+    if score(high) >= 0.0:
+        return high
+    for _ in range(_BISECTIONS):
+        middle = 0.5 * (low + high)
+        if score(middle) > 0.0:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
+
+
+def estimate_label_accuracy(probs: Tensor, labels: Tensor) -> float:
+    """r = argmax_{r in [1/C, 1]} sum_i log(q_i r + (1 - q_i)(1 - r) / (C - 1)), q_i = probs[i, y_i].
 
     The maximum-likelihood accuracy of the given labels under the symmetric channel of
     ``noisy_label_posterior``, with ``probs`` as the prior on the true class. The log-likelihood
-    is concave in r; EM (r <- mean_i posterior_i(y_i)) climbs it monotonically from r = 1/2.
-    Values below 1/C (labels that are evidence against their class) are clipped to 1/C: the
-    channel never turns a label against itself. Permutation invariant.
+    is concave in r, so its score is decreasing and bisection finds the maximum to float64
+    resolution. The range stops at 1/C (a label is never evidence against its class). Where every
+    q_i is 1/C the likelihood is flat and the answer is 1/C. Permutation invariant.
     """
-    num_classes = _check(probs, labels)
-    if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"iterations: expected an integer >= 1, got {iterations}")
-    q = probs.detach().to(torch.float64).gather(1, labels.long()[:, None]).squeeze(1).clamp(0.0, 1.0)
-    rest = (1.0 - q) / (num_classes - 1)
-    accuracy = torch.tensor(0.5, dtype=torch.float64, device=q.device)
-    for _ in range(int(iterations)):
-        on_label = q * accuracy
-        accuracy = (on_label / (on_label + rest * (1.0 - accuracy)).clamp_min(1e-300)).mean()
-    return float(accuracy.clamp(1.0 / num_classes, 1.0))
+    _check("probs", probs, labels)
+    return accuracy_unchecked(probs, labels)
