@@ -680,6 +680,8 @@ def selection_method(variant: str) -> str:
     """The stored method name of a robust_ieg candidate: "robust_ieg" when its options are the
     recipe's defaults (the runs of the chosen candidate are stored under the method's name)."""
     recipe, options = VARIANTS[variant]
+    if variant in HISTORICAL_VARIANTS:
+        return variant
     defaults = {name: p.default for name, p in inspect.signature(recipes.robust_ieg).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     if recipe == "robust_ieg" and all(defaults.get(k) == v for k, v in options.items()):
@@ -701,14 +703,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
        for b in SHRINKAGE_CANDIDATES},
     # candidate safeguard: pseudo labels as the posterior given the noisy label (--variants)
     "robust_ieg/posterior": ("robust_ieg", {"label_posterior": True}),
+    # the stored run of NoisyLabelPosterior's first estimator (commit ac36477: 50 EM steps from
+    # 1/2, the first batch set r); re-running it runs the current part
+    "robust_ieg/posterior_v1": ("robust_ieg", {"label_posterior": True}),
     "robust_ieg/posterior_shrink_1": ("robust_ieg", {"label_posterior": True,
                                                      "meta_shrinkage": 1.0}),
     # candidate: weaker unlabeled and consistency terms (p 1, k 5 instead of 5, 20)
     "robust_ieg/p1_k5": ("robust_ieg", {"unlabeled_weight": 1.0, "consistency_weight": 5.0}),
 }
+#: stored runs of earlier code under the same options: never the defaults' runs
+HISTORICAL_VARIANTS = frozenset({"robust_ieg/posterior_v1"})
 #: robust_ieg's candidate defaults, compared on the validation split (the selection table).
 SELECTION_CANDIDATES = (*(f"robust_ieg/shrink_{b:g}" for b in SHRINKAGE_CANDIDATES),
-                        "robust_ieg/posterior", "robust_ieg/posterior_shrink_1",
+                        "robust_ieg/posterior_v1", "robust_ieg/posterior",
+                        "robust_ieg/posterior_shrink_1",
                         "robust_ieg/p1_k5")
 SAFEGUARD_ABLATIONS = ("robust_ieg/no_teacher", "robust_ieg/no_alignment", "robust_ieg/mask_0.95")
 TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
