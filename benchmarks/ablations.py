@@ -18,6 +18,7 @@ benchmarks/results/ablations_robust.jsonl as it finishes and skipped on restart.
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -30,6 +31,7 @@ from results_io import RunStore, command, machine, now, write_section  # noqa: E
 
 from iegkit.augment import strong_augment  # noqa: E402
 from iegkit.data import make_noisy_digits  # noqa: E402
+from iegkit import recipes  # noqa: E402
 from iegkit.recipes import ROBUST_META_SHRINKAGE, TABLE7  # noqa: E402
 from iegkit.training import default_augmentations, steps_per_epoch, train  # noqa: E402
 
@@ -91,6 +93,9 @@ def main() -> int:
                         help="robust_ieg(components=...) instead of ieg: the safeguards on")
     parser.add_argument("--meta-shrinkage", type=float, default=ROBUST_META_SHRINKAGE,
                         help="with --robust: robust_ieg's meta_shrinkage [its default]")
+    parser.add_argument("--label-posterior", choices=("on", "off"),
+                        default="on" if _robust_default("label_posterior") else "off",
+                        help="with --robust: robust_ieg's label_posterior [its default]")
     parser.add_argument("--store", default="benchmarks/results/ablations_robust.jsonl",
                         help="with --robust: one JSON line per finished run")
     args = parser.parse_args()
@@ -160,9 +165,14 @@ def table7(numbers, rates, label: str, accuracies) -> str:
     return "\n".join(lines)
 
 
+def _robust_default(option: str):
+    return inspect.signature(recipes.robust_ieg).parameters[option].default
+
+
 def main_robust(args) -> int:
     """IEG-1..8 with robust_ieg's safeguards, resumable (no lambda figure)."""
     torch.set_num_threads(args.threads)
+    posterior = args.label_posterior == "on"
     rates = [float(r) for r in args.noise.split(",")]
     numbers = [int(n) for n in args.ablations.split(",")]
     store = RunStore(args.store)
@@ -170,16 +180,19 @@ def main_robust(args) -> int:
         for n in numbers:
             for seed in range(args.seeds):
                 key = f"{n}|{rate}|{seed}|{args.epochs}" + (
-                    f"|shrink{args.meta_shrinkage:g}" if args.meta_shrinkage else "")
+                    f"|shrink{args.meta_shrinkage:g}" if args.meta_shrinkage else "") + (
+                    "|posterior" if posterior else "")
                 if key in store:
                     continue
                 data = make_noisy_digits(rate, 10, seed=seed)
                 run = train("robust_ieg", data, epochs=args.epochs, batch_size=100, seed=seed,
                             progress=False,
                             recipe_options={**strong_views(), "components": TABLE7[n],
-                                            "meta_shrinkage": args.meta_shrinkage})
+                                            "meta_shrinkage": args.meta_shrinkage,
+                                            "label_posterior": posterior})
                 store.add(key, {"ablation": n, "noise": rate, "seed": seed, "epochs": args.epochs,
                                 "meta_shrinkage": args.meta_shrinkage,
+                                "label_posterior": posterior,
                                 "test_accuracy": run.final["test_accuracy"],
                                 "seconds": run.seconds})
                 print(f"robust IEG-{n} noise {rate} seed {seed}: "
@@ -188,7 +201,8 @@ def main_robust(args) -> int:
         return [100 * rec["test_accuracy"] for rec in store.runs.values()
                 if rec["ablation"] == n and rec["noise"] == rate and rec["epochs"] == args.epochs
                 and rec["seed"] < args.seeds
-                and rec.get("meta_shrinkage", 0.0) == args.meta_shrinkage]
+                and rec.get("meta_shrinkage", 0.0) == args.meta_shrinkage
+                and rec.get("label_posterior", False) == posterior]
 
     table = table7(numbers, rates, "robust", accuracies)
     print(table)
@@ -199,7 +213,7 @@ def main_robust(args) -> int:
                 f"{args.epochs} epochs, final-model test accuracy %, mean ± std over {args.seeds} "
                 "seeds), with robust_ieg's safeguards on in every row (EMA teacher 0.99, "
                 "distribution alignment 0.99, p and k ramped over the run, meta shrinkage "
-                f"{args.meta_shrinkage:g}): "
+                f"{args.meta_shrinkage:g}, label posterior {args.label_posterior}): "
                 "`recipes.robust_ieg(components=TABLE7[n])`.\n\n" + table)
         write_section(args.write, "Ablations IEG-1..8 with the safeguards (benchmarks/ablations.py "
                       "--robust)", body)
