@@ -252,7 +252,7 @@ def robust_ieg(
     trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
     gate_margin: float = 0.1,
     meta_shrinkage: float = ROBUST_META_SHRINKAGE,
-    label_posterior: bool = False,
+    label_posterior: bool = True,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     lookahead_lr: float | None = None,
     first_cycle_steps: int | None = None,
@@ -263,7 +263,7 @@ def robust_ieg(
     """IEG with safeguards against the collapse of the pseudo labels (docs/method.md, "Robust IEG").
 
     The official objective and parts of ``ieg`` (1/2 (L_lambda* + L_omega*) + L^p + p L^u + k KL,
-    omega0 = 1/B, lambda0 = 0.9, p = 5, k = 20, tau = 0.5), with four differences:
+    omega0 = 1/B, lambda0 = 0.9, p = 5, k = 20, tau = 0.5), with five differences:
 
     1. The pseudo labels come from an EMA teacher (``teacher_decay`` 0.99, mean teacher), not from
        the weights being trained.
@@ -276,12 +276,16 @@ def robust_ieg(
        lambda0. With 100 trusted images the probe set is soon memorised and omega*, lambda* are
        mostly noise; on CIFAR-10 (cpu10k, validation split) 0.75 was the best of 0 / 0.5 / 0.75
        at 40% and 80% noise. beta = 0 is the paper's rule.
+    5. The pseudo labels become the posterior of the true class given them (the prior) and the
+       noisy given label (the evidence) through a symmetric noise channel whose accuracy is a
+       running maximum-likelihood estimate (``NoisyLabelPosterior``, after the alignment;
+       ``label_posterior``). The paper's pseudo labels ignore the given label, which at 40% noise
+       on a small model is more often right than they are; on CIFAR-10 (cpu10k, validation split)
+       this took robust IEG from 2.9 points below plain training to above it at 40% noise.
 
-    ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations).
+    ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations);
+    ``label_posterior=False`` drops difference 5.
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
-    ``label_posterior=True`` adds ``NoisyLabelPosterior`` after the alignment: the pseudo labels
-    become the posterior of the true class given them (prior) and the noisy given label (evidence,
-    a symmetric channel whose accuracy is a running estimate from the batches).
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
     (``gate_margin`` above chance opens it fully). The look-ahead
