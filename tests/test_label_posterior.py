@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import iegkit
 from iegkit import keys, recipes
+from iegkit.functional.collapse import pseudo_label_concentration
 from iegkit.functional.distribution_alignment import unsharpen
 from iegkit.functional.label_posterior import estimate_label_accuracy, noisy_label_posterior
 from iegkit.functional.pseudo_label import sharpen
@@ -237,3 +238,63 @@ def test_robust_ieg_label_posterior_option_adds_the_part_after_alignment():
     assert with_posterior.parts[kinds.index("NoisyLabelPosterior")].temperature == 0.7
     assert kinds.index("DistributionAlignment") < kinds.index("NoisyLabelPosterior") < kinds.index(
         "MetaReweighter")
+
+
+# --- edges found by mutation testing (scripts/mutation.sh) --------------------------------------
+
+def test_label_accuracy_above_one_and_degenerate_shapes_are_refused_with_the_range():
+    g = torch.full((4, 3), 1 / 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"\[1/C, 1\] = \[0\.3333, 1\], got 1\.5"):
+        noisy_label_posterior(g, y, 1.5)
+    with pytest.raises(ValueError, match=r"got shape \(3,\)"):
+        noisy_label_posterior(g[0], y[:1], 0.5)
+    with pytest.raises(ValueError, match=r"pseudo: expected a non-empty \(B, C\) tensor, got shape \(\)"):
+        noisy_label_posterior([[0.5, 0.5]], y[:1], 0.5)  # a list, not a tensor
+    with pytest.raises(ValueError, match="probs: expected C >= 2 classes, got 1"):
+        estimate_label_accuracy(torch.ones(4, 1), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^labels: labels must lie in \[0, 3\)"):
+        estimate_label_accuracy(g, torch.tensor([0, 1, 2, 3]))
+
+
+def test_estimate_is_computed_in_float64_whatever_the_input_dtype():
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.softmax(3 * torch.randn(64, 10, generator=generator), -1)  # float32
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # calibrated
+    flip = torch.rand(64, generator=generator) < 0.5  # then half the labels redrawn: r inside
+    labels = torch.where(flip, torch.randint(0, 10, (64,), generator=generator), labels)
+    assert 0.2 < estimate_label_accuracy(probs.double(), labels) < 0.99
+    # float32 arithmetic in the bisection would move the answer by ~1e-7
+    assert estimate_label_accuracy(probs, labels) == estimate_label_accuracy(probs.double(), labels)
+
+
+def test_part_without_momentum_follows_each_batch_and_ignores_stray_step_calls():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    posterior = SpyPosterior(momentum=0.0, temperature=0.7)
+    pipeline = pipeline_with(model, opt, iegkit.DistributionAlignment(momentum=0.9), posterior)
+    posterior.after_optimizer_step(0)  # no batch seen yet: nothing to fold in
+    assert posterior.label_accuracy is None
+    out = pipeline(x, y, xp, yp, step=0)
+    # the batch estimate unsharpens with the part's own temperature (0.7, not the default 0.5)
+    estimate = estimate_label_accuracy(unsharpen(posterior.received, 0.7), y)
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in out.metrics.items()
+               if k.startswith("noisy_label_posterior/")}
+    refined = out.values[keys.PSEUDO_TARGETS]
+    top, entropy = pseudo_label_concentration(refined)
+    assert metrics == pytest.approx({"label_accuracy": 1 / 3, "batch_label_accuracy": estimate,
+                                     "top_share": float(top), "marginal_entropy": float(entropy)},
+                                    abs=1e-6)
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    assert posterior.label_accuracy == pytest.approx(estimate)  # momentum 0: the batch's estimate
+    posterior.after_optimizer_step(1)  # a second call without a new batch changes nothing
+    assert posterior.label_accuracy == pytest.approx(estimate)
+
+
+def test_state_round_trips_at_the_ends_of_its_range():
+    part = iegkit.NoisyLabelPosterior()
+    for value in (None, 0.0, 1.0):
+        part.load_state_dict({"label_accuracy": value})
+        assert part.state_dict() == {"label_accuracy": value}
