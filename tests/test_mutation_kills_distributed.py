@@ -59,11 +59,11 @@ def test_collectives_average_and_sum_over_ranks(two_identical_ranks):
     torch.testing.assert_close(distributed.all_reduce_sum(value, None), value)
 
 
-def _step(model_wrap, normalize):
+def _step(model_wrap, normalize, shrinkage=0.0):
     model, x, y, xp, yp, _ = make_problem("mlp")
     wrapped = model_wrap(model)
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1, momentum=0.9)
-    parts = [iegkit.MetaReweighter(normalize=normalize, normalizer_eps=0.0)]
+    parts = [iegkit.MetaReweighter(normalize=normalize, normalizer_eps=0.0, shrinkage=shrinkage)]
     pipeline = iegkit.compose(*parts, model=wrapped, optimizer=optimizer)
     out = pipeline(x, y, xp, yp, step=0)
     pipeline.close()
@@ -83,6 +83,15 @@ def test_ddp_look_ahead_and_weight_normalisation(two_identical_ranks):
     # sum_i omega*_i l_i over both batches: here the single-process loss
     torch.testing.assert_close(global_out.losses["meta_reweighter/loss"],
                                single.losses["meta_reweighter/loss"], rtol=1e-12, atol=1e-15)
+
+
+def test_shrinkage_pulls_toward_one_over_the_global_batch(two_identical_ranks):
+    """Globally normalised weights sum to 1 over both ranks, so their uniform point is 1 / (2B):
+    with identical ranks the shrunk weights are the single-process shrunk weights halved."""
+    single = _step(lambda m: m, "global", shrinkage=0.5)
+    ddp = _step(torch.nn.parallel.DistributedDataParallel, "global", shrinkage=0.5)
+    torch.testing.assert_close(ddp.weights, single.weights / 2, rtol=1e-12, atol=1e-15)
+    assert float(ddp.weights.sum()) == pytest.approx(0.5)
 
 
 def test_the_look_ahead_averages_its_gradients_over_the_ranks(two_identical_ranks):
