@@ -214,7 +214,8 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
                                probe_diagnostics_every: int | None,
                                trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
                                gate_margin: float, seed: int,
-                               label_posterior: bool = False) -> list[Part]:
+                               label_posterior: bool = False,
+                               label_accuracy: float | None = None) -> list[Part]:
     """The pseudo labeler (EMA teacher) and the safeguards that refine, mask or gate its labels."""
     labeler = ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
                                        probe_diagnostics_every=probe_diagnostics_every)
@@ -222,7 +223,10 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
     if alignment_momentum is not None:
         parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
     if label_posterior:
-        parts.append(NoisyLabelPosterior(temperature=temperature))
+        parts.append(NoisyLabelPosterior(temperature=temperature, label_accuracy=label_accuracy))
+    elif label_accuracy is not None:
+        raise ValueError("label_accuracy: only used by the label posterior; pass "
+                         "label_posterior=True or leave label_accuracy=None")
     if confidence_threshold is not None:
         parts.append(ConfidenceMask(confidence_threshold))
     if trusted_holdout is not None:
@@ -253,6 +257,7 @@ def robust_ieg(
     gate_margin: float = 0.1,
     meta_shrinkage: float = ROBUST_META_SHRINKAGE,
     label_posterior: bool = True,
+    label_accuracy: float | None = None,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     lookahead_lr: float | None = None,
     first_cycle_steps: int | None = None,
@@ -284,7 +289,8 @@ def robust_ieg(
        this took robust IEG from 2.9 points below plain training to above it at 40% noise.
 
     ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations);
-    ``label_posterior=False`` drops difference 5.
+    ``label_posterior=False`` drops difference 5; ``label_accuracy`` gives the posterior a known
+    accuracy of the given labels (1 - noise rate) instead of its running estimate.
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
@@ -308,7 +314,8 @@ def robust_ieg(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
-            gate_margin=gate_margin, seed=seed, label_posterior=label_posterior)
+            gate_margin=gate_margin, seed=seed, label_posterior=label_posterior,
+            label_accuracy=label_accuracy)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr, shrinkage=meta_shrinkage))

@@ -298,3 +298,36 @@ def test_state_round_trips_at_the_ends_of_its_range():
     for value in (None, 0.0, 1.0):
         part.load_state_dict({"label_accuracy": value})
         assert part.state_dict() == {"label_accuracy": value}
+
+
+def test_a_known_label_accuracy_replaces_the_running_estimate():
+    model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    posterior = SpyPosterior(label_accuracy=0.7)
+    pipeline = pipeline_with(model, opt, iegkit.DistributionAlignment(momentum=0.9), posterior)
+    for step in range(2):
+        out = pipeline(x, y, xp, yp, step=step)
+        # from the first step on (no neutral start): the posterior at the given r
+        torch.testing.assert_close(out.values[keys.PSEUDO_TARGETS],
+                                   noisy_label_posterior(posterior.received, y, 0.7))
+        assert float(out.metrics["noisy_label_posterior/label_accuracy"]) == pytest.approx(0.7)
+        estimate = estimate_label_accuracy(unsharpen(posterior.received, 0.5), y)
+        assert float(out.metrics["noisy_label_posterior/batch_label_accuracy"]) == pytest.approx(
+            estimate, abs=1e-6)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        assert posterior.label_accuracy is None  # no running estimate is kept
+    with pytest.raises(ValueError, match=r"label_accuracy: expected a value in \[1/C, 1\]"):
+        iegkit.NoisyLabelPosterior(label_accuracy=0.2)._current(3)
+    with pytest.raises(ValueError, match="label_accuracy: expected None or a value"):
+        iegkit.NoisyLabelPosterior(label_accuracy=1.5)
+    model, *_ = make_problem("cnn", batch=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
+                                  label_accuracy=0.64)
+    part = next(p for p in pipeline.parts if isinstance(p, iegkit.NoisyLabelPosterior))
+    assert part.known_label_accuracy == 0.64
+    with pytest.raises(ValueError, match="label_accuracy: only used by the label posterior"):
+        recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
+                           label_posterior=False, label_accuracy=0.64)

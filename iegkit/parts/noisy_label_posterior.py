@@ -42,25 +42,39 @@ class NoisyLabelPosterior(PartBase):
     Args:
       temperature: the pseudo labeler's sharpening tau (0.5), to recover its predictions exactly.
       momentum: of the running label-accuracy estimate (0.99, about the last 100 batches).
+      label_accuracy: a known accuracy r of the given labels in [1/C, 1] (e.g. 1 - the noise rate
+        of a benchmark), used instead of the running estimate; the batch estimate is still
+        reported. None (default): estimated, as above.
     """
 
     requires = ()
     refines = (keys.PSEUDO_TARGETS,)
 
     def __init__(self, *, temperature: float = 0.5, momentum: float = 0.99,
+                 label_accuracy: float | None = None,
                  name: str = "noisy_label_posterior") -> None:
         if not temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
+        if label_accuracy is not None and not 0.0 < label_accuracy <= 1.0:
+            raise ValueError(f"label_accuracy: expected None or a value in [1/C, 1], "
+                             f"got {label_accuracy}")
         self.name = name
         self.temperature = temperature
         self.momentum = momentum
+        self.known_label_accuracy = label_accuracy
         #: the running estimate of r; None until the first optimizer step (then r = 1/C is used)
         self.label_accuracy: float | None = None
         self._pending: tuple[float, int] | None = None
 
     def _current(self, num_classes: int) -> float:
+        if self.known_label_accuracy is not None:
+            if self.known_label_accuracy < 1.0 / num_classes:
+                raise ValueError(f"label_accuracy: expected a value in [1/C, 1] = "
+                                 f"[{1.0 / num_classes:.4g}, 1] for C = {num_classes} classes, "
+                                 f"got {self.known_label_accuracy}")
+            return self.known_label_accuracy
         if self.label_accuracy is None:
             return 1.0 / num_classes
         return min(1.0, max(1.0 / num_classes, self.label_accuracy))
@@ -81,11 +95,11 @@ class NoisyLabelPosterior(PartBase):
         )
 
     def after_optimizer_step(self, step: int) -> None:
-        if self._pending is not None:
+        if self._pending is not None and self.known_label_accuracy is None:
             estimate, num_classes = self._pending
             self.label_accuracy = (self.momentum * self._current(num_classes)
                                    + (1.0 - self.momentum) * estimate)
-            self._pending = None
+        self._pending = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"label_accuracy": self.label_accuracy}
