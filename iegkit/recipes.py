@@ -290,7 +290,8 @@ def robust_ieg(
 
     ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations);
     ``label_posterior=False`` drops difference 5; ``label_accuracy`` gives the posterior a known
-    accuracy of the given labels (1 - noise rate) instead of its running estimate.
+    accuracy of the given labels (the fraction that is correct; 1 - rho + rho / C for uniform noise
+    of rate rho over all C classes) instead of its running estimate.
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
@@ -303,6 +304,9 @@ def robust_ieg(
     if unknown:
         raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
     components = frozenset(components)
+    if label_accuracy is not None and not components & {"UC", "MC", "lambda"}:
+        raise ValueError(f"label_accuracy: unused without pseudo labels (components "
+                         f"{sorted(components)} have none of UC, MC, lambda)")
     parts: list[Part] = []
     if components & {"UC", "MC", "lambda"}:
         if "AA" in components:

@@ -12,7 +12,8 @@ import iegkit
 from iegkit import keys, recipes
 from iegkit.functional.collapse import pseudo_label_concentration
 from iegkit.functional.distribution_alignment import unsharpen
-from iegkit.functional.label_posterior import estimate_label_accuracy, noisy_label_posterior
+from iegkit.functional.label_posterior import (estimate_label_accuracy, noisy_label_posterior,
+                                              posterior_unchecked)
 from iegkit.functional.pseudo_label import sharpen
 
 
@@ -297,7 +298,22 @@ def test_state_round_trips_at_the_ends_of_its_range():
     part = iegkit.NoisyLabelPosterior()
     for value in (None, 0.0, 1.0):
         part.load_state_dict({"label_accuracy": value})
-        assert part.state_dict() == {"label_accuracy": value}
+        assert part.state_dict() == {"label_accuracy": value, "known_label_accuracy": None}
+    part.load_state_dict({"label_accuracy": 0.5})  # a state saved before the known-r option
+    assert part.label_accuracy == 0.5
+    known = iegkit.NoisyLabelPosterior(label_accuracy=0.7)
+    fresh = iegkit.NoisyLabelPosterior(label_accuracy=0.7)
+    fresh.load_state_dict(known.state_dict())
+    assert fresh.state_dict() == {"label_accuracy": None, "known_label_accuracy": 0.7}
+    # resuming with the option switched would silently change r: refused both ways
+    with pytest.raises(ValueError, match=r"saved with label_accuracy=0\.7, but this part has "
+                                         r"label_accuracy=None"):
+        part.load_state_dict(known.state_dict())
+    with pytest.raises(ValueError, match=r"saved with label_accuracy=None, but this part has "
+                                         r"label_accuracy=0\.7"):
+        known.load_state_dict(part.state_dict())
+    with pytest.raises(ValueError, match="expected key 'label_accuracy'"):
+        part.load_state_dict({"label_accuracy": 0.5, "other": 1})
 
 
 def test_a_known_label_accuracy_replaces_the_running_estimate():
@@ -318,10 +334,21 @@ def test_a_known_label_accuracy_replaces_the_running_estimate():
         out.loss.backward()
         opt.step()
         assert posterior.label_accuracy is None  # no running estimate is kept
-    with pytest.raises(ValueError, match=r"label_accuracy: expected a value in \[1/C, 1\]"):
+    # the ends of the range: r = 1 trusts the labels (onehot), r = 1/C ignores them (unchanged)
+    g = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    for r, expected in ((1.0, torch.eye(3, dtype=torch.float64)[labels]), (1 / 3, g),
+                        (0.4, noisy_label_posterior(g, labels, 0.4))):
+        part = iegkit.NoisyLabelPosterior(label_accuracy=r)
+        assert part._current(3) == r
+        torch.testing.assert_close(posterior_unchecked(g, labels, part._current(3), 0.5), expected)
+    with pytest.raises(ValueError, match=r"label_accuracy: expected a value in \[1/C, 1\] = "
+                                         r"\[0\.3333, 1\] for C = 3 classes, got 0\.2"):
         iegkit.NoisyLabelPosterior(label_accuracy=0.2)._current(3)
-    with pytest.raises(ValueError, match="label_accuracy: expected None or a value"):
-        iegkit.NoisyLabelPosterior(label_accuracy=1.5)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"label_accuracy: expected None or a value in "
+                                             r"\[1/C, 1\], got"):
+            iegkit.NoisyLabelPosterior(label_accuracy=bad)
     model, *_ = make_problem("cnn", batch=12)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     pipeline = recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
@@ -331,3 +358,6 @@ def test_a_known_label_accuracy_replaces_the_running_estimate():
     with pytest.raises(ValueError, match="label_accuracy: only used by the label posterior"):
         recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
                            label_posterior=False, label_accuracy=0.64)
+    with pytest.raises(ValueError, match="label_accuracy: unused without pseudo labels"):
+        recipes.robust_ieg(model, opt, total_steps=10, strong_augment=noise_augment,
+                           components={"AA"}, label_accuracy=0.64)

@@ -163,7 +163,7 @@ def test_relabeler_weight_init_is_where_the_meta_gradient_is_taken():
 
 def test_relabeling_through_pseudo_labels_needs_a_labeler_that_provides_them():
     model, opt, _ = problem()
-    with pytest.raises(MissingProviderError):
+    with pytest.raises(MissingProviderError, match=r"requires \['fn:pseudo_labels'\]"):
         iegkit.compose(labeler(teacher_decay=0.9), iegkit.MetaRelabeler(through_pseudo_labels=True),
                        model=model, optimizer=opt)
 

@@ -26,8 +26,8 @@ class NoisyLabelPosterior(PartBase):
     unlabeled term trains on the worse of the two. Under symmetric noise Bayes' rule weighs the two
     by their reliability: a label of accuracy r multiplies its class's prior odds by
     r (C - 1) / (1 - r) (16x at r = 0.64 and 3.5x at r = 0.28 for C = 10; squared on the labels
-    sharpened with tau = 0.5). r is not an option: it is a running average (``momentum``) of the
-    maximum-likelihood accuracy of each batch's labels under the predictions the refined labels
+    sharpened with tau = 0.5). Unless ``label_accuracy`` gives it, r is not an option: it is a
+    running average (``momentum``, attribute ``label_accuracy``) of the maximum-likelihood accuracy of each batch's labels under the predictions the refined labels
     come from (unsharpened, after any alignment; ``estimate_label_accuracy``), updated after each
     optimizer step (a step that fails changes nothing). Like DistributionAlignment's marginal it
     starts neutral, at r = 1/C, where the label is no evidence (the first step's pseudo labels
@@ -42,9 +42,10 @@ class NoisyLabelPosterior(PartBase):
     Args:
       temperature: the pseudo labeler's sharpening tau (0.5), to recover its predictions exactly.
       momentum: of the running label-accuracy estimate (0.99, about the last 100 batches).
-      label_accuracy: a known accuracy r of the given labels in [1/C, 1] (e.g. 1 - the noise rate
-        of a benchmark), used instead of the running estimate; the batch estimate is still
-        reported. None (default): estimated, as above.
+      label_accuracy: a known accuracy r of the given labels, the fraction that is correct, in
+        [1/C, 1] (under uniform noise of rate rho over all C classes, 1 - rho + rho / C), used from
+        the first step instead of the running estimate (attribute ``known_label_accuracy``; the
+        batch estimate is still reported). None (default): estimated, as above.
     """
 
     requires = ()
@@ -102,11 +103,18 @@ class NoisyLabelPosterior(PartBase):
         self._pending = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"label_accuracy": self.label_accuracy}
+        return {"label_accuracy": self.label_accuracy,
+                "known_label_accuracy": self.known_label_accuracy}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state) != {"label_accuracy"}:
-            raise ValueError(f"state: expected key 'label_accuracy', got {sorted(state)}")
+        if not {"label_accuracy"} <= set(state) <= {"label_accuracy", "known_label_accuracy"}:
+            raise ValueError(f"state: expected key 'label_accuracy' (and 'known_label_accuracy'), "
+                             f"got {sorted(state)}")
+        known = state.get("known_label_accuracy")  # absent in states saved before the option
+        if known != self.known_label_accuracy:
+            raise ValueError(f"state: saved with label_accuracy={known}, but this part has "
+                             f"label_accuracy={self.known_label_accuracy}: resume with the same "
+                             f"setting")
         value = state["label_accuracy"]
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"state: label_accuracy must be None or in [0, 1], got {value}")
