@@ -28,7 +28,8 @@ class NoisyLabelPosterior(PartBase):
     r (C - 1) / (1 - r) (16x at r = 0.64 and 3.5x at r = 0.28 for C = 10; squared on the labels
     sharpened with tau = 0.5). Unless ``label_accuracy`` gives it, r is not an option: it is a
     running average (``momentum``, attribute ``label_accuracy``) of the maximum-likelihood
-    accuracy of each batch's labels under the predictions the refined labels come from (unsharpened, after any alignment; ``estimate_label_accuracy``), updated after each
+    accuracy of each batch's labels under the predictions the refined labels come from
+    (unsharpened, after any alignment; ``estimate_label_accuracy``), updated after each
     optimizer step (a step that fails changes nothing). Like DistributionAlignment's marginal it
     starts neutral, at r = 1/C, where the label is no evidence (the first step's pseudo labels
     pass unchanged), so one batch of an untrained teacher cannot set it. Place the part after
