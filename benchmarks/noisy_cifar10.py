@@ -736,7 +736,9 @@ TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
 #: used to balance --shard (an estimate of each run's cost), never reported.
 STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg": 1465.0,
            "robust_ieg": 2320.0}
-EVAL_S_PER_EPOCH = 16.0
+EVAL_S_PER_EPOCH = 32.0  # the trained weights and the evaluation EMA
+#: decay of the weight average evaluated beside every cpu10k run (training never reads it)
+EVAL_EMA_DECAY = 0.99
 
 
 def setting_key(kind: str, rate: float) -> str:
@@ -998,17 +1000,34 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
                         split.test_images, split.test_labels, NUM_CLASSES)
     eval_seconds: list[float] = []
     final: dict[str, float] = {}
+    # evaluated beside the trained weights, never trained on: the official code reports an EMA of
+    # the weights (0.999, which would span most of this run; 0.99 spans about one epoch, as
+    # robust IEG's teacher, which is exactly this average of the same weights)
+    eval_ema = WeightEMA(model, EVAL_EMA_DECAY, name="eval_ema")
+    resume = max_steps is None and checkpoint is not None and checkpoint.exists()
+    ema_state = {"eval_ema": eval_ema}
+    ema_since_epoch = 0
+    if resume:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["extra"]
+        if "eval_ema" not in saved:  # written before the EMA: it starts at the resumed weights
+            ema_state, ema_since_epoch = {}, int(saved["epoch"])
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         started = time.perf_counter()
         val = predict(m, split.val_images, device)
         test = predict(m, split.test_images, device)
+        with eval_ema.average_parameters():
+            ema_val = predict(m, split.val_images, device)
+            ema_test = predict(m, split.test_images, device)
         eval_seconds.append(time.perf_counter() - started)
         # the test accuracy is kept for the final model only (no selection on the test split);
         # its top-class share is logged per epoch as a collapse check
         final["test_accuracy"] = float((test == split.test_labels).float().mean())
+        final["ema_test_accuracy"] = float((ema_test == split.test_labels).float().mean())
         return {"val_accuracy": float((val == split.val_labels).float().mean()),
-                "val_top_share": top_share(val), "test_top_share": top_share(test)}
+                "val_top_share": top_share(val), "test_top_share": top_share(test),
+                "ema_val_accuracy": float((ema_val == split.val_labels).float().mean()),
+                "ema_val_top_share": top_share(ema_val), "ema_test_top_share": top_share(ema_test)}
 
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -1017,6 +1036,7 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
 
     def on_step(step: int, idx: Tensor, out) -> None:
         steps_run[0] += 1
+        eval_ema.update(step)
         for name, value in out.metrics.items():
             if value.numel() == 1:
                 sums[name] = sums.get(name, 0.0) + float(value)
@@ -1029,7 +1049,9 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         entry["seconds"] = time.perf_counter() - started
         metrics = entry["metrics"]
         parts = [f"loss {entry['loss']:.3f}", f"val {100 * entry['val_accuracy']:.1f}%",
-                 f"top-class share val {entry['val_top_share']:.2f} test {entry['test_top_share']:.2f}"]
+                 f"top-class share val {entry['val_top_share']:.2f} test {entry['test_top_share']:.2f}",
+                 f"EMA val {100 * entry['ema_val_accuracy']:.1f}% top-class share val "
+                 f"{entry['ema_val_top_share']:.2f} test {entry['ema_test_top_share']:.2f}"]
         for name, short in (("pseudo_labeler/top_share", "PL top share"),
                             ("pseudo_labeler/marginal_entropy", "PL marginal entropy"),
                             ("pseudo_labeler/probe_accuracy", "PL probe acc"),
@@ -1047,8 +1069,7 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
                           on_step=on_step, on_epoch=on_epoch, views=views, max_steps=max_steps,
                           progress=progress, desc=desc,
                           checkpoint=None if max_steps is not None else checkpoint,
-                          resume=max_steps is None and checkpoint is not None
-                          and checkpoint.exists())
+                          resume=resume, state=ema_state)
     pipeline.close()
     if "test_accuracy" not in final:  # the checkpoint already held every epoch
         evaluate_fn(model)
@@ -1061,6 +1082,12 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         "test_accuracy": final["test_accuracy"], "val_accuracy": history[-1]["val_accuracy"],
         "test_top_share": history[-1]["test_top_share"],
         "max_test_top_share": max(h["test_top_share"] for h in history),
+        # the evaluation EMA (EVAL_EMA_DECAY) of the same run, from epoch ema_since_epoch + 1
+        "ema_decay": EVAL_EMA_DECAY, "ema_since_epoch": ema_since_epoch,
+        "ema_test_accuracy": final["ema_test_accuracy"],
+        "ema_val_accuracy": history[-1].get("ema_val_accuracy"),
+        "max_ema_test_top_share": max((h["ema_test_top_share"] for h in history
+                                       if "ema_test_top_share" in h), default=None),
         "history": history, "steps": result.steps, "seconds": result.seconds,
         "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, steps_run[0]),
         # seconds, train_seconds, eval_seconds, precompute_seconds: this session's (the last, for
@@ -1107,8 +1134,12 @@ def main_cpu10k(args, cfg: Config) -> int:
             print(f"shard {s}/{shards}  {state}  {run.key(label)}  (~{run_cost(run, cfg) / 60:.0f} min)")
         return 0
 
+    def finished(key: str) -> bool:
+        return store.done(key, cfg) and not (args.rerun_without_ema
+                                             and "ema_test_accuracy" not in store.runs[key])
+
     mine = [run for run, s in zip(runs, owner) if s == shard]
-    if not args.time_steps and all(store.done(run.key(label), cfg) for run in mine):
+    if not args.time_steps and all(finished(run.key(label)) for run in mine):
         print(f"--config {label}: all {len(mine)} runs of shard {shard}/{shards} are in {store_path}; "
               "nothing to do (--report-only builds the tables)", flush=True)
         return 0
@@ -1151,14 +1182,14 @@ def main_cpu10k(args, cfg: Config) -> int:
         return 0
 
     print(f"--config {label}: {dataclasses.asdict(cfg)}; store {store_path}; shard {shard}/{shards}: "
-          f"{len(mine)} of {len(runs)} runs, {sum(store.done(r.key(label), cfg) for r in mine)} done",
+          f"{len(mine)} of {len(runs)} runs, {sum(finished(r.key(label)) for r in mine)} done",
           flush=True)
     splits: dict[int, Split] = {}
     wall = time.perf_counter()
     for run in mine:
         key = run.key(label)
         store.reload()
-        if store.done(key, cfg):
+        if finished(key):
             continue
         if run.seed not in splits:
             splits[run.seed] = prepare_cpu10k_split(train, test, cfg, run.seed)
@@ -1518,6 +1549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu10k.add_argument("--shard", default=None, metavar="I/N",
                         help="run only part I of N (0-based) of the run list, disjoint and "
                              "balanced: start N processes with 0/N .. N-1/N")
+    cpu10k.add_argument("--rerun-without-ema", action="store_true",
+                        help="re-run the stored runs made before the evaluation EMA was recorded "
+                             "(the same training; the new record adds the EMA's curves)")
     cpu10k.add_argument("--variants", default="",
                         help="comma-separated VARIANTS (e.g. robust_ieg/shrink_0.5), seed 0, at "
                              "every --settings, after the other runs (selection on the val split)")

@@ -141,6 +141,11 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
         assert {"val_accuracy", "val_top_share", "test_top_share", "loss", "metrics"} <= set(entry)
         assert "test_accuracy" not in entry  # the test split only in the final result
         assert 0 <= r["test_accuracy"] <= 1 and r["ms_per_step"] > 0
+        # the evaluation EMA beside the trained weights, over the whole run
+        assert {"ema_val_accuracy", "ema_val_top_share", "ema_test_top_share"} <= set(entry)
+        assert 0 <= r["ema_test_accuracy"] <= 1 and r["ema_since_epoch"] == 0
+        assert r["ema_decay"] == bench.EVAL_EMA_DECAY
+        assert r["max_ema_test_top_share"] == max(h["ema_test_top_share"] for h in r["history"])
     ieg = records[1]
     assert {"pseudo_labeler/top_share", "pseudo_labeler/marginal_entropy",
             "pseudo_labeler/probe_accuracy", "distribution_alignment/top_share"} <= set(
@@ -150,6 +155,21 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
 
     assert bench.main(argv) == 0  # restart: both runs skipped
     assert len(store.read_text().splitlines()) == 2
+
+    # a record made before the evaluation EMA is re-run only on request, and only once
+    lines = store.read_text().splitlines()
+    old = json.loads(lines[0])
+    for name in ("ema_test_accuracy", "ema_val_accuracy", "max_ema_test_top_share"):
+        del old[name]
+    store.write_text("\n".join([json.dumps(old), lines[1]]) + "\n")
+    assert bench.main(argv) == 0
+    assert len(store.read_text().splitlines()) == 2
+    assert bench.main([*argv, "--rerun-without-ema"]) == 0
+    rerun = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [r["key"] for r in rerun] == [records[0]["key"], records[1]["key"], records[0]["key"]]
+    assert "ema_test_accuracy" in rerun[-1]
+    assert bench.main([*argv, "--rerun-without-ema"]) == 0
+    assert len(store.read_text().splitlines()) == 3
 
     results, figures = tmp_path / "results.md", tmp_path / "figures"
     assert bench.main([*argv, "--report-only", "--write", str(results),
@@ -161,7 +181,9 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
     assert (figures / "noisy_cifar10_cpu10k_collapse.png").stat().st_size > 0
 
 
-def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_path, monkeypatch):
+@pytest.mark.parametrize("drop_ema", [False, True])
+def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_path, monkeypatch,
+                                                                     drop_ema):
     data = Path(bench.DEFAULT_DATA)
     if not ((data / "train.tar.gz").is_file() and (data / "test.tar.gz").is_file()):
         pytest.skip(f"CIFAR-10 JPEG archives not found in {data} (train.tar.gz, test.tar.gz)")
@@ -178,7 +200,16 @@ def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_
             bench.main(argv)
     checkpoints = list((tmp_path / "runs" / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1 and not store.exists()
+    saved = torch.load(checkpoints[0], weights_only=True)
+    assert "eval_ema" in saved["extra"]  # the evaluation EMA resumes with the run
+    if drop_ema:  # a checkpoint written before the evaluation EMA existed
+        del saved["extra"]["eval_ema"]
+        torch.save(saved, checkpoints[0])
     assert bench.main(argv) == 0  # resumes from the checkpoint: no epoch left, evaluates, stores
     (record,) = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(record["history"]) == 1 and record["steps_this_session"] == 0
     assert 0 <= record["test_accuracy"] <= 1 and not checkpoints[0].exists()
+    # without a saved EMA it restarts at the resumed weights: from after epoch 1, here the end
+    assert record["ema_since_epoch"] == (1 if drop_ema else 0)
+    if drop_ema:  # no step since: the average is the trained weights
+        assert record["ema_test_accuracy"] == record["test_accuracy"]
