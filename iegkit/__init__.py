@@ -7,7 +7,7 @@ from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
 from iegkit.data import ProbeSampler
-from iegkit.ema import WeightEMA
+from iegkit.ema import WeightEMA, evaluation_weights
 from iegkit.parts import (
     ConfidenceMask,
     ConsistencyPseudoLabeler,
@@ -50,6 +50,7 @@ __all__ = [
     "compose",
     "data",
     "errors",
+    "evaluation_weights",
     "functional",
     "keys",
     "recipes",

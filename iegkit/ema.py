@@ -13,7 +13,7 @@ from torch.func import functional_call
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase
 
-__all__ = ["WeightEMA", "ema_decay"]
+__all__ = ["WeightEMA", "ema_decay", "evaluation_weights"]
 
 
 def ema_decay(step: int, decay: float = 0.999) -> float:
@@ -116,3 +116,42 @@ class WeightEMA(PartBase):
         self.decay = state["decay"]
         for n, v in state["shadow"].items():
             self.shadow[n].copy_(v)
+
+
+def _weight_average(pipeline: Any) -> WeightEMA | None:
+    parts = getattr(pipeline, "parts", None)
+    if parts is None:
+        raise TypeError(f"pipeline: expected a composed Pipeline, got {type(pipeline).__name__}")
+    averages = [part for part in parts if isinstance(part, WeightEMA)]
+    if len(averages) > 1:
+        raise ValueError(f"pipeline: {len(averages)} WeightEMA parts "
+                         f"({', '.join(a.name for a in averages)}); expected at most one")
+    if averages:
+        return averages[0]
+    teachers = [getattr(part, "teacher", None) for part in parts]
+    return next((t for t in teachers if isinstance(t, WeightEMA)), None)
+
+
+@contextlib.contextmanager
+def evaluation_weights(pipeline: Any) -> Iterator[WeightEMA | None]:
+    """The weights to evaluate and deploy, swapped into the model for the block::
+
+        with iegkit.evaluation_weights(pipeline):
+            accuracy = evaluate(model)
+
+    The average a pipeline keeps, with the raw model's BatchNorm statistics, as the official code
+    evaluates (an EMA of the weights, docs/ieg-official-code.md section 9): a ``WeightEMA`` part if
+    the pipeline has one, else the pseudo labeler's EMA teacher (``robust_ieg``, ``robust_eg``); the
+    model's own weights, untouched, where it keeps neither. Yields that average (or None).
+
+    Why the teacher: it averages about the last ``1 / (1 - decay)`` steps (100 at robust IEG's
+    0.99), which smooths the epoch-to-epoch swings of a model trained at a high learning rate
+    (on CIFAR-10, the early epochs' imbalance of the predicted classes: docs/results.md, "Robust
+    IEG on CIFAR-10 (cpu10k): status").
+    """
+    average = _weight_average(pipeline)
+    if average is None:
+        yield None
+        return
+    with average.average_parameters():
+        yield average

@@ -298,6 +298,11 @@ def robust_ieg(
     (``gate_margin`` above chance opens it fully). The look-ahead
     treats the pseudo labels as constants (the teacher's do not depend on the weights).
     ``components`` selects Table 7's pieces as in ``ieg`` (the ablations with safeguards).
+
+    Evaluate and deploy the teacher's averaged weights, as the official code evaluates an EMA of
+    the weights: ``with iegkit.evaluation_weights(pipeline): evaluate(model)``. Early in a run at a
+    high learning rate the trained weights can put a third or more of the images into one class
+    after single epochs; the teacher averages that swing away (docs/results.md).
     """
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     unknown = set(components) - COMPONENTS
@@ -357,7 +362,8 @@ def robust_eg(
 ) -> Pipeline:
     """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
     pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run;
-    ``confidence_threshold`` and ``trusted_holdout`` as there."""
+    ``confidence_threshold`` and ``trusted_holdout`` as there. Evaluate the teacher as there:
+    ``with iegkit.evaluation_weights(pipeline): evaluate(model)``."""
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
