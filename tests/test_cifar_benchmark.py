@@ -177,6 +177,8 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
     text = results.read_text()
     assert f"## {bench.CPU10K_HEADING}" in text and "| robust_ieg |" in text
     assert "Command: `" in text and "figures/noisy_cifar10_cpu10k_val.png" in text
+    assert "Evaluated as the official code evaluates, with an EMA (0.99)" in text
+    assert "robust_ieg evaluated with its EMA, in the 1 of 1 runs recorded with it" in text
     assert (figures / "noisy_cifar10_cpu10k_val.png").stat().st_size > 0
     assert (figures / "noisy_cifar10_cpu10k_collapse.png").stat().st_size > 0
 
