@@ -164,6 +164,9 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
     store.write_text("\n".join([json.dumps(old), lines[1]]) + "\n")
     assert bench.main(argv) == 0
     assert len(store.read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert bench.main([*argv, "--list-runs", "--rerun-without-ema"]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == ["todo", "done"]
     assert bench.main([*argv, "--rerun-without-ema"]) == 0
     rerun = [json.loads(line) for line in store.read_text().splitlines()]
     assert [r["key"] for r in rerun] == [records[0]["key"], records[1]["key"], records[0]["key"]]
@@ -206,12 +209,30 @@ def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_
     assert "eval_ema" in saved["extra"]  # the evaluation EMA resumes with the run
     if drop_ema:  # a checkpoint written before the evaluation EMA existed
         del saved["extra"]["eval_ema"]
+        for entry in saved["extra"]["history"]:
+            for name in [n for n in entry if n.startswith("ema_")]:
+                del entry[name]
         torch.save(saved, checkpoints[0])
+    averages = []
+
+    class Spy(bench.WeightEMA):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            averages.append(self)
+
+    monkeypatch.setattr(bench, "WeightEMA", Spy)
     assert bench.main(argv) == 0  # resumes from the checkpoint: no epoch left, evaluates, stores
     (record,) = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(record["history"]) == 1 and record["steps_this_session"] == 0
     assert 0 <= record["test_accuracy"] <= 1 and not checkpoints[0].exists()
-    # without a saved EMA it restarts at the resumed weights: from after epoch 1, here the end
+    # the average resumes with the run, or, without a saved one, starts at the resumed weights
+    (average,) = averages
+    source = saved["extra"]["eval_ema"]["shadow"] if not drop_ema else saved["model"]
+    for name, value in average.shadow.items():
+        assert torch.equal(value, source[name]), name
     assert record["ema_since_epoch"] == (1 if drop_ema else 0)
-    if drop_ema:  # no step since: the average is the trained weights
-        assert record["ema_test_accuracy"] == record["test_accuracy"]
+    assert bench.has_ema(record) is not drop_ema  # from epoch 1 on only: not in the EMA table
+    results = tmp_path / "results.md"
+    assert bench.main([*argv, "--report-only", "--write", str(results),
+                       "--figures-dir", str(tmp_path / "figures")]) == 0
+    assert ("Evaluated as the official code evaluates" in results.read_text()) is not drop_ema
