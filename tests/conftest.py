@@ -110,3 +110,24 @@ def ieg_meta_reference(shadow, x, y, xp, yp, pseudo):
     optimizer = torch.optim.SGD(shadow.parameters(), lr=0.1, momentum=0.9)
     return meta_gradients(shadow, optimizer, x, y, xp, yp, weight_init=1 / x.shape[0],
                           label_init=0.9, pseudo_targets=pseudo)
+
+
+def flip(images, generator=None):
+    """A cheap strong view for training tests: kornia's chain is slow on CPU."""
+    return images.flip(-1)
+
+
+def weak(images, generator=None):
+    """A cheap weak view for training tests."""
+    return images + 0.05 * torch.randn(images.shape, generator=generator)
+
+
+def tiny_noisy_digits():
+    """60 training images of digits at 80% noise, 5 trusted per class, 40 test images."""
+    from iegkit.data import NoisyDataset, make_noisy_digits
+
+    full = make_noisy_digits(0.8, 5, seed=0)
+    n = 60
+    return NoisyDataset(full.train_inputs[:n], full.train_labels[:n], full.train_clean_labels[:n],
+                        full.trusted_inputs, full.trusted_labels, full.test_inputs[:40],
+                        full.test_labels[:40], full.num_classes)

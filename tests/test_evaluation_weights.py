@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import flip, tiny_noisy_digits, weak
 
 import iegkit
 from iegkit import recipes
-from iegkit.data import NoisyDataset, make_noisy_digits
+from iegkit.data import NoisyDataset
 from iegkit.models import SmallCNN
 from iegkit.training import accuracy, fit
 
 
-def flip(images, generator=None):  # a cheap strong view: kornia's chain is slow on CPU
-    return images.flip(-1)
-
-
-def weak(images, generator=None):
-    return images + 0.05 * torch.randn(images.shape, generator=generator)
-
-
 @pytest.fixture(scope="module")
 def data() -> NoisyDataset:
-    full = make_noisy_digits(0.8, 5, seed=0)
-    n = 60
-    return NoisyDataset(full.train_inputs[:n], full.train_labels[:n], full.train_clean_labels[:n],
-                        full.trusted_inputs, full.trusted_labels, full.test_inputs[:40],
-                        full.test_labels[:40], full.num_classes)
+    return tiny_noisy_digits()
 
 
 def make(method, **options):
