@@ -31,6 +31,7 @@ SETTINGS = {
     "KLConsistency": lambda opt: [labeler(), iegkit.KLConsistency()],
     "ProbeMixUp": lambda opt: [labeler(), iegkit.ProbeMixUp()],
     "SGDRSchedule": lambda opt: [iegkit.SGDRSchedule(opt, 10), iegkit.MetaReweighter()],
+    "LRWarmup": lambda opt: [iegkit.LRWarmup(3), iegkit.MetaReweighter()],
     "DistributionAlignment": lambda opt: [labeler(teacher_decay=0.9),
                                           iegkit.DistributionAlignment(), iegkit.ProbeMixUp()],
     "NoisyLabelPosterior": lambda opt: [labeler(teacher_decay=0.9), iegkit.DistributionAlignment(),

@@ -18,7 +18,7 @@ import math
 import operator
 from numbers import Real
 
-__all__ = ["check_rampup", "linear_rampup", "sgdr", "sgdr_restarts"]
+__all__ = ["check_rampup", "linear_rampup", "linear_warmup", "sgdr", "sgdr_restarts"]
 
 
 def _check_real(name: str, value: object) -> float:
@@ -178,6 +178,20 @@ def linear_rampup(step: int, rampup_steps: int | None) -> float:
     if rampup_steps is None:
         return 1.0
     return min(1.0, max(0, step) / rampup_steps)
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    """min(1, (step + 1) / warmup_steps): the gradual warm-up's lr factor at ``step`` (0-based).
+
+    Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017, sec. 2.2
+    ("gradual warmup"): the lr rises linearly from peak / warmup_steps at step 0 to the peak at
+    step warmup_steps - 1 and stays there; 1 at every step when ``warmup_steps`` is 0.
+    """
+    step = _check_int("step", step, 0)
+    warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+    if warmup_steps == 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
 
 
 def check_rampup(rampup_steps: int | None) -> int | None:

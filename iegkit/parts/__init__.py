@@ -5,6 +5,7 @@ from iegkit.parts.consistency_pseudo_labeler import ConsistencyPseudoLabeler
 from iegkit.parts.cross_entropy import CrossEntropy
 from iegkit.parts.distribution_alignment import DistributionAlignment
 from iegkit.parts.kl_consistency import KLConsistency
+from iegkit.parts.lr_warmup import LRWarmup
 from iegkit.parts.meta_relabeler import MetaRelabeler
 from iegkit.parts.meta_reweighter import MetaReweighter
 from iegkit.parts.noisy_label_posterior import NoisyLabelPosterior
@@ -18,6 +19,7 @@ __all__ = [
     "CrossEntropy",
     "DistributionAlignment",
     "KLConsistency",
+    "LRWarmup",
     "MetaRelabeler",
     "MetaReweighter",
     "NoisyLabelPosterior",
