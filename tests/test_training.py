@@ -37,6 +37,26 @@ def test_one_epoch_of_digits(data, method):
     assert entry["test_accuracy"] == accuracy(result.model, data.test_inputs, data.test_labels)
 
 
+def test_lr_warmup_scales_fits_scheduler_and_does_not_replace_it(data):
+    """LRWarmup provides "lr" (for the meta parts' order) but is no schedule: fit keeps its cosine,
+    and each step runs at cosine(step) * linear_warmup(step)."""
+    import math
+
+    from iegkit.functional.schedule import linear_warmup
+    from iegkit.parts import LRWarmup
+
+    model, optimizer, pipeline = make("robust_eg", warmup_fraction=0.5)  # 9 steps: warm-up 4
+    assert [p.warmup_steps for p in pipeline.parts if isinstance(p, LRWarmup)] == [4]
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    result = fit(pipeline, model, optimizer, data, epochs=3, batch_size=20, weak_augment=weak,
+                 progress=False)
+    assert isinstance(result.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert seen == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / 9)) * linear_warmup(s, 4)
+                                  for s in range(9)])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
 def test_a_scheduler_is_used_iff_no_part_provides_lr(data):
     model, optimizer, pipeline = make("plain")
     assert "lr" not in pipeline.provides
