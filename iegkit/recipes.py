@@ -60,12 +60,12 @@ ROBUST_EG_WARMUP_FRACTION = 0.05
 
 def _schedule(optimizer, first_cycle_steps: int | None, t_mul: float, m_mul: float,
               warmup_steps: int = 0) -> list[Part]:
-    """SGDR when the recipe owns the schedule (its own warm-up prefix), else an ``LRWarmup`` on
-    top of the user's schedule when there is a warm-up, else nothing."""
-    if first_cycle_steps is None:
-        return [LRWarmup(warmup_steps)] if warmup_steps else []
-    return [SGDRSchedule(optimizer, first_cycle_steps, t_mul=t_mul, m_mul=m_mul,
-                         warmup_steps=warmup_steps)]
+    """SGDR when the recipe owns the schedule; an ``LRWarmup`` on top of whichever schedule runs
+    (SGDR's or the user's) when there is a warm-up."""
+    parts: list[Part] = [LRWarmup(warmup_steps)] if warmup_steps else []
+    if first_cycle_steps is not None:
+        parts.append(SGDRSchedule(optimizer, first_cycle_steps, t_mul=t_mul, m_mul=m_mul))
+    return parts
 
 
 def _warmup_steps(total_steps: int, warmup_fraction: float) -> int:
@@ -387,8 +387,8 @@ def robust_eg(
     ``with iegkit.evaluation_weights(pipeline): evaluate(model)``.
 
     One more difference from the paper: the lr warms up linearly over ``warmup_fraction`` of the
-    run (``LRWarmup`` on top of the user's schedule, or ``SGDRSchedule``'s warm-up with
-    ``first_cycle_steps``; 0 turns it off). Without the noisy labels the first epoch learns from the
+    run (``LRWarmup``, on top of the user's schedule or of ``SGDRSchedule`` with
+    ``first_cycle_steps``; 0, or a run shorter than 1 / ``warmup_fraction`` steps, has none). Without the noisy labels the first epoch learns from the
     trusted images alone; at the full lr from a random start one class took 0.31 (trained weights)
     and 0.39 (teacher) of the validation predictions after epoch 1 on CIFAR-10 (cpu10k)."""
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)

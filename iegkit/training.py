@@ -151,9 +151,9 @@ def fit(
       weak_augment: applied to the training batch, then to the probe batch, with the loop's
         augmentation generator.
       scheduler: a factory ``(optimizer, total_steps) -> LRScheduler``, stepped after every
-        optimizer step. None: ``CosineAnnealingLR(optimizer, total_steps)`` unless a part is a
-        schedule (an ``LRScheduler`` such as ``SGDRSchedule``); giving one with such a part is an
-        error. ``LRWarmup`` is no schedule: it scales this one's lr.
+        optimizer step. None: ``CosineAnnealingLR(optimizer, total_steps)`` unless a part provides
+        ``"lr"`` (a schedule part); giving one with such a part is an error. (``LRWarmup`` provides
+        ``"lr_scale"``: it scales the lr of whichever schedule runs.)
       evaluate: ``model -> {name: value}`` merged into each epoch's history entry; default: none.
         With ``evaluate_every_epoch=False`` only the last epoch of this call is evaluated.
       on_step: ``(step, indices, out)`` after each ``optimizer.step()`` (before the scheduler's).
@@ -187,13 +187,10 @@ def fit(
     n = data.train_inputs.shape[0]
     per_epoch = steps_per_epoch(n, batch_size)
     total_steps = epochs * per_epoch
-    # A schedule part (SGDRSchedule) owns the lr; LRWarmup also provides "lr" but only scales the
-    # schedule it finds, so fit's scheduler stays.
-    schedule_parts = [part.name for part in pipeline.parts if isinstance(part, LRScheduler)]
-    if schedule_parts:
+    if "lr" in pipeline.provides:
         if scheduler is not None:
-            raise ValueError(f"scheduler: a part of the pipeline already sets the lr "
-                             f"({schedule_parts}); pass scheduler=None")
+            raise ValueError("scheduler: a part of the pipeline already sets the lr ('lr' in "
+                             "pipeline.provides); pass scheduler=None")
         lr_scheduler = None
     else:
         lr_scheduler = (scheduler or CosineAnnealingLR)(optimizer, total_steps)

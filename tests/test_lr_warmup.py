@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iegkit
-from iegkit import Contribution, PartBase, keys
-from iegkit.errors import DuplicateProviderError
+from iegkit import keys
 from iegkit.functional.schedule import linear_warmup
 
 
@@ -59,9 +58,17 @@ def cosine(total):
     return lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
 
 
+def record_step_lrs(optimizer):
+    """The lr of every group as optimizer.step() runs (a pre-hook registered after the pipeline's)."""
+    seen = []
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([float(g["lr"]) for g in opt.param_groups]))
+    return seen
+
+
 def test_warmup_on_a_user_scheduler_matches_one_torch_scheduler():
     """The part on top of the user's LambdaLR trains exactly as one LambdaLR whose factor is the
-    product; after every step the user's scheduler sees its own lr."""
+    product; outside optimizer.step() the groups hold the user's own lr."""
     warmup, total = 4, 9
     model, x, y, _, _, _ = make_problem("mlp", batch=8)
     reference_model = copy.deepcopy(model)
@@ -69,18 +76,21 @@ def test_warmup_on_a_user_scheduler_matches_one_torch_scheduler():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(total))
     pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(warmup), model=model,
                               optimizer=optimizer)
+    seen = record_step_lrs(optimizer)
     reference_optimizer = torch.optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9,
                                           weight_decay=5e-4)
     reference_scheduler = torch.optim.lr_scheduler.LambdaLR(
         reference_optimizer, lambda s: cosine(total)(s) * linear_warmup(s, warmup))
     for step in range(total):
         out = pipeline(x, y, step=step)
-        assert float(out.values[keys.LR]) == pytest.approx(
-            0.1 * cosine(total)(step) * linear_warmup(step, warmup), rel=1e-6)  # a float32 value
+        assert float(out.values[keys.LR_SCALE]) == linear_warmup(step, warmup)
         assert float(out.metrics["lr_warmup/factor"]) == linear_warmup(step, warmup)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * cosine(total)(step), rel=1e-12)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
+        assert seen[-1] == [pytest.approx(0.1 * cosine(total)(step) * linear_warmup(step, warmup),
+                                          rel=1e-12)]
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * cosine(total)(step), rel=1e-12)
         scheduler.step()
         reference_optimizer.zero_grad()
@@ -92,62 +102,113 @@ def test_warmup_on_a_user_scheduler_matches_one_torch_scheduler():
     pipeline.close()
 
 
-class LrSpy(PartBase):
-    """Records the lr the optimizer holds when it runs (after the lr's provider)."""
-
-    name = "lr_spy"
-    optional_requires = (keys.LR,)
-
-    def __init__(self):
-        self.seen = []
-
-    def contribute(self, ctx):
-        self.seen.append(float(ctx.optimizer.param_groups[0]["lr"]))
-        return Contribution()
-
-
-def test_meta_parts_and_readers_run_after_it_at_the_scaled_lr():
+def _probe_loss(lr, warmup=None, step=1):
     model, x, y, xp, yp, _ = make_problem("mlp", batch=8)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    spy = LrSpy()
-    pipeline = iegkit.compose(spy, iegkit.MetaReweighter(), iegkit.LRWarmup(4), model=model,
-                              optimizer=optimizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    # omega0 = 1/B > 0, so that theta' moves with the lr
+    parts = [iegkit.MetaReweighter("1/B"), *([iegkit.LRWarmup(warmup)] if warmup else [])]
+    pipeline = iegkit.compose(*parts, model=model, optimizer=optimizer)
+    out = pipeline(x, y, xp, yp, step=step)
     names = [p.name for p in pipeline.parts]
-    assert names.index("lr_warmup") < names.index("meta_reweighter")
-    assert names.index("lr_warmup") < names.index("lr_spy")
-    pipeline(x, y, xp, yp, step=1)
-    assert spy.seen == [pytest.approx(0.2 * 2 / 4)]
     pipeline.close()
+    return float(out.metrics["meta_reweighter/probe_loss"]), names, optimizer.param_groups[0]["lr"]
 
 
-def test_a_step_without_optimizer_step_is_given_back_at_the_next_step():
+def test_the_look_ahead_steps_at_the_warmed_up_lr():
+    """L_p(theta') of the look-ahead with LRWarmup(4) at step 1 (factor 1/2) and lr 0.4 is that of
+    no warm-up at lr 0.2 (and not at 0.4); the user's lr is left as it was."""
+    warmed, names, lr_after = _probe_loss(0.4, warmup=4)
+    assert names.index("lr_warmup") < names.index("meta_reweighter")
+    assert lr_after == 0.4
+    assert warmed == _probe_loss(0.2)[0]
+    assert warmed != _probe_loss(0.4)[0]
+
+
+@pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "lambda"])
+def test_a_skipped_optimizer_step_leaves_the_users_schedule_alone(scheduler):
+    """GradScaler skips optimizer.step() on overflow; the user's scheduler still steps."""
     model, x, y, _, _, _ = make_problem("mlp", batch=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    spy = LrSpy()
-    pipeline = iegkit.compose(iegkit.CrossEntropy(), spy, iegkit.LRWarmup(5), model=model,
+    twin = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1)
+    make = {"step": lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.1),
+            "exponential": lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.5),
+            "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 8),
+            "lambda": lambda o: torch.optim.lr_scheduler.LambdaLR(o, cosine(8))}[scheduler]
+    user, reference = make(optimizer), make(twin)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(4), model=model,
                               optimizer=optimizer)
-    pipeline(x, y, step=0)  # no optimizer.step(): the scaled lr stays until the next step
-    pipeline(x, y, step=1)
-    assert spy.seen == [pytest.approx(0.1 / 5), pytest.approx(0.1 * 2 / 5)]  # not compounded
-    optimizer.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
-    pipeline(x, y, step=9)  # after the warm-up: the lr is left alone
-    assert spy.seen[-1] == pytest.approx(0.1)
+    for step in range(6):
+        out = pipeline(x, y, step=step)
+        if step != 1:  # step 1's optimizer.step() is skipped
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        user.step()
+        twin.step()  # no gradients: only keeps torch's order check quiet
+        reference.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(twin.param_groups[0]["lr"],
+                                                                rel=1e-12)
     pipeline.close()
 
 
-def test_every_param_group_is_scaled_and_given_back():
+def test_a_step_that_raises_changes_no_lr():
     model, x, y, _, _, _ = make_problem("mlp", batch=8)
-    params = list(model.parameters())
-    optimizer = torch.optim.SGD([{"params": params[:1], "lr": 0.3}, {"params": params[1:]}], lr=0.1)
-    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(2), model=model,
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(4), model=model,
                               optimizer=optimizer)
-    out = pipeline(x, y, step=0)
-    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.15), pytest.approx(0.05)]
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(iegkit.errors.NonFiniteLossError):
+        pipeline(x, y, step=0)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    pipeline.close()
+
+
+def test_every_param_group_and_a_tensor_lr_are_scaled_for_the_step_and_given_back():
+    model, x, y, _, _, _ = make_problem("mlp", batch=8)
+    reference_model = copy.deepcopy(model)
+    params = list(model.parameters())
+    lr = torch.tensor(0.01, dtype=torch.float64)
+    optimizer = torch.optim.Adam([{"params": params[:1], "lr": 0.03}, {"params": params[1:]}],
+                                 lr=lr)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(4), model=model,
+                              optimizer=optimizer)
+    seen = record_step_lrs(optimizer)
+    out = pipeline(x, y, step=1)  # factor 1/2
     out.loss.backward()
     optimizer.step()
-    assert [g["lr"] for g in optimizer.param_groups] == [0.3, 0.1]
+    assert seen == [[pytest.approx(0.015), pytest.approx(0.005)]]
+    assert optimizer.param_groups[0]["lr"] == 0.03
+    assert optimizer.param_groups[1]["lr"] is lr and float(lr) == 0.01
+    reference_params = list(reference_model.parameters())
+    reference = torch.optim.Adam([{"params": reference_params[:1], "lr": 0.015},
+                                  {"params": reference_params[1:]}], lr=0.005)
+    torch.nn.functional.cross_entropy(reference_model(x), y).backward()
+    reference.step()
+    for p, r in zip(params, reference_params, strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
     pipeline.close()
+
+
+def test_beside_sgdr_the_step_runs_at_sgdr_times_the_factor():
+    model, x, y, xp, yp, _ = make_problem("mlp", batch=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = iegkit.SGDRSchedule(optimizer, 3)
+    pipeline = iegkit.compose(iegkit.MetaReweighter(), schedule, iegkit.LRWarmup(4), model=model,
+                              optimizer=optimizer)
+    seen = record_step_lrs(optimizer)
+    for step in range(5):
+        out = pipeline(x, y, xp, yp, step=step)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        assert seen[-1] == [pytest.approx(schedule.lrs_at(step)[0] * linear_warmup(step, 4))]
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.lrs_at(step)[0])
+    assert "before optimizer.step() (hook): lr_warmup" in pipeline.describe()
+    pipeline.close()
+    pipeline(x, y, xp, yp, step=0)  # closed: the hooks are gone, the lr stays the user's
+    optimizer.step()
+    assert seen[-1] == [pytest.approx(schedule.lrs_at(0)[0])]
 
 
 def test_errors_and_state():
@@ -155,11 +216,6 @@ def test_errors_and_state():
         iegkit.LRWarmup(0)
     with pytest.raises(TypeError, match="warmup_steps"):
         iegkit.LRWarmup(True)
-    model, _, _, _, _, _ = make_problem("mlp")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(DuplicateProviderError, match="lr"):
-        iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(3),
-                       iegkit.SGDRSchedule(optimizer, 10), model=model, optimizer=optimizer)
     part = iegkit.LRWarmup(7)
     assert part.state_dict() == {"warmup_steps": 7}
     twin = iegkit.LRWarmup(3)
@@ -188,8 +244,8 @@ def test_robust_eg_warms_up_over_five_percent_of_the_run_by_default():
     off.close()
     sgdr = iegkit.recipes.robust_eg(model, optimizer, total_steps=1560, first_cycle_steps=78,
                                     strong_augment=lambda x, generator=None: x)
-    assert not _parts(sgdr, iegkit.LRWarmup)
-    assert [p.warmup_steps for p in _parts(sgdr, iegkit.SGDRSchedule)] == [78]
+    assert [p.warmup_steps for p in _parts(sgdr, iegkit.LRWarmup)] == [78]
+    assert [p.warmup_steps for p in _parts(sgdr, iegkit.SGDRSchedule)] == [0]
     sgdr.close()
     with pytest.raises(ValueError, match="warmup_fraction"):
         iegkit.recipes.robust_eg(model, optimizer, total_steps=10, warmup_fraction=1.5)

@@ -203,6 +203,7 @@ class Pipeline:
         self.forward_model: torch.nn.Module | None = None
         self.process_group: Any = None
         self._hook: Any = None
+        self._pre_hook: Any = None
         self.generators: dict[str, torch.Generator] = {}
         for part in parts:
             generator = torch.Generator()
@@ -215,7 +216,8 @@ class Pipeline:
         A ``DistributedDataParallel`` model: the real forward runs through it, the look-ahead
         all-reduces its virtual and probe gradients over its process group (docs/distributed.md).
         Registers one ``optimizer.register_step_post_hook`` that runs each part's
-        ``after_optimizer_step`` after every ``optimizer.step()``; ``close()`` removes it.
+        ``after_optimizer_step`` after every ``optimizer.step()`` and, when a part has the optional
+        ``before_optimizer_step``, one ``register_step_pre_hook`` for it; ``close()`` removes them.
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -243,7 +245,17 @@ class Pipeline:
         for part in self.parts:
             part.bind(module, optimizer)
         self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        if any(callable(getattr(part, "before_optimizer_step", None)) for part in self.parts):
+            self._pre_hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
         return self
+
+    def _before_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
+        if self.last_step is None:
+            return
+        for part in self.parts:
+            hook = getattr(part, "before_optimizer_step", None)
+            if callable(hook):
+                hook(self.last_step)
 
     def _after_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
         if self.last_step is None:  # the optimizer stepped before any pipeline step: nothing to do
@@ -252,10 +264,13 @@ class Pipeline:
             part.after_optimizer_step(self.last_step)
 
     def close(self) -> None:
-        """Remove the optimizer hook (idempotent). ``with pipeline:`` closes on exit."""
+        """Remove the optimizer hooks (idempotent). ``with pipeline:`` closes on exit."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
 
     def __enter__(self) -> Pipeline:
         return self
@@ -408,6 +423,9 @@ class Pipeline:
         lines.append("  backward of the total loss, optimizer.step(): in the user's loop")
         hooked = [p.name for p in self.parts if getattr(p.after_optimizer_step, "__func__", None)
                   is not PartBase.after_optimizer_step]
+        before = [p.name for p in self.parts if callable(getattr(p, "before_optimizer_step", None))]
+        if before:
+            lines.append("  before optimizer.step() (hook): " + ", ".join(before))
         if hooked:
             lines.append("  after optimizer.step() (hook): " + ", ".join(hooked))
         return "\n".join(lines)

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from iegkit._core import keys
+from iegkit._core.lr import scaled_lrs
 from iegkit._core.part import Plan
 from iegkit.functional.losses import check_logits, check_targets
 from iegkit.functional.meta import (
@@ -171,13 +173,17 @@ class StepContext:
                      lambda view=view: self.logits(view))
                     for view in source.views
                 ])
-        self._meta = lookahead_meta_gradients(
-            self.model, self.optimizer, self.inputs, self.targets, self.probe_inputs,
-            self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
-            training_logits=lambda: self.logits("input"), pseudo_graph=graph,
-            lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
-            process_group=self.process_group,
-            compile_tangent=self._plan.compile_tangent,
-        )
+        # LRWarmup's factor: the look-ahead steps at the lr the real optimizer.step() will use
+        # (a fixed lookahead_lr, the official code's 0.1, is not warmed up)
+        scale = float(self.get(keys.LR_SCALE, 1.0)) if request.lookahead_lr is None else 1.0
+        with scaled_lrs(self.optimizer, scale):
+            self._meta = lookahead_meta_gradients(
+                self.model, self.optimizer, self.inputs, self.targets, self.probe_inputs,
+                self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
+                training_logits=lambda: self.logits("input"), pseudo_graph=graph,
+                lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
+                process_group=self.process_group,
+                compile_tangent=self._plan.compile_tangent,
+            )
         self.lookahead_count += 1
         return self._meta

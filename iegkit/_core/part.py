@@ -66,6 +66,9 @@ class Part(Protocol):
     after_optimizer_step(step): runs from ``optimizer.register_step_post_hook`` after each
       ``optimizer.step()`` of the bound optimizer (EMA weights, running class priors); ``step`` is
       the step the pipeline last ran.
+    Optional, not part of the protocol: ``before_optimizer_step(step)``, run from a
+      ``register_step_pre_hook`` just before each ``optimizer.step()`` (``LRWarmup`` scales the lr
+      there and gives it back after the step).
     """
 
     name: str

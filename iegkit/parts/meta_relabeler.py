@@ -35,7 +35,7 @@ class MetaRelabeler(PartBase):
         holds the lambda the loss used.
     """
 
-    optional_requires = (keys.LR,)
+    optional_requires = (keys.LR, keys.LR_SCALE)
     provides = (keys.RELABEL,)
 
     def __init__(self, label_init: float = 0.9, *, weight_init: WeightInit | None = None,

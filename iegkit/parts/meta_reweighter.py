@@ -38,7 +38,8 @@ class MetaReweighter(PartBase):
         omega* then gives beta / B everywhere (the prior), not the paper's empty step.
     """
 
-    optional_requires = (keys.LR,)  # when a schedule sets this step's lr, look ahead with it
+    # a schedule part sets this step's lr, LRWarmup scales it: look ahead with that lr
+    optional_requires = (keys.LR, keys.LR_SCALE)
     provides = (keys.WEIGHTS,)
 
     def __init__(

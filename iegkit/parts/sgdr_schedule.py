@@ -11,21 +11,12 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from iegkit._core import keys
 from iegkit._core.context import StepContext
+from iegkit._core.lr import as_float as _as_float
+from iegkit._core.lr import set_group_lr as _set_group_lr
 from iegkit._core.part import Contribution, PartBase
 from iegkit.functional.schedule import _check_cycle_args, _check_int, _check_real, sgdr
 
 __all__ = ["SGDRSchedule"]
-
-
-def _as_float(value: float | Tensor) -> float:
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
-
-
-def _set_group_lr(group: dict[str, Any], lr: float) -> None:
-    if isinstance(group["lr"], Tensor):
-        group["lr"].fill_(lr)  # a tensor lr (capturable / compiled optimizers) keeps its identity
-    else:
-        group["lr"] = lr
 
 
 class SGDRSchedule(LRScheduler, PartBase):
