@@ -32,6 +32,7 @@ from iegkit import recipes
 from iegkit._core.compose import Pipeline, StepOutput
 from iegkit.checkpoint import load_checkpoint, save_checkpoint
 from iegkit.data import NoisyDataset, ProbeSampler
+from iegkit.ema import evaluation_weights
 
 __all__ = ["FitResult", "TrainingData", "accuracy", "default_augmentations", "fit",
            "steps_per_epoch", "train"]
@@ -130,6 +131,7 @@ def fit(
     scheduler: SchedulerFactory | None = None,
     evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
     evaluate_every_epoch: bool = True,
+    evaluate_average: bool = False,
     on_step: StepCallback | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     views: ViewsCallback | None = None,
@@ -156,6 +158,10 @@ def fit(
         ``"lr_scale"``: it scales the lr of whichever schedule runs.)
       evaluate: ``model -> {name: value}`` merged into each epoch's history entry; default: none.
         With ``evaluate_every_epoch=False`` only the last epoch of this call is evaluated.
+      evaluate_average: also ``evaluate`` the weight average the pipeline keeps, as the official
+        code evaluates (``iegkit.evaluation_weights``: a ``WeightEMA`` part, or the EMA teacher of
+        ``robust_ieg``/``robust_eg``), its values prefixed ``average_``; nothing is added when the
+        pipeline keeps none.
       on_step: ``(step, indices, out)`` after each ``optimizer.step()`` (before the scheduler's).
       on_epoch: ``(entry)`` after each epoch's evaluation; it may add keys to the entry, which is
         then appended to the history (and checkpointed).
@@ -264,6 +270,10 @@ def fit(
         entry: dict = {"epoch": epoch + 1, "step": step, "loss": loss_sum / count}
         if evaluate is not None and (evaluate_every_epoch or last):
             entry.update(evaluate(model))
+            if evaluate_average:
+                with evaluation_weights(pipeline) as average:
+                    if average is not None:
+                        entry.update({f"average_{k}": v for k, v in evaluate(model).items()})
         if on_epoch is not None:
             on_epoch(entry)
         history.append(entry)

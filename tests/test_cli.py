@@ -98,4 +98,9 @@ def test_the_cli_warns_when_pseudo_labels_concentrate(tmp_path, capsys, monkeypa
     data = write_folder(tmp_path / "data")
     assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
                  str(tmp_path / "run"), *ARGS]) == 0
-    assert "the pseudo labels are collapsing" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "the pseudo labels are collapsing" in captured.err
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    assert 0.0 <= final["average_test_accuracy"] <= 1.0  # robust_ieg's teacher, evaluated too
+    assert f"weight average, to evaluate and deploy: {100 * final['average_test_accuracy']:.1f}%" \
+        in captured.out

@@ -57,6 +57,30 @@ def test_lr_warmup_scales_fits_scheduler_and_does_not_replace_it(data):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
 
 
+def test_evaluate_average_evaluates_the_pipelines_weight_average(data):
+    from iegkit import evaluation_weights
+
+    @torch.no_grad()
+    def evaluate(m):  # a value that tells any two sets of weights apart
+        m.eval()
+        value = float(m(data.test_inputs).double().mean())
+        m.train()
+        return {"mean_logit": value}
+
+    model, optimizer, pipeline = make("robust_ieg")
+    result = fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+                 evaluate=evaluate, evaluate_average=True, progress=False)
+    trained = result.final["mean_logit"]
+    with evaluation_weights(pipeline):
+        assert result.final["average_mean_logit"] == evaluate(model)["mean_logit"]
+    assert result.final["average_mean_logit"] != trained
+    assert evaluate(model)["mean_logit"] == trained  # the trained weights are back
+    model, optimizer, pipeline = make("plain")  # keeps no average: nothing is added
+    result = fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
+                 evaluate=evaluate, evaluate_average=True, progress=False)
+    assert not any(k.startswith("average_") for k in result.final)
+
+
 def test_a_scheduler_is_used_iff_no_part_provides_lr(data):
     model, optimizer, pipeline = make("plain")
     assert "lr" not in pipeline.provides

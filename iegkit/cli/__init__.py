@@ -160,7 +160,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     result = training.train(
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
-        on_epoch=on_epoch,
+        on_epoch=on_epoch, evaluate_average=True,
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
@@ -252,8 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"iegkit: data error: {error}", file=sys.stderr)
         return EXIT_DATA
     final = summary["final"]
+    average = (f" (the recipe's weight average, to evaluate and deploy: "
+               f"{100 * final['average_test_accuracy']:.1f}%)"
+               if "average_test_accuracy" in final else "")
     print(f"iegkit: {summary['epochs']} epochs; test accuracy {100 * final.get('test_accuracy', 0):.1f}%"
-          f", trusted-set accuracy {100 * final.get('probe_accuracy', 0):.1f}%; report in {out}/")
+          f"{average}, trusted-set accuracy {100 * final.get('probe_accuracy', 0):.1f}%; report in "
+          f"{out}/")
     return EXIT_OK
 
 
