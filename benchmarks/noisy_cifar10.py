@@ -671,7 +671,7 @@ CPU10K_STORE = REPO / "benchmarks" / "results" / "cifar10_cpu10k.jsonl"
 #: The setting of a run that never reads the noisy labels (EG, robust EG): one run per seed,
 #: reported in every row (the data split, initialisation and draws do not depend on the setting).
 ANY_SETTING = "any"
-LABEL_FREE = frozenset({"eg", "robust_eg", "robust_eg/no_warmup"})
+LABEL_FREE = frozenset({"eg", "robust_eg", "robust_eg/no_warmup", "robust_eg/no_warmup_no_unlabeled"})
 #: robust_ieg's meta_shrinkage candidates; the default's runs are stored as "robust_ieg".
 SHRINKAGE_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -724,6 +724,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # robust_eg before its lr warm-up was a default (its stored run, re-keyed; the warm-up's
     # ablation)
     "robust_eg/no_warmup": ("robust_eg", {"warmup_fraction": 0.0}),
+    # diagnostic of robust_eg's first epoch (with --max-steps 78): the trusted images alone
+    "robust_eg/no_warmup_no_unlabeled": ("robust_eg", {"warmup_fraction": 0.0,
+                                                       "unlabeled_weight": 0.0,
+                                                       "consistency_weight": 0.0}),
 }
 #: stored runs of earlier code under the same options: never the defaults' runs
 HISTORICAL_VARIANTS = frozenset({"robust_ieg/posterior_v1"})
@@ -1115,6 +1119,9 @@ def main_cpu10k(args, cfg: Config) -> int:
     lines) and skipped on restart; --shard i/n runs one disjoint part; --report-only builds the
     tables, figures and section from the store."""
     label = config_label(cfg, args.dry_run)
+    if args.max_steps is not None and not (args.store or args.dry_run):
+        raise SystemExit("--max-steps: a shortened run would be stored as finished; give it its own "
+                         "--store")
     store_path = Path(args.store or (REPO / "runs" / "cifar10_cpu10k_dry.jsonl" if args.dry_run
                                      else CPU10K_STORE))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -97,6 +97,13 @@ def test_store_skips_cut_lines_and_sees_the_other_process(bench, tmp_path):
     assert bench.Store(path).done("z", cfg)
 
 
+def test_a_shortened_run_needs_its_own_store(bench):
+    """--max-steps would store a partial run under the full run's key in the tracked store."""
+    with pytest.raises(SystemExit, match="--store"):
+        bench.main(["--config", "cpu10k", "--max-steps", "78", "--list-runs"])
+    assert all(bench.VARIANTS[m][0] in ("eg", "robust_eg") for m in bench.LABEL_FREE)
+
+
 @pytest.mark.parametrize("method", ["eg", "robust_eg"])
 def test_label_free_methods_do_not_read_the_noisy_labels(method):
     """Why EG and robust EG run once per seed and appear in every row of the table."""
