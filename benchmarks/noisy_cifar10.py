@@ -1395,9 +1395,9 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                    for v in ("robust_eg/no_warmup", "robust_eg")]
     if all(g for _, g in warmup_runs):
         warmup_lines = ["Selection of robust_eg's lr warm-up (seed 0; chosen on the validation "
-                        "split's largest class after epoch 1 and final accuracy, the test accuracy "
-                        "shown for the record). Largest predicted class on the validation split, "
-                        "trained weights / EMA (teacher):", "",
+                        "split's largest class after epoch 1, at a final validation accuracy within "
+                        "noise; the test accuracy shown for the record). Largest predicted class on "
+                        "the validation split, trained weights / EMA (teacher):", "",
                         "| robust_eg options | after epoch 1 | worst epoch | final val % | test % |",
                         "| --- | --- | --- | --- | --- |"]
         for variant, (r,) in ((v, g[:1]) for v, g in warmup_runs):

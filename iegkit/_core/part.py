@@ -52,8 +52,9 @@ class Part(Protocol):
     """A small composable piece of a training step (optax-style: explicit state, no hidden effects).
 
     A part never calls ``backward()`` or ``optimizer.step()`` and never changes the batch or the
-    model's parameters; it reads the shared ``StepContext`` and returns a ``Contribution``. The one
-    declared exception is a schedule part that provides ``lr``: it sets this step's learning rate.
+    model's parameters; it reads the shared ``StepContext`` and returns a ``Contribution``. Two
+    declared exceptions touch the learning rate: a schedule part that provides ``lr`` sets this
+    step's lr, and ``LRWarmup`` scales it for the duration of ``optimizer.step()``.
 
     requires: keys it reads; compose refuses to build without a provider.
     optional_requires: keys it reads only if some part provides them (they order it after their
