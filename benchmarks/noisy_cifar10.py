@@ -671,7 +671,6 @@ CPU10K_STORE = REPO / "benchmarks" / "results" / "cifar10_cpu10k.jsonl"
 #: The setting of a run that never reads the noisy labels (EG, robust EG): one run per seed,
 #: reported in every row (the data split, initialisation and draws do not depend on the setting).
 ANY_SETTING = "any"
-LABEL_FREE = frozenset({"eg", "robust_eg", "robust_eg/no_warmup", "robust_eg/no_warmup_no_unlabeled"})
 #: robust_ieg's meta_shrinkage candidates; the default's runs are stored as "robust_ieg".
 SHRINKAGE_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -729,6 +728,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                        "unlabeled_weight": 0.0,
                                                        "consistency_weight": 0.0}),
 }
+#: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
+LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
+                       if recipe in ("eg", "robust_eg"))
 #: stored runs of earlier code under the same options: never the defaults' runs
 HISTORICAL_VARIANTS = frozenset({"robust_ieg/posterior_v1"})
 #: robust_ieg's candidate defaults, compared on the validation split (the selection table).

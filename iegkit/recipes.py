@@ -18,10 +18,10 @@ from iegkit.parts import (
     CrossEntropy,
     DistributionAlignment,
     KLConsistency,
+    LRWarmup,
     MetaRelabeler,
     MetaReweighter,
     NoisyLabelPosterior,
-    LRWarmup,
     ProbeMixUp,
     SGDRSchedule,
     TrustedGate,
@@ -389,8 +389,8 @@ def robust_eg(
     One more difference from the paper: the lr warms up linearly over ``warmup_fraction`` of the
     run (``LRWarmup``, on top of the user's schedule or of ``SGDRSchedule`` with
     ``first_cycle_steps``; 0 has none, and so has a run too short for a warm-up of 2 steps or more,
-    fewer than about 1.5 / ``warmup_fraction`` steps). Without the noisy labels the first epoch learns from the
-    trusted images alone; at the full lr from a random start one class took 0.31 (trained weights)
+    fewer than about 1.5 / ``warmup_fraction`` steps). Without the noisy labels the first epoch
+    learns from the trusted images alone; at the full lr from a random start one class took 0.31 (trained weights)
     and 0.39 (teacher) of the validation predictions after epoch 1 on CIFAR-10 (cpu10k)."""
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
     strong = strong_augment if strong_augment is not None else _default_strong("cifar10")

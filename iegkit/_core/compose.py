@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,6 +204,7 @@ class Pipeline:
         self.process_group: Any = None
         self._hook: Any = None
         self._pre_hook: Any = None
+        self._before_hooks: list[Callable[[int], None]] = []
         self.generators: dict[str, torch.Generator] = {}
         for part in parts:
             generator = torch.Generator()
@@ -245,17 +246,17 @@ class Pipeline:
         for part in self.parts:
             part.bind(module, optimizer)
         self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
-        if any(callable(getattr(part, "before_optimizer_step", None)) for part in self.parts):
+        self._before_hooks = [part.before_optimizer_step for part in self.parts
+                              if callable(getattr(part, "before_optimizer_step", None))]
+        if self._before_hooks:
             self._pre_hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
         return self
 
     def _before_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
         if self.last_step is None:
             return
-        for part in self.parts:
-            hook = getattr(part, "before_optimizer_step", None)
-            if callable(hook):
-                hook(self.last_step)
+        for hook in self._before_hooks:
+            hook(self.last_step)
 
     def _after_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
         if self.last_step is None:  # the optimizer stepped before any pipeline step: nothing to do

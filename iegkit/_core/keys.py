@@ -6,8 +6,8 @@ use their own keys; these are the ones iegkit's parts read and write.
 
 from __future__ import annotations
 
-__all__ = ["LR", "LR_SCALE", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW", "UNLABELED_GATE",
-           "UNLABELED_MASK", "WEIGHTS"]
+__all__ = ["LR", "LR_SCALE", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW",
+           "UNLABELED_GATE", "UNLABELED_MASK", "WEIGHTS"]
 
 #: omega* (B,): per-example weights from the meta-gradient (MetaReweighter).
 WEIGHTS = "weights"
@@ -28,6 +28,6 @@ UNLABELED_GATE = "gate:unlabeled"
 #: This step's learning rate, set on the optimizer by a schedule part. The meta parts order after
 #: it so that the look-ahead uses the lr the real step will use.
 LR = "lr"
-#: A 0-d float64 factor on every group's lr for this step's look-ahead and ``optimizer.step()`` only
-#: (``LRWarmup``); the user's lr itself is never changed. The meta parts order after it.
+#: A 0-d float64 factor on every group's lr for this step's look-ahead and ``optimizer.step()``
+#: only (``LRWarmup``); the user's lr itself is never changed. The meta parts order after it.
 LR_SCALE = "lr_scale"
