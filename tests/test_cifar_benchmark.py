@@ -104,6 +104,30 @@ def test_a_shortened_run_needs_its_own_store(bench):
     assert all(bench.VARIANTS[m][0] in ("eg", "robust_eg") for m in bench.LABEL_FREE)
 
 
+def test_ablation_tables_mark_the_components_and_the_runs_not_made(bench):
+    def record(method, acc, teacher=None):
+        return {"method": method, "seed": 0, "test_accuracy": acc, "val_accuracy": acc - 0.01,
+                "max_test_top_share": 0.3, "max_ema_test_top_share": teacher}
+
+    runs = {"robust_ieg": [record("robust_ieg", 0.47, 0.2)],
+            "robust_ieg/no_posterior": [record("robust_ieg/no_posterior", 0.427)],
+            "robust_ieg-2": [record("robust_ieg-2", 0.41, 0.22)]}
+
+    def group(setting, method):
+        return runs.get(method, []) if setting == "uniform:0.8" else []
+
+    lines = bench.ablation_tables(group)
+    text = "\n".join(lines)
+    assert "| robust_ieg/no_posterior (label_posterior=False) | 42.7 | 41.7 | 0.30 / - |" in lines
+    assert "| robust_ieg (defaults) | 47.0 | 46.0 | 0.30 / 0.20 |" in lines
+    assert "| 2 |  |  |  | ✓ | 41.0 | 40.0 | 0.30 / 0.22 | 36.04 |" in lines
+    assert "| 5 | ✓ | ✓ | ✓ | ✓ | 47.0 | 46.0 | 0.30 / 0.20 | 75.42 |" in lines
+    assert "| 1 |  |  |  |  | not run | - | - | 33.52 |" in lines
+    assert "robust_ieg/no_teacher" not in text
+    runs.pop("robust_ieg-2")
+    assert not any("Table 7" in line for line in bench.ablation_tables(group))
+
+
 @pytest.mark.parametrize("method", ["eg", "robust_eg"])
 def test_label_free_methods_do_not_read_the_noisy_labels(method):
     """Why EG and robust EG run once per seed and appear in every row of the table."""
