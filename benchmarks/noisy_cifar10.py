@@ -1471,8 +1471,9 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
         f"images) is made for every training image once per epoch outside the step and passed "
         f"with `fit(views=...)`. EG/IEG: p, k ramped over the whole run (`recipes.build`); robust "
         f"EG/IEG: `recipes.robust_ieg`/`robust_eg` defaults (EMA teacher 0.99, distribution "
-        f"alignment 0.99, ramp over the run; robust EG: lr warm-up over the first "
-        f"{100 * recipes.ROBUST_EG_WARMUP_FRACTION:g}% of the run); probe diagnostics every "
+        f"alignment 0.99, ramp over the run; robust IEG: meta shrinkage "
+        f"{recipes.ROBUST_META_SHRINKAGE:g} and the label posterior; robust EG: lr warm-up over "
+        f"the first {100 * recipes.ROBUST_EG_WARMUP_FRACTION:g}% of the run); probe diagnostics every "
         f"{cfg.probe_diagnostics_every} steps. EG and robust EG never read the noisy labels: one "
         f"run per seed, shown in every column. Nothing was selected on the test split.")
     head = provenance(f"; {done} of {len(runs)} listed runs in the store.")

@@ -72,29 +72,43 @@ def test_exit_codes_and_messages(tmp_path, capsys):
         main(["train", "--recipe", "nope"])
 
 
-def test_the_cli_warns_when_pseudo_labels_concentrate(tmp_path, capsys, monkeypatch):
-    """A pipeline whose pseudo labels all point to one class gets the collapse warning."""
+def test_the_cli_warns_when_pseudo_labels_stay_concentrated(tmp_path, capsys, monkeypatch):
+    """The warning needs the epoch's mean top share above 2/C (capped for small C) for
+    ``patience`` epochs in a row; a pipeline whose pseudo labels keep to one class gets it."""
     from iegkit.diagnostics import CollapseMonitor
 
-    monitor = CollapseMonitor()
+    def epoch(monitor, targets, metrics=None):
+        class Out:
+            values = {"targets:pseudo": targets}
 
-    class Out:
-        values = {"targets:pseudo": torch.eye(3)[torch.zeros(8, dtype=torch.long)]}
-        metrics = {}
+        Out.metrics = metrics or {}
+        monitor.record(Out())
+        return monitor.epoch_summary()
 
-    monitor.record(Out())
-    summary = monitor.epoch_summary()
-    assert summary["pseudo_top_share"] == 1.0 and monitor.collapsing(summary)
+    def share(top, classes=10, batch=20):
+        """A batch whose most frequent pseudo label holds ``top`` of it, the rest spread out."""
+        n_top = round(top * batch)
+        labels = torch.cat([torch.zeros(n_top, dtype=torch.long),
+                            1 + torch.arange(batch - n_top) % (classes - 1)])
+        return torch.eye(classes)[labels]
+
+    monitor = CollapseMonitor()  # C = 10: threshold 0.2, patience 2
+    assert not monitor.collapsing(epoch(monitor, share(0.2)))  # at the threshold: not above
+    assert monitor.collapsing(epoch(monitor, share(0.25))) and not monitor.sustained()
+    assert monitor.collapsing(epoch(monitor, share(0.25))) and monitor.sustained()
+    assert not monitor.collapsing(epoch(monitor, share(0.1))) and not monitor.sustained()
+    assert monitor.collapsing(epoch(monitor, share(1.0))) and not monitor.sustained()  # a new run
+    binary = CollapseMonitor(patience=1)
+    summary = epoch(binary, share(1.0, classes=2))
+    assert summary["pseudo_top_share"] == 1.0 and binary.sustained()  # 2/C = 1 is capped at 0.75
+    assert not binary.collapsing(epoch(binary, share(0.7, classes=2))) and not binary.sustained()
     balanced = CollapseMonitor()
-
-    class Balanced:
-        values = {"targets:pseudo": torch.eye(3)[torch.arange(9) % 3]}
-        metrics = {"pseudo_labeler/probe_accuracy": torch.tensor(0.5)}
-
-    balanced.record(Balanced())
-    summary = balanced.epoch_summary()
+    summary = epoch(balanced, torch.eye(3)[torch.arange(9) % 3],
+                    {"pseudo_labeler/probe_accuracy": torch.tensor(0.5)})
     assert not balanced.collapsing(summary) and summary["pseudo_probe_accuracy"] == 0.5
-    monkeypatch.setattr(CollapseMonitor, "collapsing", lambda self, summary: True)
+    with pytest.raises(ValueError, match="patience"):
+        CollapseMonitor(patience=0)
+    monkeypatch.setattr(CollapseMonitor, "sustained", lambda self: True)
     data = write_folder(tmp_path / "data")
     assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
                  str(tmp_path / "run"), *ARGS]) == 0

@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 import iegkit
 from iegkit import keys, recipes
 from iegkit.errors import MissingProviderError
-from iegkit.functional.collapse import pseudo_label_accuracy, pseudo_label_concentration
+from iegkit.functional.collapse import (
+    collapse_threshold,
+    pseudo_label_accuracy,
+    pseudo_label_concentration,
+)
 from iegkit.functional.consistency import kl_consistency
 from iegkit.functional.distribution_alignment import align_distribution, unsharpen, updated_marginal
 from iegkit.functional.pseudo_label import sharpen
@@ -118,6 +122,26 @@ def test_concentration_extremes_and_accuracy():
     top, entropy = pseudo_label_concentration(uniform)
     assert float(top) == 0.25 and float(entropy) == pytest.approx(1.0)
     assert float(pseudo_label_accuracy(uniform, torch.tensor([0, 1, 2, 3, 0, 0, 0, 0]))) == 0.625
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 1000), st.floats(1.0, 50.0, exclude_min=True))
+def test_collapse_threshold_lies_between_balanced_and_one_class(classes, factor):
+    threshold = collapse_threshold(classes, factor)
+    assert 1 / classes < threshold < 1.0
+    if factor / classes <= (1 + 1 / classes) / 2:
+        assert threshold == factor / classes  # the rule: factor x the uniform share
+    assert collapse_threshold(classes, factor * 2) >= threshold  # monotone in the factor
+
+
+def test_collapse_threshold_values_and_errors():
+    assert collapse_threshold(10) == 0.2
+    assert collapse_threshold(2) == 0.75  # 2/C = 1 could never be exceeded
+    assert collapse_threshold(3) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        collapse_threshold(1)
+    with pytest.raises(ValueError, match="factor"):
+        collapse_threshold(10, 1.0)
 
 
 @settings(max_examples=30, deadline=None)

@@ -128,6 +128,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         plot_lambda_curves,
         plot_weight_histogram,
     )
+    from iegkit.functional.collapse import collapse_threshold
 
     splits = build_splits(config)
     per_epoch = training.steps_per_epoch(splits.train_inputs.shape[0], config.batch_size)
@@ -149,9 +150,11 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     def on_epoch(entry: dict) -> None:
         summary = monitor.epoch_summary()
         entry.update(summary)
-        if monitor.collapsing(summary):
+        if monitor.sustained():
             print(f"iegkit: warning: epoch {entry['epoch']}: {100 * summary['pseudo_top_share']:.0f}% "
-                  f"of a batch's pseudo labels share one class on average (uniform: "
+                  f"of a batch's pseudo labels share one class on average, above "
+                  f"{100 * collapse_threshold(monitor.num_classes, monitor.factor):.0f}% for "
+                  f"{monitor.epochs_above} epochs in a row (uniform: "
                   f"{100 / monitor.num_classes:.0f}%): the pseudo labels are collapsing; "
                   "try --recipe robust_ieg", file=sys.stderr)
 
@@ -171,7 +174,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     (out / "report.json").write_text(report.to_json())
     plot_curves(history, out / "curves.png")
     if any("pseudo_top_share" in h for h in history):
-        plot_collapse(history, out / "collapse.png", num_classes=splits.num_classes)
+        plot_collapse(history, out / "collapse.png", threshold=collapse_threshold(
+            splits.num_classes, monitor.factor) if splits.num_classes >= 2 else None)
     if recorder.has_weights:
         plot_weight_histogram(recorder, None, out / "weights.png")
     if recorder.has_weights or recorder.has_relabel:

@@ -147,18 +147,18 @@ COLLAPSE_KEYS = ("pseudo_top_share", "pseudo_marginal_entropy", "pseudo_probe_ac
 
 
 def plot_collapse(history: Sequence[Mapping[str, Any]], path: str | Path, *,
-                  num_classes: int | None = None) -> Path:
+                  threshold: float | None = None) -> Path:
     """The collapse signals per epoch (``CollapseMonitor``'s keys): top pseudo-label share,
-    normalised marginal entropy, probe accuracy of the pseudo labels; with ``num_classes`` the
-    warning line at 2/C. Writes a PNG, returns its path."""
+    normalised marginal entropy, probe accuracy of the pseudo labels; with ``threshold`` (the
+    monitor's ``collapse_threshold``) the warning line. Writes a PNG, returns its path."""
     x = [float(h.get("epoch", k + 1)) for k, h in enumerate(history)]
     fig, (ax,) = _figure(1)
     for name in COLLAPSE_KEYS:
         pts = [(xi, float(h[name])) for xi, h in zip(x, history) if h.get(name) is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
-    if num_classes:
-        ax.axhline(2.0 / num_classes, color="gray", linestyle="--", label="2/C (warning)")
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", label="warning threshold")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
     ax.set_title("pseudo-label collapse signals")

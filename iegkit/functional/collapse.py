@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["pseudo_label_accuracy", "pseudo_label_concentration"]
+__all__ = ["collapse_threshold", "pseudo_label_accuracy", "pseudo_label_concentration"]
 
 
 def pseudo_label_concentration(pseudo: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,3 +35,14 @@ def pseudo_label_accuracy(pseudo: Tensor, labels: Tensor) -> Tensor:
         raise ValueError(f"labels: expected {pseudo.shape[0]} labels like pseudo, got "
                          f"{labels.shape[0]}")
     return (pseudo.detach().argmax(-1) == labels).to(torch.float32).mean()
+
+
+def collapse_threshold(num_classes: int, factor: float = 2.0) -> float:
+    """The top pseudo-label share above which the labels count as concentrating:
+    ``factor`` x the uniform share 1/C, capped at the midpoint (1 + 1/C) / 2 between balanced and
+    one class, so that it stays reachable when factor / C >= 1 (C = 2 with the default factor 2)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
+    if not factor > 1.0:
+        raise ValueError(f"factor: expected > 1 (a multiple of the uniform share), got {factor}")
+    return min(factor / num_classes, (1.0 + 1.0 / num_classes) / 2.0)
