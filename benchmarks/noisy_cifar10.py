@@ -293,8 +293,7 @@ def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_s
     more recipe options (a variant's), given the same way; ``strong``: the strong view [AutoAugment
     CIFAR-10, per image or per batch as the configuration says]."""
     options: dict = {"rampup_steps": max(1, round(cfg.rampup_fraction * total_steps))}
-    if cfg.probe_diagnostics_every != 1:
-        options["probe_diagnostics_every"] = cfg.probe_diagnostics_every
+    options["probe_diagnostics_every"] = cfg.probe_diagnostics_every
     if cfg.official_lookahead:
         options.update(lookahead_lr=0.1, through_pseudo_labels=True)
     options.update(extra or {})

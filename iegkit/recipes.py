@@ -121,7 +121,7 @@ def eg(
     t_mul: float = 1.5,
     m_mul: float = 0.9,
     seed: int = 0,
-    probe_diagnostics_every: int | None = 1,
+    probe_diagnostics_every: int | None = 10,
 ) -> Pipeline:
     """EG (paper section 3.4): IEG without Isolation. The noisy labels are ignored: all training data
     is unlabeled (pseudo labels), the probe set is the labeled set. Loss L^p + p L^u + k KL.
@@ -162,7 +162,7 @@ def ieg(
     t_mul: float = 1.5,
     m_mul: float = 0.9,
     seed: int = 0,
-    probe_diagnostics_every: int | None = 1,
+    probe_diagnostics_every: int | None = 10,
 ) -> Pipeline:
     """IEG (Algorithm 1) with the official code's choices (docs/method.md):
 
@@ -279,7 +279,7 @@ def robust_ieg(
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
-    probe_diagnostics_every: int | None = 1,
+    probe_diagnostics_every: int | None = 10,
 ) -> Pipeline:
     """IEG with safeguards against the collapse of the pseudo labels (docs/method.md, "Robust IEG").
 
@@ -379,7 +379,7 @@ def robust_eg(
     first_cycle_steps: int | None = None,
     t_mul: float = 1.5,
     m_mul: float = 0.9,
-    probe_diagnostics_every: int | None = 1,
+    probe_diagnostics_every: int | None = 10,
 ) -> Pipeline:
     """EG (no isolation: the noisy labels are unused) with ``robust_ieg``'s safeguards: EMA-teacher
     pseudo labels, distribution alignment, p and k ramped over ``rampup_fraction`` of the run;

@@ -305,3 +305,40 @@ def test_robust_ieg_builds_from_total_steps_and_runs():
         recipes.robust_ieg(model, opt, total_steps=0, strong_augment=noise_augment)
     eg = recipes.build("robust_eg", model, opt, total_steps=4, strong_augment=noise_augment)
     assert "DistributionAlignment" in [type(p).__name__ for p in eg.parts]
+
+
+@pytest.mark.parametrize("recipe", ["ieg", "robust_ieg"])
+def test_probe_diagnostics_leave_training_bit_for_bit_unchanged(recipe):
+    """The probe's pseudo labels use a generator of their own and batch statistics without
+    touching BatchNorm's running ones, so measuring them every step or never trains the same
+    weights (with the real AutoAugment strong view), and the default's frequency changes nothing."""
+    from iegkit.models import SmallCNN
+    from iegkit.training import default_augmentations
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(12, 3, 16, 16, generator=gen) * 2 - 1
+    xp = torch.rand(10, 3, 16, 16, generator=gen) * 2 - 1
+    y, yp = torch.randint(0, 10, (12,), generator=gen), torch.arange(10)
+
+    def train(every):
+        torch.manual_seed(0)
+        model = SmallCNN(3, 10, width=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        _, strong = default_augmentations(3, 16)
+        pipeline = recipes.build(recipe, model, optimizer, total_steps=3, strong_augment=strong,
+                                 probe_diagnostics_every=every)
+        seen = []
+        for step in range(3):
+            out = pipeline(x, y, xp, yp, step=step)
+            seen.append("pseudo_labeler/probe_accuracy" in out.metrics)
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        return model.state_dict(), seen
+
+    measured, seen = train(1)
+    assert seen == [True, True, True]
+    for every in (None, 10):
+        state, _ = train(every)
+        for name, value in measured.items():
+            assert torch.equal(value, state[name]), name
