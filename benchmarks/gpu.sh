@@ -10,7 +10,12 @@
 #      no --device option; a small wrapper here builds its models and batches on the GPU and
 #      synchronises CUDA around each step's timer.
 #   3. A short noisy CIFAR-10 run, plain vs robust_ieg at uniform 0.8 (benchmarks/noisy_cifar10.py
-#      --config cpu10k --device cuda, fewer epochs), then its table.
+#      --config cpu10k --device cuda, fewer epochs), then its table. With --cifar-full, the issue's
+#      GPU configuration: WRN-28-2 on all 44,900 noisy training images (the 5,000-image validation
+#      split and the 100 trusted images set apart), as many epochs as fit in --cifar-seconds
+#      (default 400; both runs together, the strong views included): a timing stage measures the
+#      steps on the GPU first and sets the epochs (--cifar-epochs N instead fixes them).
+#      --only-cifar skips stages 1-2 so that the budget goes to it.
 #
 # Every table goes to $OUT (the device tool's output folder) or ./runs/gpu (--out DIR):
 # results.md (one section per stage), status.txt (each stage: ok, failed, stopped, skipped),
@@ -40,6 +45,7 @@
 #   bash benchmarks/gpu.sh --dry-run            # tiny sizes on the CPU, < 60 s (tests/test_gpu_script.py)
 #   bash benchmarks/gpu.sh --out DIR --data DIR --wheels DIR --budget SECONDS --cifar-epochs N \
 #       --pack --tangents
+#   bash benchmarks/gpu.sh --only-cifar --cifar-full --budget 560   # the issue's GPU configuration
 #   environment: PYTHON (the interpreter), GPU_SH_NO_COMPILE=1 (skip the compiled variant)
 
 set -u -o pipefail
@@ -55,6 +61,10 @@ DATA=""
 WHEELS=""
 BUDGET=440
 CIFAR_EPOCHS=4
+CIFAR_EPOCHS_SET=0
+CIFAR_FULL=0
+CIFAR_SECONDS=400
+ONLY_CIFAR=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
@@ -62,7 +72,10 @@ while [ $# -gt 0 ]; do
         --data) DATA="$2"; shift ;;
         --wheels) WHEELS="$2"; shift ;;
         --budget) BUDGET="$2"; shift ;;
-        --cifar-epochs) CIFAR_EPOCHS="$2"; shift ;;
+        --cifar-epochs) CIFAR_EPOCHS="$2"; CIFAR_EPOCHS_SET=1; shift ;;
+        --cifar-full) CIFAR_FULL=1 ;;
+        --cifar-seconds) CIFAR_SECONDS="$2"; shift ;;
+        --only-cifar) ONLY_CIFAR=1 ;;
         --pack) PACK=1 ;;
         --tangents) TANGENTS=1 ;;
         -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -153,6 +166,10 @@ fi
 HAVE_KORNIA=0
 "$PYTHON" -c "import kornia" 2>/dev/null && HAVE_KORNIA=1
 
+if [ "$ONLY_CIFAR" = 1 ]; then
+    log "meta_step, recipe_steps: skipped (--only-cifar)"
+    STATUS+=("meta_step, recipe_steps: skipped (--only-cifar)")
+else
 # ------------------------------------------------------------------ 1. meta_step.py
 VARIANTS="plain,iegkit_l2r,iegkit_l2r_compiled,double_backward,plain_bf16,iegkit_l2r_bf16"
 if [ "${GPU_SH_NO_COMPILE:-0}" = 1 ] || [ "$DRY_RUN" = 1 ]; then
@@ -212,6 +229,8 @@ write_section(results, f"{match.group(1)} on {device}", f"Run through benchmarks
 sys.exit(code)
 EOF
 
+fi  # --only-cifar
+
 # ------------------------------------------------------------------ 3. noisy CIFAR-10
 if [ -z "$DATA" ]; then
     for candidate in "$REPO/data/cifar10-jpeg" "$REPO/runs/cifar10-jpeg" "$REPO/../shared/data/cifar10-jpeg"; do
@@ -229,11 +248,23 @@ else
     rm -f "$STORE"
     CIFAR=(benchmarks/noisy_cifar10.py --config cpu10k --data "$DATA" --store "$STORE"
            --methods plain,robust_ieg --settings uniform:0.8 --seeds 1 --no-progress)
+    if [ "$CIFAR_FULL" = 1 ]; then
+        CIFAR+=(--model wrn28_2 --train-subset 0)
+    fi
     if [ "$DRY_RUN" = 1 ]; then
         CIFAR+=(--dry-run --threads 1)
     else
-        CIFAR+=(--device cuda --threads 0 --epochs "$CIFAR_EPOCHS" --cache-dir "$REPO/runs/cifar10-cache")
+        CIFAR+=(--device cuda --threads 0 --cache-dir "$REPO/runs/cifar10-cache")
     fi
+    if [ "$CIFAR_FULL" = 1 ] && [ "$CIFAR_EPOCHS_SET" = 0 ]; then
+        # the epochs that fit: measured steps, evaluation and strong views of this configuration
+        run_stage cifar10_timing 150 "$PYTHON" "${CIFAR[@]}" --time-steps "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 10)"
+        PER_EPOCH=$(sed -n 's/^seconds per epoch of every run: //p' "$OUT_DIR/logs/cifar10_timing.log" | tail -n 1)
+        CIFAR_EPOCHS=$("$PYTHON" -c "import math, sys; print(max(1, math.floor(float(sys.argv[1]) / float(sys.argv[2]))))" \
+                       "$CIFAR_SECONDS" "$PER_EPOCH" 2>/dev/null) || CIFAR_EPOCHS=4
+        log "cifar10: $CIFAR_EPOCHS epochs fit in ${CIFAR_SECONDS}s"
+    fi
+    [ "$DRY_RUN" = 1 ] || CIFAR+=(--epochs "$CIFAR_EPOCHS")
     run_stage cifar10 100000 "$PYTHON" "${CIFAR[@]}"
     # the table of whatever finished (a few seconds; also after a timeout, past the budget)
     BUDGET=$(( BUDGET + 30 ))

@@ -405,11 +405,12 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
                methods: Sequence[str], settings: Sequence[tuple[str, float]],
                eg_per_setting: bool, label_free: Sequence[str] = ("eg",)) -> None:
     """Median seconds per training step of each method (after 2 warm-up steps), the cost of one
-    test evaluation, and the projected time of the full run with the configured epochs."""
+    test evaluation, and the projected time of the full run with the configured epochs (steps,
+    the strong views made outside the step, the evaluation after each epoch)."""
     labels = noisy_labels(split.train_clean, "uniform", 0.4, seed)
     n = split.train_images.shape[0]
     steps_per_epoch = training.steps_per_epoch(n, cfg.batch_size)
-    per_step = {}
+    per_step, strong_per_step = {}, {}
     for method in methods:
         torch.manual_seed(seed)
         model = build_model(cfg).to(device)
@@ -443,6 +444,7 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         per_step[method] = statistics.median(times[2:])
+        strong_per_step[method] = statistics.median(precompute[2:]) if precompute else 0.0
         print(f"{method:10s} {per_step[method] * 1000:8.1f} ms/step  (min {min(times[2:]) * 1000:.1f})"
               + (f"; strong view precomputed outside the step: {statistics.median(precompute) * 1000:.1f}"
                  f" ms per batch" if precompute else ""), flush=True)
@@ -457,12 +459,15 @@ def time_steps(cfg: Config, split: Split, seed: int, device: torch.device, steps
     total = 0.0
     for method in methods:
         runs = len(settings) if (method not in label_free or eg_per_setting) else 1
-        per_run = cfg.epochs * (steps_per_epoch * per_step[method] + eval_s)
+        per_run = cfg.epochs * (steps_per_epoch * (per_step[method] + strong_per_step[method])
+                                + eval_s)
         total += runs * per_run
         print(f"{method:10s} {runs} run(s) x {per_run / 60:.1f} min", flush=True)
     per_epoch_all = total / cfg.epochs
     print(f"projected total for {cfg.epochs} epochs, 1 seed: {total / 60:.1f} min "
           f"({per_epoch_all / 60:.2f} min per epoch of every run)", flush=True)
+    # read by benchmarks/gpu.sh --cifar-full to choose the epochs that fit its time
+    print(f"seconds per epoch of every run: {per_epoch_all:.3f}", flush=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -1453,8 +1458,10 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
     done = sum(store.done(run.key(label), cfg) for run in runs)
     any_r = records[0] if records else {}
     commands = sorted({r["command"] for r in records})
-    model_desc = (f"SmallCNN(in_channels=3, width={cfg.width}, blocks=4)" if cfg.model == "small_cnn4"
-                  else f"{cfg.model} (width {cfg.width})")
+    model_desc = {"small_cnn4": f"SmallCNN(in_channels=3, width={cfg.width}, blocks=4)",
+                  "wrn28_2": "WRN-28-2 (benchmarks/wrn.py)",
+                  "wrn28_10": "WRN-28-10 (benchmarks/wrn.py)"}.get(
+        cfg.model, f"{cfg.model} (width {cfg.width})")
     details = (
         f"{model_desc}, {any_r.get('parameters', 0):,} parameters. Data: 10 trusted images per "
         f"class (clean labels; the probe set) removed first, then a stratified clean validation "

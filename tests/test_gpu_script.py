@@ -53,3 +53,27 @@ def test_gpu_script_refuses_unknown_arguments():
     done = subprocess.run(["bash", str(SCRIPT), "--no-such-flag"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "unknown argument" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="coreutils' timeout is not installed")
+def test_gpu_script_full_cifar_configuration_times_then_trains(tmp_path):
+    """--only-cifar --cifar-full: stages 1-2 skipped, a timing stage sets the epochs that fit
+    --cifar-seconds, and WRN-28-2 trains (at dry-run sizes here)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only-cifar", "--cifar-full",
+                           "--cifar-seconds", "90", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, log
+    status = (tmp_path / "status.txt").read_text()
+    assert "meta_step, recipe_steps: skipped (--only-cifar)" in status
+    if "cifar10: skipped" in status:
+        pytest.skip("no CIFAR-10 archives or kornia here")
+    assert "cifar10_timing: ok" in status and "cifar10: ok" in status, status
+    timing = (tmp_path / "logs" / "cifar10_timing.log").read_text()
+    per_epoch = float(timing.split("seconds per epoch of every run: ")[1].split()[0])
+    assert f"cifar10: {max(1, int(90 // per_epoch))} epochs fit in 90s" in done.stdout
+    assert "WRN-28-2" in (tmp_path / "results.md").read_text()
