@@ -259,12 +259,22 @@ else
     if [ "$CIFAR_FULL" = 1 ] && [ "$CIFAR_EPOCHS_SET" = 0 ]; then
         # the epochs that fit: measured steps, evaluation and strong views of this configuration
         run_stage cifar10_timing 150 "$PYTHON" "${CIFAR[@]}" --time-steps "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 10)"
-        PER_EPOCH=$(sed -n 's/^seconds per epoch of every run: //p' "$OUT_DIR/logs/cifar10_timing.log" | tail -n 1)
-        CIFAR_EPOCHS=$("$PYTHON" -c "import math, sys; print(max(1, math.floor(float(sys.argv[1]) / float(sys.argv[2]))))" \
-                       "$CIFAR_SECONDS" "$PER_EPOCH" 2>/dev/null) || CIFAR_EPOCHS=4
-        log "cifar10: $CIFAR_EPOCHS epochs fit in ${CIFAR_SECONDS}s"
+        # never more than the budget has left, less 60 s for loading the data and the report
+        LEFT=$(( START + BUDGET - $(date +%s) - 60 ))
+        [ "$LEFT" -lt "$CIFAR_SECONDS" ] && CIFAR_SECONDS=$(( LEFT > 10 ? LEFT : 10 ))
+        PER_EPOCH=""
+        [ -f "$OUT_DIR/logs/cifar10_timing.log" ] && \
+            PER_EPOCH=$(sed -n 's/^seconds per epoch of every run: //p' "$OUT_DIR/logs/cifar10_timing.log" | tail -n 1)
+        if FIT=$("$PYTHON" -c "import math, sys; print(max(1, math.floor(float(sys.argv[1]) / float(sys.argv[2]))))" \
+                 "$CIFAR_SECONDS" "$PER_EPOCH" 2>/dev/null); then
+            CIFAR_EPOCHS="$FIT"
+            log "cifar10: $CIFAR_EPOCHS epochs fit in ${CIFAR_SECONDS}s (${PER_EPOCH}s per epoch of both runs)"
+        else
+            log "cifar10: no timing (see logs/cifar10_timing.log); falling back to --cifar-epochs $CIFAR_EPOCHS"
+            STATUS+=("cifar10: epochs not measured, $CIFAR_EPOCHS used")
+        fi
     fi
-    [ "$DRY_RUN" = 1 ] || CIFAR+=(--epochs "$CIFAR_EPOCHS")
+    CIFAR+=(--epochs "$CIFAR_EPOCHS")  # (--dry-run replaces it with 1)
     run_stage cifar10 100000 "$PYTHON" "${CIFAR[@]}"
     # the table of whatever finished (a few seconds; also after a timeout, past the budget)
     BUDGET=$(( BUDGET + 30 ))

@@ -145,7 +145,8 @@ def evaluation_weights(pipeline: Any) -> Iterator[WeightEMA | None]:
     model's own weights, untouched, where it keeps neither. Yields that average (or None).
 
     Why the teacher: it averages about the last ``1 / (1 - decay)`` steps (100 at robust IEG's
-    0.99, reached at step 890 through the warm-up min(decay, (1 + t) / (10 + t))), which smooths the epoch-to-epoch swings of a model trained at a high learning rate
+    0.99, reached at step 890 through the warm-up min(decay, (1 + t) / (10 + t))), which
+    smooths the epoch-to-epoch swings of a model trained at a high learning rate
     (on CIFAR-10, the early epochs' imbalance of the predicted classes: docs/results.md, "Robust
     IEG on CIFAR-10 (cpu10k): status").
     """

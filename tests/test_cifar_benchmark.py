@@ -104,6 +104,17 @@ def test_a_shortened_run_needs_its_own_store(bench):
     assert all(bench.VARIANTS[m][0] in ("eg", "robust_eg") for m in bench.LABEL_FREE)
 
 
+def test_report_of_the_full_training_set_configuration(bench, tmp_path, capsys):
+    """--train-subset 0 (every remaining training image, gpu.sh --cifar-full) has no subset size
+    to print: the report says so instead of failing."""
+    results = tmp_path / "results.md"
+    assert bench.main(["--config", "cpu10k", "--model", "wrn28_2", "--train-subset", "0",
+                       "--report-only", "--store", str(tmp_path / "none.jsonl"), "--write",
+                       str(results), "--figures-dir", str(tmp_path)]) == 0
+    text = results.read_text()
+    assert "WRN-28-2 (benchmarks/wrn.py)" in text and "all remaining training images" in text
+
+
 def test_ablation_tables_mark_the_components_and_the_runs_not_made(bench):
     def record(method, acc, teacher=None):
         return {"method": method, "seed": 0, "test_accuracy": acc, "val_accuracy": acc - 0.01,

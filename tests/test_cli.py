@@ -93,27 +93,28 @@ def test_the_cli_warns_when_pseudo_labels_stay_concentrated(tmp_path, capsys, mo
         return torch.eye(classes)[labels]
 
     monitor = CollapseMonitor()  # C = 10: threshold 0.2, patience 2
-    assert not monitor.collapsing(epoch(monitor, share(0.2)))  # at the threshold: not above
-    assert monitor.collapsing(epoch(monitor, share(0.25))) and not monitor.sustained()
-    assert monitor.collapsing(epoch(monitor, share(0.25))) and monitor.sustained()
-    assert not monitor.collapsing(epoch(monitor, share(0.1))) and not monitor.sustained()
-    assert monitor.collapsing(epoch(monitor, share(1.0))) and not monitor.sustained()  # a new run
+    assert not monitor.above_threshold(epoch(monitor, share(0.2)))  # at the threshold: not above
+    assert monitor.above_threshold(epoch(monitor, share(0.25))) and not monitor.should_warn()
+    assert monitor.above_threshold(epoch(monitor, share(0.25))) and monitor.should_warn()
+    assert not monitor.above_threshold(epoch(monitor, share(0.1))) and not monitor.should_warn()
+    assert monitor.above_threshold(epoch(monitor, share(1.0))) and not monitor.should_warn()  # a new streak
     binary = CollapseMonitor(patience=1)
     summary = epoch(binary, share(1.0, classes=2))
-    assert summary["pseudo_top_share"] == 1.0 and binary.sustained()  # 2/C = 1 is capped at 0.75
-    assert not binary.collapsing(epoch(binary, share(0.7, classes=2))) and not binary.sustained()
+    assert summary["pseudo_top_share"] == 1.0 and binary.should_warn()  # 2/C = 1 is capped at 0.75
+    assert not binary.above_threshold(epoch(binary, share(0.7, classes=2))) and not binary.should_warn()
     balanced = CollapseMonitor()
     summary = epoch(balanced, torch.eye(3)[torch.arange(9) % 3],
                     {"pseudo_labeler/probe_accuracy": torch.tensor(0.5)})
-    assert not balanced.collapsing(summary) and summary["pseudo_probe_accuracy"] == 0.5
-    with pytest.raises(ValueError, match="patience"):
-        CollapseMonitor(patience=0)
-    monkeypatch.setattr(CollapseMonitor, "sustained", lambda self: True)
+    assert not balanced.above_threshold(summary) and summary["pseudo_probe_accuracy"] == 0.5
+    for patience in (0, 1.5, True):
+        with pytest.raises(ValueError, match="patience"):
+            CollapseMonitor(patience=patience)
+    monkeypatch.setattr(CollapseMonitor, "should_warn", lambda self: True)
     data = write_folder(tmp_path / "data")
     assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
                  str(tmp_path / "run"), *ARGS]) == 0
     captured = capsys.readouterr()
-    assert "the pseudo labels are collapsing" in captured.err
+    assert "the pseudo labels are concentrating; check their probe accuracy" in captured.err
     final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
     assert 0.0 <= final["average_test_accuracy"] <= 1.0  # robust_ieg's teacher, evaluated too
     assert f"weight average, to evaluate and deploy: {100 * final['average_test_accuracy']:.1f}%" \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -75,5 +76,7 @@ def test_gpu_script_full_cifar_configuration_times_then_trains(tmp_path):
     assert "cifar10_timing: ok" in status and "cifar10: ok" in status, status
     timing = (tmp_path / "logs" / "cifar10_timing.log").read_text()
     per_epoch = float(timing.split("seconds per epoch of every run: ")[1].split()[0])
-    assert f"cifar10: {max(1, int(90 // per_epoch))} epochs fit in 90s" in done.stdout
+    epochs = max(1, math.floor(90 / per_epoch))
+    assert f"cifar10: {epochs} epochs fit in 90s" in done.stdout
+    assert f"--epochs {epochs}" in done.stdout  # passed on to the training stage
     assert "WRN-28-2" in (tmp_path / "results.md").read_text()

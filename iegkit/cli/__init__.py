@@ -150,13 +150,14 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     def on_epoch(entry: dict) -> None:
         summary = monitor.epoch_summary()
         entry.update(summary)
-        if monitor.sustained():
+        if monitor.should_warn():
             print(f"iegkit: warning: epoch {entry['epoch']}: {100 * summary['pseudo_top_share']:.0f}% "
                   f"of a batch's pseudo labels share one class on average, above "
                   f"{100 * collapse_threshold(monitor.num_classes, monitor.factor):.0f}% for "
                   f"{monitor.epochs_above} epochs in a row (uniform: "
-                  f"{100 / monitor.num_classes:.0f}%): the pseudo labels are collapsing; "
-                  "try --recipe robust_ieg", file=sys.stderr)
+                  f"{100 / monitor.num_classes:.0f}%): the pseudo labels are concentrating; "
+                  + ("check their probe accuracy in collapse.png" if config.recipe.startswith(
+                      "robust") else "try --recipe robust_ieg"), file=sys.stderr)
 
     # SGDR (first cycle one epoch, t_mul 1.5, m_mul 0.9: the paper's) for every recipe, as a torch
     # scheduler: it has no fixed length, so a resumed run may be extended with --epochs.

@@ -19,17 +19,17 @@ class CollapseMonitor:
     metric). Pipelines without pseudo labels record nothing.
 
     ``record(out)`` after each step; ``epoch_summary()`` returns the means and starts a new epoch.
-    ``collapsing(summary)``: the epoch's mean top share is above ``collapse_threshold(C, factor)``
-    (``factor`` x the uniform 1/C). ``sustained()``: it has been so for ``patience`` epochs in a
-    row, the warning rule: a single unbalanced epoch early in training (a small model at a high lr)
+    ``above_threshold(summary)``: the epoch's mean top share is above
+    ``collapse_threshold(C, factor)`` (``factor`` x the uniform 1/C). ``should_warn()``: it has been
+    so for ``patience`` epochs in a row, the warning rule: a single unbalanced epoch early in training (a small model at a high lr)
     recovers, a collapse does not. The streak is not checkpointed (it restarts on resume).
     """
 
     def __init__(self, factor: float = 2.0, patience: int = 2) -> None:
         if not factor > 1.0:
             raise ValueError(f"factor: expected > 1 (a multiple of the uniform share), got {factor}")
-        if patience < 1:
-            raise ValueError(f"patience: expected >= 1 epoch, got {patience}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience: expected an integer >= 1 (epochs), got {patience!r}")
         self.factor = factor
         self.patience = patience
         self.num_classes: int | None = None
@@ -55,15 +55,15 @@ class CollapseMonitor:
     def epoch_summary(self) -> dict[str, float]:
         summary = {name: total / self._counts[name] for name, total in self._sums.items()}
         self._sums, self._counts = {}, {}
-        self.epochs_above = self.epochs_above + 1 if self.collapsing(summary) else 0
+        self.epochs_above = self.epochs_above + 1 if self.above_threshold(summary) else 0
         return summary
 
-    def collapsing(self, summary: dict[str, float]) -> bool:
+    def above_threshold(self, summary: dict[str, float]) -> bool:
         top = summary.get("pseudo_top_share")
         # the share is a float32 ratio of counts: a batch exactly at the threshold is not above it
         return (top is not None and self.num_classes is not None and self.num_classes >= 2
                 and top > collapse_threshold(self.num_classes, self.factor) + 1e-6)
 
-    def sustained(self) -> bool:
-        """The last ``patience`` epoch summaries were all collapsing."""
+    def should_warn(self) -> bool:
+        """The last ``patience`` epoch summaries were all above the threshold."""
         return self.epochs_above >= self.patience
