@@ -1266,7 +1266,8 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def _largest_class(g: Sequence[dict]) -> str:
-    """The largest test class after any epoch: trained weights, and the teacher where recorded."""
+    """The largest test class after any epoch: trained weights, and their evaluated EMA (robust
+    IEG's teacher) where recorded."""
     trained = f"{max(r['max_test_top_share'] for r in g):.2f}"
     teacher = [r["max_ema_test_top_share"] for r in g if r.get("max_ema_test_top_share") is not None]
     return trained + (f" / {max(teacher):.2f}" if teacher else " / -")
@@ -1280,7 +1281,8 @@ def ablation_tables(group) -> list[str]:
     safeguards = [v for v in SAFEGUARD_ABLATIONS if group(where, v)]
     if safeguards:
         lines += ["Safeguard ablation at uniform 0.8 (seed 0; largest test class after any epoch: "
-                  "trained weights / teacher):", "",
+                  "trained weights / their EMA of 0.99, robust IEG's teacher, where recorded; the "
+                  "same in the next table):", "",
                   "| variant | test % | val % | largest test class |", "| --- | --- | --- | --- |"]
         for v in ("robust_ieg", *safeguards):
             g = [r for r in group(where, v) if r["seed"] == 0]
