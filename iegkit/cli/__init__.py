@@ -153,7 +153,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         if monitor.should_warn():
             print(f"iegkit: warning: epoch {entry['epoch']}: {100 * summary['pseudo_top_share']:.0f}% "
                   f"of a batch's pseudo labels share one class on average, above "
-                  f"{100 * collapse_threshold(monitor.num_classes, monitor.factor):.0f}% for "
+                  f"{100 * monitor.threshold:.0f}% for "
                   f"{monitor.epochs_above} epochs in a row (uniform: "
                   f"{100 / monitor.num_classes:.0f}%): the pseudo labels are concentrating; "
                   + ("check their probe accuracy in collapse.png" if config.recipe.startswith(

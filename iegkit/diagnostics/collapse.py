@@ -20,9 +20,10 @@ class CollapseMonitor:
 
     ``record(out)`` after each step; ``epoch_summary()`` returns the means and starts a new epoch.
     ``above_threshold(summary)``: the epoch's mean top share is above
-    ``collapse_threshold(C, factor)`` (``factor`` x the uniform 1/C). ``should_warn()``: it has been
-    so for ``patience`` epochs in a row, the warning rule: a single unbalanced epoch early in training (a small model at a high lr)
-    recovers, a collapse does not. The streak is not checkpointed (it restarts on resume).
+    ``threshold`` = ``collapse_threshold(C, factor)`` (``factor`` x the uniform 1/C).
+    ``should_warn()``: it has been so for ``patience`` epochs in a row, the warning rule: a single
+    unbalanced epoch early in training (a small model at a high lr) recovers, a collapse does not.
+    The streak is not checkpointed (it restarts on resume).
     """
 
     def __init__(self, factor: float = 2.0, patience: int = 2) -> None:
@@ -58,11 +59,17 @@ class CollapseMonitor:
         self.epochs_above = self.epochs_above + 1 if self.above_threshold(summary) else 0
         return summary
 
+    @property
+    def threshold(self) -> float | None:
+        """``collapse_threshold(C, factor)`` once the pseudo labels' C (>= 2) is known."""
+        if self.num_classes is None or self.num_classes < 2:
+            return None
+        return collapse_threshold(self.num_classes, self.factor)
+
     def above_threshold(self, summary: dict[str, float]) -> bool:
-        top = summary.get("pseudo_top_share")
+        top, threshold = summary.get("pseudo_top_share"), self.threshold
         # the share is a float32 ratio of counts: a batch exactly at the threshold is not above it
-        return (top is not None and self.num_classes is not None and self.num_classes >= 2
-                and top > collapse_threshold(self.num_classes, self.factor) + 1e-6)
+        return top is not None and threshold is not None and top > threshold + 1e-6
 
     def should_warn(self) -> bool:
         """The last ``patience`` epoch summaries were all above the threshold."""

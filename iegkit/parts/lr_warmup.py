@@ -29,7 +29,8 @@ class LRWarmup(PartBase):
     raises leaves the lr untouched, and a scheduler, chainable or closed form, never sees the
     factor. It works beside a schedule part (``SGDRSchedule``) as beside a torch scheduler.
 
-    Why ``robust_eg`` uses it by default: with the noisy labels unused the first epoch learns from the trusted images alone, and at the full lr of 0.1 from a random start one class
+    Why ``robust_eg`` uses it by default: with the noisy labels unused the first epoch learns from
+    the trusted images alone, and at the full lr of 0.1 from a random start one class
     took 0.31 (teacher: 0.39) of the validation predictions after epoch 1 on CIFAR-10 (cpu10k);
     with a warm-up over the first 5% of the run, 0.21 (teacher: 0.14) (docs/results.md). The
     official code has none (``warmup_epochs = 0``).
