@@ -295,8 +295,9 @@ def robust_ieg(
     4. The meta decisions are shrunk toward where their meta-gradient is taken (``meta_shrinkage``
        beta = 0.75): the losses use (1 - beta) omega* + beta / B and (1 - beta) lambda* + beta
        lambda0. With 100 trusted images the probe set is soon memorised and omega*, lambda* are
-       mostly noise; on CIFAR-10 (cpu10k, validation split) 0.75 was the best of 0 / 0.5 / 0.75
-       at 40% and 80% noise. beta = 0 is the paper's rule.
+       mostly noise; on CIFAR-10 (cpu10k, validation split) 0.75 had the best worst-case gain
+       over plain of 0 / 0.5 / 0.75 at 40% and 80% noise; beta = 1 (no meta step) was 1.2 points
+       better at 40% but 4.9 worse at 80% (docs/results.md). beta = 0 is the paper's rule.
     5. The pseudo labels become the posterior of the true class given them (the prior) and the
        noisy given label (the evidence) through a symmetric noise channel whose accuracy is a
        running maximum-likelihood estimate (``NoisyLabelPosterior``, after the alignment;

@@ -13,7 +13,7 @@ from conftest import make_problem
 
 import iegkit
 from iegkit.functional.distribution_alignment import align_distribution, updated_marginal
-from iegkit.parts.confidence_mask import confidence_mask
+from iegkit.functional.confidence_mask import confidence_mask
 
 
 def flip_view(images, generator=None):  # a deterministic strong view: no draws

@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 
 import iegkit
 from iegkit import keys, recipes
+from iegkit.ema import ema_decay
 from iegkit.errors import MissingProviderError
 from iegkit.functional.collapse import (
     collapse_threshold,
     pseudo_label_accuracy,
     pseudo_label_concentration,
 )
+from iegkit.functional.confidence_mask import confidence_mask
 from iegkit.functional.consistency import kl_consistency
 from iegkit.functional.distribution_alignment import align_distribution, unsharpen, updated_marginal
 from iegkit.functional.pseudo_label import sharpen
-from iegkit.parts.confidence_mask import confidence_mask
 
 
 def noise_augment(images, generator=None):
@@ -92,6 +93,23 @@ def test_updated_marginal_is_a_convex_update():
         updated_marginal(running, batch, 1.0)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data(), st.floats(0.0, 1.0, exclude_max=True))
+def test_updated_marginal_stays_on_the_simplex_between_its_inputs(data, momentum):
+    batch = data.draw(pseudo_batches())
+    running = data.draw(marginals(batch.shape[-1]))
+    running = running / running.sum()
+    updated = updated_marginal(running, batch, momentum)
+    batch_mean = batch.mean(0)
+    assert updated.shape == running.shape
+    assert float(updated.sum()) == pytest.approx(1.0, abs=1e-12)
+    low, high = torch.minimum(running, batch_mean), torch.maximum(running, batch_mean)
+    assert bool((updated >= low - 1e-12).all()) and bool((updated <= high + 1e-12).all())
+    order = torch.randperm(batch.shape[0], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(updated_marginal(running, batch[order], momentum), updated)
+    torch.testing.assert_close(updated_marginal(running, batch, 0.0), batch_mean)
+
+
 def test_alignment_rejects_bad_marginals():
     g = torch.full((2, 3), 1 / 3)
     with pytest.raises(ValueError, match="model_marginal: expected shape"):
@@ -122,6 +140,44 @@ def test_concentration_extremes_and_accuracy():
     top, entropy = pseudo_label_concentration(uniform)
     assert float(top) == 0.25 and float(entropy) == pytest.approx(1.0)
     assert float(pseudo_label_accuracy(uniform, torch.tensor([0, 1, 2, 3, 0, 0, 0, 0]))) == 0.625
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_pseudo_label_accuracy_counts_matching_argmaxes(data):
+    g = data.draw(pseudo_batches())
+    rows, classes = g.shape
+    labels = torch.tensor(data.draw(st.lists(st.integers(0, classes - 1), min_size=rows,
+                                             max_size=rows)))
+    accuracy = float(pseudo_label_accuracy(g, labels))
+    assert 0.0 <= accuracy <= 1.0
+    assert accuracy * rows == pytest.approx(float((g.argmax(-1) == labels).sum()), abs=1e-4)
+    assert float(pseudo_label_accuracy(g, g.argmax(-1))) == 1.0
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(1))
+    assert float(pseudo_label_accuracy(g[order], labels[order])) == accuracy
+    wrong = (g.argmax(-1) + 1) % classes
+    assert float(pseudo_label_accuracy(g, wrong)) == 0.0
+
+
+def test_pseudo_label_accuracy_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="labels"):
+        pseudo_label_accuracy(torch.full((3, 2), 0.5), torch.tensor([0, 1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 100_000), st.integers(0, 100_000), st.floats(0.0, 1.0))
+def test_ema_decay_warms_up_monotonically_to_its_cap(step_a, step_b, decay):
+    early, late = sorted((step_a, step_b))
+    assert ema_decay(early, decay) <= ema_decay(late, decay) <= decay
+    assert ema_decay(early, decay) == min(decay, (1 + early) / (10 + early))
+    assert ema_decay(0, 1.0) == pytest.approx(0.1)
+
+
+def test_ema_decay_reaches_its_cap_at_the_documented_step():
+    # min(d, (1 + t)/(10 + t)) = d from t = (10 d - 1)/(1 - d): 890 for the teacher's 0.99
+    assert ema_decay(889, 0.99) < 0.99 and ema_decay(890, 0.99) == 0.99
+    with pytest.raises(ValueError, match="step"):
+        ema_decay(-1)
 
 
 @settings(max_examples=60, deadline=None)

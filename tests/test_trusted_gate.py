@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import iegkit
 from iegkit import Contribution, PartBase, keys
-from iegkit.parts.trusted_gate import trusted_gate
+from iegkit.functional.trusted_gate import smoothed_accuracy, trusted_gate
 
 
 @given(accuracy=st.floats(0.0, 1.0), num_classes=st.integers(2, 100),
@@ -35,6 +35,25 @@ def test_gate_is_a_clipped_ramp_from_chance(accuracy, num_classes, margin_fracti
 def test_gate_is_monotone_in_accuracy(a, b, num_classes):
     low, high = sorted((a, b))
     assert trusted_gate(low, num_classes, 0.05) <= trusted_gate(high, num_classes, 0.05)
+
+
+@given(previous=st.one_of(st.none(), st.floats(0.0, 1.0)), measured=st.floats(0.0, 1.0),
+       momentum=st.floats(0.0, 1.0, exclude_max=True))
+def test_smoothed_accuracy_lies_between_the_estimate_and_the_measurement(previous, measured,
+                                                                         momentum):
+    smoothed = smoothed_accuracy(previous, measured, momentum)
+    if previous is None:
+        assert smoothed == measured
+        return
+    low, high = sorted((previous, measured))
+    assert low - 1e-15 <= smoothed <= high + 1e-15
+    assert smoothed == pytest.approx(momentum * previous + (1 - momentum) * measured)
+    assert smoothed_accuracy(previous, measured, 0.0) == measured
+
+
+def test_smoothed_accuracy_rejects_a_momentum_of_one():
+    with pytest.raises(ValueError, match="momentum"):
+        smoothed_accuracy(0.5, 0.5, 1.0)
 
 
 @pytest.mark.parametrize("kwargs,match", [

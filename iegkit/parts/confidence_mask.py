@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from iegkit._core import keys
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase
+from iegkit.functional.confidence_mask import confidence_mask
 
-__all__ = ["ConfidenceMask", "confidence_mask"]
-
-
-def confidence_mask(pseudo: Tensor, threshold: float) -> Tensor:
-    """m_i = 1[max_c g_ic >= threshold] (FixMatch, Sohn et al. 2020, eq. 4), as a float (B,)."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
-    return (pseudo.detach().max(dim=-1).values >= threshold).to(pseudo.dtype)
+__all__ = ["ConfidenceMask"]
 
 
 class ConfidenceMask(PartBase):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,25 +12,9 @@ from iegkit._core import keys
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase
 from iegkit.functional.collapse import pseudo_label_accuracy
+from iegkit.functional.trusted_gate import smoothed_accuracy, trusted_gate
 
-__all__ = ["TrustedGate", "trusted_gate"]
-
-
-def trusted_gate(accuracy: float, num_classes: int, margin: float = 0.1) -> float:
-    """gate = clip((a - 1/C) / margin, 0, 1): closed while the pseudo labels' accuracy ``a`` on a
-    held-out trusted fold is at chance, fully open ``margin`` above it.
-
-    On a class-balanced fold a collapsed labeler (one class for every image) scores exactly 1/C, so
-    the one signal closes the gate both for pseudo labels that are not yet better than chance and
-    for pseudo labels that concentrate on a class (the two failures of docs/method.md, "Robust IEG").
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
-    if not 0.0 <= accuracy <= 1.0 or math.isnan(accuracy):
-        raise ValueError(f"accuracy: expected a value in [0, 1], got {accuracy}")
-    if not 0.0 < margin <= 1.0 - 1.0 / num_classes:
-        raise ValueError(f"margin: expected a value in (0, 1 - 1/num_classes], got {margin}")
-    return min(1.0, max(0.0, (accuracy - 1.0 / num_classes) / margin))
+__all__ = ["TrustedGate"]
 
 
 class TrustedGate(PartBase):
@@ -42,8 +25,8 @@ class TrustedGate(PartBase):
     labels that neither the step nor the probe batch ever sees: the probe images are trained on by
     ProbeMixUp, so their accuracy overstates the pseudo labels' quality), with a generator of the
     gate's own. The accuracy is smoothed, ``a <- momentum a + (1 - momentum) acc`` (the first
-    measurement sets ``a``), and the gate is ``trusted_gate(a, C, margin)``. Before the first
-    measurement the gate is closed (0).
+    measurement sets ``a``), and the gate is ``trusted_gate(a, C, margin)`` (both pure functions
+    in ``iegkit.functional.trusted_gate``). Before the first measurement the gate is closed (0).
 
     Args:
       pseudo_labeler: the ``ConsistencyPseudoLabeler`` whose labels are gated (its EMA teacher, if
@@ -109,8 +92,7 @@ class TrustedGate(PartBase):
         metrics: dict[str, Tensor] = {}
         if ctx.step % self.every == 0:
             measured = self._measure(ctx)
-            self.accuracy = (measured if self.accuracy is None
-                             else self.momentum * self.accuracy + (1.0 - self.momentum) * measured)
+            self.accuracy = smoothed_accuracy(self.accuracy, measured, self.momentum)
             metrics["holdout_accuracy"] = torch.tensor(measured)
         gate = (0.0 if self.accuracy is None or self.num_classes is None
                 else trusted_gate(self.accuracy, self.num_classes, self.margin))
