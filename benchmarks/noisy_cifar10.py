@@ -1520,8 +1520,10 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
         body += shrink_lines + [""]
     if warmup_lines:
         body += warmup_lines + [""]
-    body += ["Cost on this machine (ms/step: the step alone; the strong view and the evaluation of "
-             "the validation and test splits are timed apart):", "", *cost, ""]
+    body += ["Cost on this machine (ms/step: the step, including the pseudo labeler's probe "
+             "diagnostic, which augments the 100 probe images inside every 10th step; the strong "
+             "view of the training images and the evaluation of the validation and test splits "
+             "are timed apart):", "", *cost, ""]
     for path, what in figure_paths:
         body.append(f"{what}: ![{what}]({os.path.relpath(path.resolve(), base)})")
         body.append("")
