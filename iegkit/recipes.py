@@ -17,6 +17,8 @@ from iegkit.parts import (
     ConsistencyPseudoLabeler,
     CrossEntropy,
     DistributionAlignment,
+    ForwardCorrection,
+    GeneralizedCrossEntropy,
     KLConsistency,
     LRWarmup,
     MetaRelabeler,
@@ -24,11 +26,16 @@ from iegkit.parts import (
     NoisyLabelPosterior,
     ProbeMixUp,
     SGDRSchedule,
+    SmallLossSelection,
+    StrongView,
+    SymmetricCrossEntropy,
+    TrustedCrossEntropy,
     TrustedGate,
 )
 
-__all__ = ["RECIPES", "TABLE7", "ablation", "build", "eg", "ieg", "l2r", "method_names", "plain",
-           "robust_eg", "robust_ieg"]
+__all__ = ["BASELINES", "RECIPES", "TABLE7", "ablation", "build", "eg", "forward_online", "gce",
+           "glc", "glc_transition", "ieg", "l2r", "l2r_gce", "method_names", "plain", "plain_plus",
+           "robust_eg", "robust_ieg", "sce", "small_loss"]
 
 Augment = Callable[..., torch.Tensor]
 
@@ -416,6 +423,104 @@ def ablation(n: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
     return ieg(model, optimizer, components=TABLE7[n], **kwargs)
 
 
+# --------------------------------------------------------------------------- baselines
+# What a user would run instead of IEG (docs/method.md, "Baselines"); benchmarks/baselines.py
+# compares them under one protocol.
+
+
+def gce(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, q: float = 0.7,
+        seed: int = 0) -> Pipeline:
+    """Generalized cross-entropy L_q on the given labels (Zhang & Sabuncu 2018; q = 0.7)."""
+    return compose(GeneralizedCrossEntropy(q), model=model, optimizer=optimizer, seed=seed)
+
+
+def sce(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, alpha: float = 0.1,
+        beta: float = 1.0, seed: int = 0) -> Pipeline:
+    """Symmetric cross-entropy (Wang et al. 2019; CIFAR-10: alpha 0.1, beta 1.0, A = -4)."""
+    return compose(SymmetricCrossEntropy(alpha, beta), model=model, optimizer=optimizer, seed=seed)
+
+
+@torch.no_grad()
+def glc_transition(model: torch.nn.Module, trusted_inputs: torch.Tensor,
+                   trusted_labels: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """GLC's C_hat (Hendrycks et al. 2018): the mean softmax, in eval mode, of ``model`` (trained
+    on the noisy labels: the first stage) over the trusted examples of each true class; float64."""
+    from iegkit.functional.forward_correction import estimate_transition
+
+    was_training = model.training
+    model.eval()
+    try:
+        probs = torch.cat([torch.softmax(model(trusted_inputs[i:i + batch_size]).double(), -1)
+                           for i in range(0, trusted_inputs.shape[0], batch_size)])
+    finally:
+        model.train(was_training)
+    return estimate_transition(probs.cpu(), trusted_labels.cpu(), probs.shape[-1])
+
+
+def glc(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, transition: torch.Tensor,
+        trusted_weight: float = 1.0, seed: int = 0) -> Pipeline:
+    """GLC's second stage (Hendrycks et al. 2018): a fresh model trained with the forward-corrected
+    loss under C_hat (``glc_transition`` of a first model trained with ``plain``) on the noisy
+    batch, plus cross-entropy on the trusted batch (weight ``trusted_weight``)."""
+    return compose(ForwardCorrection(transition), TrustedCrossEntropy(loss_weight=trusted_weight),
+                   model=model, optimizer=optimizer, seed=seed)
+
+
+def forward_online(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, total_steps: int,
+                   estimate_fraction: float = 0.5, momentum: float = 0.99,
+                   trusted_weight: float = 1.0, seed: int = 0) -> Pipeline:
+    """Forward correction in one run (our extension of GLC): plain cross-entropy while C_hat is a
+    running average over the trusted batches for ``estimate_fraction`` of the run, then the
+    corrected loss with it; cross-entropy on the trusted batch throughout."""
+    if not 0.0 < estimate_fraction < 1.0:
+        raise ValueError(f"estimate_fraction: expected a value in (0, 1), got {estimate_fraction}")
+    steps = max(1, round(estimate_fraction * total_steps))
+    return compose(ForwardCorrection("online", estimate_steps=steps, momentum=momentum),
+                   TrustedCrossEntropy(loss_weight=trusted_weight),
+                   model=model, optimizer=optimizer, seed=seed)
+
+
+def small_loss(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, noise_rate: float,
+               steps_per_epoch: int, rampup_epochs: float = 10.0, seed: int = 0) -> Pipeline:
+    """Small-loss selection on one network (Co-teaching's R(T), MentorNet's predefined curriculum):
+    ``noise_rate`` estimated from the trusted set (``functional.noise_rate_from_transition`` of
+    ``glc_transition``)."""
+    return compose(SmallLossSelection(noise_rate, steps_per_epoch, rampup_epochs=rampup_epochs),
+                   model=model, optimizer=optimizer, seed=seed)
+
+
+def plain_plus(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+               strong_augment: Augment | None = None, mixup_weight: float = 1.0,
+               coefficient: str = "official", seed: int = 0) -> Pipeline:
+    """What a careful practitioner runs without a meta step: cross-entropy on the weak view, and
+    IEG's MixUp of [trusted batch | weak | strong view] with the *given* labels (the trusted images
+    in every batch, the strong view, MixUp; weight ``mixup_weight`` on the noisy rows)."""
+    strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+    return compose(CrossEntropy(), StrongView(strong),
+                   ProbeMixUp(mixup_weight, targets="given", normalize_logits=False,
+                              coefficient=coefficient),
+                   model=model, optimizer=optimizer, seed=seed)
+
+
+def l2r_gce(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, q: float = 0.7,
+            weight_init: float | str = 0.0, seed: int = 0) -> Pipeline:
+    """A composition no anchor offers: L2R's exact meta reweighting over the GCE loss (the
+    look-ahead steps along and reweights L_q instead of cross-entropy)."""
+    from functools import partial
+
+    from iegkit.functional.robust_losses import generalized_cross_entropy
+
+    return compose(MetaReweighter(weight_init, loss=partial(generalized_cross_entropy, q=q)),
+                   model=model, optimizer=optimizer, seed=seed)
+
+
+#: The baselines by name (``build`` accepts them; glc needs ``transition``, small_loss
+#: ``noise_rate`` and ``steps_per_epoch``, forward_online ``total_steps``).
+BASELINES: dict[str, Callable[..., Pipeline]] = {
+    "gce": gce, "sce": sce, "glc": glc, "forward_online": forward_online, "small_loss": small_loss,
+    "plain_plus": plain_plus, "l2r_gce": l2r_gce}
+
+
 #: The recipes by the name the demo, the CLI and the benchmarks use ("ieg-1".."ieg-8" via ablation).
 RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg": eg, "ieg": ieg,
                                                "robust_eg": robust_eg, "robust_ieg": robust_ieg}
@@ -423,7 +528,7 @@ RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg":
 
 def method_names() -> list[str]:
     """Every name ``build`` accepts."""
-    return [*RECIPES, *(f"ieg-{n}" for n in TABLE7)]
+    return [*RECIPES, *(f"ieg-{n}" for n in TABLE7), *BASELINES]
 
 
 def build(
@@ -463,4 +568,10 @@ def build(
                              strong_augment=strong_augment, seed=seed, **options)
     if name.startswith("ieg-"):
         return ablation(int(name.split("-", 1)[1]), model, optimizer, seed=seed, **options)
+    if name in BASELINES:
+        if name == "plain_plus" and strong_augment is not None:
+            options.setdefault("strong_augment", strong_augment)
+        if name == "forward_online":
+            options.setdefault("total_steps", total_steps)
+        return BASELINES[name](model, optimizer, seed=seed, **options)
     return RECIPES[name](model, optimizer, seed=seed, **options)

@@ -48,7 +48,7 @@ def differentiable_update(optimizer, params, grads):
 
 def reference_meta_gradients(model, optimizer, inputs, targets, probe_inputs, probe_targets, *,
                              weight_init=0.0, label_init=None, pseudo_targets=None,
-                             pseudo_fn=None, strong_inputs=None):
+                             pseudo_fn=None, strong_inputs=None, inner_loss=None):
     """With ``pseudo_fn`` the pseudo labels are pseudo_fn(weak logits, strong logits) WITH graph
     (the official look-ahead), else the constant ``pseudo_targets``."""
     names = [n for n, p in model.named_parameters()
@@ -71,6 +71,8 @@ def reference_meta_gradients(model, optimizer, inputs, targets, probe_inputs, pr
     else:
         t = onehot
     losses = -(t * F.log_softmax(logits, -1)).sum(-1)
+    if inner_loss is not None:  # a robust loss (GCE, ...) reweighted instead of cross-entropy
+        losses = inner_loss(logits, targets)
     grads = torch.autograd.grad((omega * losses).sum(), trainable, create_graph=True)
     new = differentiable_update(optimizer, trainable, grads)
     buffers = {n: b.clone() for n, b in model.named_buffers()}

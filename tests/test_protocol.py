@@ -39,6 +39,14 @@ SETTINGS = {
     "ConfidenceMask": lambda opt: [labeler(), iegkit.ConfidenceMask(0.2), iegkit.KLConsistency()],
     "WeightEMA": lambda opt: [iegkit.CrossEntropy(), iegkit.WeightEMA(decay=0.9)],
     "TrustedGate": lambda opt: _gated(),
+    "GeneralizedCrossEntropy": lambda opt: [iegkit.GeneralizedCrossEntropy()],
+    "SymmetricCrossEntropy": lambda opt: [iegkit.SymmetricCrossEntropy()],
+    "ForwardCorrection": lambda opt: [iegkit.ForwardCorrection("online", estimate_steps=1),
+                                      iegkit.TrustedCrossEntropy()],
+    "SmallLossSelection": lambda opt: [iegkit.SmallLossSelection(0.4, 1, rampup_epochs=1)],
+    "TrustedCrossEntropy": lambda opt: [iegkit.CrossEntropy(), iegkit.TrustedCrossEntropy()],
+    "StrongView": lambda opt: [iegkit.CrossEntropy(), iegkit.StrongView(lambda x, generator=None: x.flip(-1)),
+                               iegkit.ProbeMixUp(1.0, targets="given")],
 }
 
 

@@ -183,7 +183,7 @@ class StepContext:
                 training_logits=lambda: self.logits("input"), pseudo_graph=graph,
                 lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
                 process_group=self.process_group,
-                compile_tangent=self._plan.compile_tangent,
+                compile_tangent=self._plan.compile_tangent, inner_loss=request.inner_loss,
             )
         self.lookahead_count += 1
         return self._meta

@@ -148,6 +148,8 @@ class MetaRequest:
     pseudo_targets_key: str | None = None
     pseudo_source_key: str | None = None
     loss_label_mix: float | None = None
+    #: the per-example loss being reweighted when it is not cross-entropy (MetaReweighter(loss=))
+    inner_loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def resolved_weight_init(self) -> WeightInit:
         """omega0 with "auto" resolved: "1/B" when relabeling (lambda's meta-gradient is 0 at 0)."""
@@ -194,6 +196,7 @@ class Plan:
         pseudo_targets_key: str | None = None,
         pseudo_source_key: str | None = None,
         loss_label_mix: float | None = None,
+        inner_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         """Register meta variables and their inputs; parts sharing the look-ahead must agree."""
         if self.meta is None:
@@ -203,7 +206,7 @@ class Plan:
         for attr, value in (("weight_init", weight_init), ("label_init", label_init),
                             ("lookahead_lr", lr), ("pseudo_targets_key", pseudo_targets_key),
                             ("pseudo_source_key", pseudo_source_key),
-                            ("loss_label_mix", loss_label_mix)):
+                            ("loss_label_mix", loss_label_mix), ("inner_loss", inner_loss)):
             if value is None:
                 continue
             current = getattr(self.meta, attr)
@@ -220,6 +223,9 @@ class Plan:
         meta = self.meta
         if meta is None:
             return
+        if meta.label_init is not None and meta.inner_loss is not None:
+            raise ValueError(f"loss: the reweighter's loss is not cross-entropy, and a relabeler "
+                             f"({meta.owners}) needs the cross-entropy look-ahead; drop one")
         if meta.label_init is not None:
             if meta.pseudo_targets_key is None:
                 raise ValueError("label_init: relabeling needs pseudo targets; the relabeler must "

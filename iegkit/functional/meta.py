@@ -45,7 +45,12 @@ __all__ = [
     "probe_tangent",
     "logit_tangent",
     "contract_meta_gradients",
+    "logit_gradient",
+    "InnerLoss",
 ]
+
+#: A per-example training loss ``(logits (B, C), targets (B,)) -> (B,)`` whose weights are learned.
+InnerLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -368,8 +373,13 @@ def contract_meta_gradients(
     label_init: Tensor | None = None,
     pseudo_targets: Tensor | None = None,
     pseudo_tangents: Tensor | None = None,
+    inner_loss: InnerLoss | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Closed-form contractions of u = J tau (module docstring): (dL_p/d omega, dL_p/d lambda).
+
+    ``inner_loss``: a per-example loss l_i(z_i, y_i) other than cross-entropy (GCE, SCE, ...):
+    dL_p/d omega_i = <u_i, d l_i / d z_i>, the residual softmax(z_i) - t_i of cross-entropy replaced
+    by the loss's own gradient in the logits (one autograd call on B x C values; no relabeling).
 
     ``pseudo_tangents`` = (J_q tau), the directional derivative of the pseudo labels q(theta) along
     tau, for the official variant whose look-ahead differentiates through q: it adds
@@ -383,6 +393,11 @@ def contract_meta_gradients(
     if pseudo_tangents is not None:
         pseudo_tangents = pseudo_tangents.to(compute)
     num_classes = logits.shape[-1]
+    if inner_loss is not None:
+        if label_init is not None:
+            raise ValueError("inner_loss: a loss other than cross-entropy has no relabeling "
+                             "meta-gradient; use it without label_init")
+        return (logit_tangents * logit_gradient(inner_loss, logits, targets)).sum(dim=-1), None
     onehot = F.one_hot(targets, num_classes).to(logits.dtype)
     mixed = mix_targets(targets, num_classes, label_init,
                         None if pseudo_targets is None else pseudo_targets.detach().to(logits.dtype))
@@ -397,6 +412,18 @@ def contract_meta_gradients(
         weight_grad = weight_grad - (1.0 - label_init) * along_q
         label_grad = label_grad + weight_init * along_q
     return weight_grad, label_grad
+
+
+def logit_gradient(inner_loss: InnerLoss, logits: Tensor, targets: Tensor) -> Tensor:
+    """d l_i / d z_i for every example (B, C): each loss depends on its own row of logits only, so
+    the gradient of their sum is the per-example gradient."""
+    with torch.enable_grad():
+        z = logits.detach().requires_grad_(True)
+        losses = inner_loss(z, targets)
+        if losses.shape != targets.shape:
+            raise ValueError(f"inner_loss: expected per-example losses of shape "
+                             f"{tuple(targets.shape)}, got {tuple(losses.shape)}")
+        return torch.autograd.grad(losses.sum(), z)[0]
 
 
 def broadcast_init(name: str, value, batch_size: int, like: Tensor) -> Tensor:
@@ -430,7 +457,8 @@ def check_meta_inputs(inputs: Tensor, targets: Tensor, probe_inputs: Tensor,
 def virtual_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, logits: Tensor,
                       targets: Tensor, weight_init: Tensor, label_init: Tensor | None,
                       pseudo_targets: Tensor | None, *, retain_graph: bool,
-                      through_pseudo_targets: bool = False) -> list[Tensor]:
+                      through_pseudo_targets: bool = False,
+                      inner_loss: InnerLoss | None = None) -> list[Tensor]:
     """grad_theta sum_i omega0_i l_i(theta; lambda0) from logits that carry the model's graph.
 
     With ``through_pseudo_targets`` the gradient also flows through ``pseudo_targets`` (which must
@@ -439,8 +467,11 @@ def virtual_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     params = [p for _, p, _ in trainable_parameters(model, optimizer)]
     if pseudo_targets is not None and not through_pseudo_targets:
         pseudo_targets = pseudo_targets.detach()
-    mixed = mix_targets(targets, logits.shape[-1], label_init, pseudo_targets)
-    loss = (weight_init * soft_cross_entropy(logits, mixed.to(logits.dtype))).sum()
+    if inner_loss is not None:
+        loss = (weight_init * inner_loss(logits, targets)).sum()
+    else:
+        mixed = mix_targets(targets, logits.shape[-1], label_init, pseudo_targets)
+        loss = (weight_init * soft_cross_entropy(logits, mixed.to(logits.dtype))).sum()
     _check_finite("look-ahead loss sum_i omega0_i l_i", loss)
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -476,6 +507,7 @@ def lookahead_meta_gradients(
     dropout: bool = True,
     process_group: object | None = None,
     compile_tangent: bool = False,
+    inner_loss: InnerLoss | None = None,
 ) -> MetaGradients:
     """The one implementation of the look-ahead: virtual gradient -> probe tangent -> logit tangent
     -> contraction (module docstring). ``weight_init``/``label_init`` are (B,) tensors.
@@ -491,7 +523,12 @@ def lookahead_meta_gradients(
     per-example contractions stay local. With equal batches and omega0 = 1/B this is the look-ahead
     of one process on the concatenated batch (BatchNorm, if any, uses each rank's own batch).
     ``compile_tangent``: run the JVP(s) through ``torch.compile`` (``logit_tangent(compile=True)``).
+    ``inner_loss``: the per-example training loss l_i(logits, targets) -> (B,) whose weights are
+    learned (default: cross-entropy against the label mix); e.g. GCE (no relabeling with it).
     """
+    if inner_loss is not None and label_init is not None:
+        raise ValueError("inner_loss: a loss other than cross-entropy has no relabeling "
+                         "meta-gradient; use it without label_init")
     through = pseudo_graph is not None and label_init is not None
     if pseudo_graph is not None and training_logits is None:
         raise ValueError("pseudo_graph: differentiating through the pseudo labels needs "
@@ -505,14 +542,16 @@ def lookahead_meta_gradients(
             # The virtual gradient reuses the real forward's graph; the real backward runs later.
             virtual = virtual_gradients(model, optimizer, training_logits(), targets,
                                         weight_init, label_init, targets_for_virtual,
-                                        retain_graph=True, through_pseudo_targets=through)
+                                        retain_graph=True, through_pseudo_targets=through,
+                                        inner_loss=inner_loss)
         else:
             with train_mode(model), torch.enable_grad():
                 logits = functional_call(model, buffers_snapshot(model), (inputs,))
                 _check_pseudo(pseudo_targets, logits, label_init)
                 check_targets("targets", targets, inputs.shape[0], logits.shape[-1])
                 virtual = virtual_gradients(model, optimizer, logits, targets, weight_init,
-                                            label_init, pseudo_targets, retain_graph=False)
+                                            label_init, pseudo_targets, retain_graph=False,
+                                            inner_loss=inner_loss)
     if virtual is not None:
         virtual = all_reduce_mean(virtual, process_group)
     tangents, probe_loss = probe_tangent(model, optimizer, probe_inputs, probe_targets, virtual,
@@ -537,7 +576,7 @@ def lookahead_meta_gradients(
         )
     weight, label = contract_meta_gradients(
         logits, u, targets, weight_init=weight_init, label_init=label_init,
-        pseudo_targets=pseudo_targets, pseudo_tangents=pseudo_tangents,
+        pseudo_targets=pseudo_targets, pseudo_tangents=pseudo_tangents, inner_loss=inner_loss,
     )
     finite = bool(torch.isfinite(weight).all()) and (label is None
                                                      or bool(torch.isfinite(label).all()))
@@ -560,6 +599,7 @@ def meta_gradients(
     label_init: float | Tensor | None = None,
     pseudo_targets: Tensor | None = None,
     lr: float | None = None,
+    inner_loss: InnerLoss | None = None,
 ) -> MetaGradients:
     """Exact dL_p/d omega and dL_p/d lambda at (weight_init, label_init) after one optimizer step.
 
@@ -576,6 +616,9 @@ def meta_gradients(
       label_init: lambda0, scalar or (B,) (IEG: 0.9), or None for no relabeling.
       pseudo_targets: q, (B, C), required with ``label_init``; treated as constants.
       lr: look-ahead learning rate; default: each param group's current lr.
+      inner_loss: the per-example training loss ``(logits, targets) -> (B,)`` being reweighted
+        (default: cross-entropy); e.g. ``functional.generalized_cross_entropy``. Not with
+        ``label_init``.
 
     Returns:
       ``MetaGradients`` with ``weight`` (B,) and ``label`` (B,) or None.
@@ -591,7 +634,7 @@ def meta_gradients(
             raise ValueError("pseudo_targets: required (shape (B, C)) when label_init is given")
     return lookahead_meta_gradients(
         model, optimizer, inputs, targets, probe_inputs, probe_targets, weight_init=omega0,
-        label_init=lambda0, pseudo_targets=pseudo_targets, lr=lr,
+        label_init=lambda0, pseudo_targets=pseudo_targets, lr=lr, inner_loss=inner_loss,
     )
 
 

@@ -9,6 +9,7 @@ from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
 from iegkit.functional.distributed import world_size
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
+from iegkit.functional.meta import InnerLoss
 from iegkit.functional.reweight import OFFICIAL_NORMALIZER_EPS, normalize_meta_weights
 from iegkit.functional.shrinkage import shrink_toward_init
 
@@ -36,6 +37,11 @@ class MetaReweighter(PartBase):
         weights are normalised over), omega* shrunk toward uniform weights (robust IEG; 0, the
         paper's rule, by default). ``keys.WEIGHTS`` holds the weights the loss used. An all-zero
         omega* then gives beta / B everywhere (the prior), not the paper's empty step.
+      loss: None (cross-entropy) or a per-example loss ``(logits, targets) -> (B,)`` to reweight,
+        e.g. ``functools.partial(functional.generalized_cross_entropy, q=0.7)``: the look-ahead
+        then steps along sum_i omega0_i l_i and takes dL_p/d omega_i = <u_i, d l_i / d z_i>, still
+        exact. Not with ``label_mix`` or a MetaRelabeler (their meta-gradients assume
+        cross-entropy).
     """
 
     # a schedule part sets this step's lr, LRWarmup scales it: look ahead with that lr
@@ -52,6 +58,7 @@ class MetaReweighter(PartBase):
         lookahead_lr: float | None = None,
         normalize: str = "global",
         shrinkage: float = 0.0,
+        loss: InnerLoss | None = None,
         name: str = "meta_reweighter",
     ) -> None:
         if normalize not in ("global", "per_rank"):
@@ -64,6 +71,12 @@ class MetaReweighter(PartBase):
             raise ValueError(f"shrinkage: expected a value in [0, 1], got {shrinkage}")
         if normalizer_eps < 0:
             raise ValueError(f"normalizer_eps: expected >= 0, got {normalizer_eps}")
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss: expected None or a callable (logits, targets) -> (B,), got "
+                            f"{type(loss).__name__}")
+        if loss is not None and label_mix is not None:
+            raise ValueError("loss: a loss other than cross-entropy cannot take label_mix's soft "
+                             "targets; pass label_mix=None")
         self.name = name
         self.weight_init = weight_init
         self.label_mix = label_mix
@@ -72,11 +85,20 @@ class MetaReweighter(PartBase):
         self.lookahead_lr = lookahead_lr
         self.normalize = normalize
         self.shrinkage = shrinkage
+        self.loss = loss
         self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS,) if label_mix is not None else ()
 
     def setup(self, plan: Plan) -> None:
         plan.request_meta(owner=self.name, weight_init=self.weight_init, lr=self.lookahead_lr,
-                          loss_label_mix=self.label_mix)
+                          loss_label_mix=self.label_mix, inner_loss=self.loss)
+
+    def _per_example_loss(self, ctx: StepContext) -> torch.Tensor:
+        logits = ctx.logits("input")
+        if self.loss is not None:
+            return self.loss(logits, ctx.targets)
+        pseudo = ctx.get(keys.PSEUDO_TARGETS) if self.label_mix is not None else None
+        target = mix_targets(ctx.targets, logits.shape[-1], self.label_mix, pseudo).to(logits.dtype)
+        return soft_cross_entropy(logits, target)
 
     def contribute(self, ctx: StepContext) -> Contribution:
         meta = ctx.meta()
@@ -86,10 +108,7 @@ class MetaReweighter(PartBase):
         if self.shrinkage:
             uniform = 1.0 / (weights.shape[0] * world_size(group))
             weights = shrink_toward_init(weights, uniform, self.shrinkage)
-        logits = ctx.logits("input")
-        pseudo = ctx.get(keys.PSEUDO_TARGETS) if self.label_mix is not None else None
-        target = mix_targets(ctx.targets, logits.shape[-1], self.label_mix, pseudo).to(logits.dtype)
-        loss = (weights * soft_cross_entropy(logits, target)).sum() * world_size(group)
+        loss = (weights * self._per_example_loss(ctx)).sum() * world_size(group)
         return Contribution(
             values={keys.WEIGHTS: weights},
             losses={"loss": self.loss_weight * loss},

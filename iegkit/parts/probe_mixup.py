@@ -57,6 +57,9 @@ class ProbeMixUp(PartBase):
       rampup_steps: None (official: p from the first step) or a linear ramp of p from 0 over that
         many steps (MixMatch's ramp-up), against confirmation bias of early pseudo labels. p is
         also multiplied by ``keys.UNLABELED_GATE`` when a part (TrustedGate) provides it.
+      targets: "pseudo" (IEG: the weak and strong rows take the pseudo labels) or "given" (the
+        plain+ baseline: they take the given, possibly wrong labels, and no pseudo labeler is
+        needed; the strong view then comes from ``StrongView``).
     """
 
     needs_probe = True
@@ -64,8 +67,14 @@ class ProbeMixUp(PartBase):
 
     def __init__(self, unlabeled_weight: float = 5.0, *, coefficient: str = "official",
                  alpha: float = 0.5, normalize_logits: bool = True, threshold: float | None = None,
-                 rampup_steps: int | None = None, name: str = "probe_mixup") -> None:
+                 rampup_steps: int | None = None, targets: str = "pseudo",
+                 name: str = "probe_mixup") -> None:
         mix_coefficients(1, torch.Generator(), kind=coefficient, alpha=alpha)  # validates
+        if targets not in ("pseudo", "given"):
+            raise ValueError(f"targets: expected 'pseudo' or 'given', got {targets!r}")
+        if targets == "given" and threshold is not None:
+            raise ValueError("threshold: the split by omega* applies to pseudo labels; with "
+                             "targets='given' pass threshold=None")
         if unlabeled_weight < 0:
             raise ValueError(f"unlabeled_weight: expected >= 0, got {unlabeled_weight}")
         self.name = name
@@ -75,7 +84,9 @@ class ProbeMixUp(PartBase):
         self.normalize_logits = normalize_logits
         self.threshold = threshold
         self.rampup_steps = check_rampup(rampup_steps)
-        self.requires: tuple[str, ...] = (keys.PSEUDO_TARGETS, keys.STRONG_VIEW) + (
+        self.targets = targets
+        self.requires: tuple[str, ...] = (
+            (keys.PSEUDO_TARGETS,) if targets == "pseudo" else ()) + (keys.STRONG_VIEW,) + (
             (keys.WEIGHTS,) if threshold is not None else ())
 
     def setup(self, plan: Plan) -> None:
@@ -84,9 +95,14 @@ class ProbeMixUp(PartBase):
     def contribute(self, ctx: StepContext) -> Contribution:
         generator = ctx.generator(self.name)
         b = ctx.batch_size
+        if self.targets == "pseudo":
+            row_targets = ctx.get(keys.PSEUDO_TARGETS)
+        else:
+            row_targets = F.one_hot(ctx.targets, ctx.logits("input").shape[-1]).to(
+                ctx.inputs.dtype if ctx.inputs.is_floating_point() else torch.float32)
         pool_inputs, pool_targets = probe_mixup_pool(
             ctx.view("probe"), ctx.probe_targets, ctx.inputs, ctx.get(keys.STRONG_VIEW),
-            ctx.get(keys.PSEUDO_TARGETS), ctx.targets,
+            row_targets, ctx.targets,
             weights=ctx.get(keys.WEIGHTS) if self.threshold is not None else None,
             threshold=self.threshold, generator=generator,
         )
