@@ -18,7 +18,8 @@ Methods (``METHODS``; each ``recipes`` baseline with its paper's defaults): plai
 trusted images, tiled to the training-set size so that steps and epochs match), gce, sce, glc
 (second stage; its C_hat comes from the final plain model of the same setting and seed: the first
 stage, so plain runs first), forward_online (our one-run variant), small_loss (tau = 1 - the mean
-diagonal of that C_hat), l2r, l2r_gce (meta reweighting over GCE), robust_ieg. Candidates for
+diagonal of that C_hat), l2r, l2r_gce (meta reweighting over GCE), robust_ieg, and robust_ieg_glc
+(robust IEG whose label posterior uses that C_hat instead of its symmetric channel). Candidates for
 selection (``CANDIDATES``: at most 3 per method) are stored as ``method/option=value``.
 
 Each evaluation (after every epoch, eval mode, no augmentation) records the accuracy on 2,000
@@ -99,19 +100,23 @@ CONFIG = Config()
 
 #: name -> (recipe, options). The first entry of each method is its paper's default.
 CANDIDATES: dict[str, dict[str, dict]] = {
+    # in the order they run within a (setting, seed) group: what decides the table first
     "plain": {"plain": {}},
-    "trusted_only": {"trusted_only": {}},
-    "plain_plus": {"plain_plus": {}, "plain_plus/mixup_weight=5": {"mixup_weight": 5.0}},
-    "gce": {"gce": {}, "gce/q=0.4": {"q": 0.4}, "gce/q=0.9": {"q": 0.9}},
-    "sce": {"sce": {}, "sce/alpha=1": {"alpha": 1.0}, "sce/beta=0.5": {"beta": 0.5}},
-    "glc": {"glc": {}, "glc/trusted_weight=0.1": {"trusted_weight": 0.1}},
-    "forward_online": {"forward_online": {},
-                       "forward_online/estimate_fraction=0.3": {"estimate_fraction": 0.3}},
-    "small_loss": {"small_loss": {}, "small_loss/rampup_epochs=5": {"rampup_epochs": 5.0}},
-    "l2r": {"l2r": {}},
-    "l2r_gce": {"l2r_gce": {}},
     "robust_ieg": {"robust_ieg": {}, "robust_ieg/shrink_0.5": {"meta_shrinkage": 0.5},
                    "robust_ieg/shrink_1": {"meta_shrinkage": 1.0}},
+    "plain_plus": {"plain_plus": {}, "plain_plus/mixup_weight=5": {"mixup_weight": 5.0}},
+    "glc": {"glc": {}, "glc/trusted_weight=0.1": {"trusted_weight": 0.1}},
+    "gce": {"gce": {}, "gce/q=0.4": {"q": 0.4}, "gce/q=0.9": {"q": 0.9}},
+    "sce": {"sce": {}, "sce/alpha=1": {"alpha": 1.0}, "sce/beta=0.5": {"beta": 0.5}},
+    "small_loss": {"small_loss": {}, "small_loss/rampup_epochs=5": {"rampup_epochs": 5.0}},
+    "forward_online": {"forward_online": {},
+                       "forward_online/estimate_fraction=0.3": {"estimate_fraction": 0.3}},
+    "l2r_gce": {"l2r_gce": {}},
+    "l2r": {"l2r": {}},
+    "trusted_only": {"trusted_only": {}},
+    # a composition: robust IEG's label posterior through GLC's class-conditional C_hat (from the
+    # same first-stage plain model as glc) instead of its symmetric channel
+    "robust_ieg_glc": {"robust_ieg_glc": {}},
 }
 METHODS = tuple(CANDIDATES)
 VARIANTS = {name: (method, options) for method, group in CANDIDATES.items()
@@ -119,9 +124,9 @@ VARIANTS = {name: (method, options) for method, group in CANDIDATES.items()
 #: rough ms per step on one shared core (only to balance --shard)
 STEP_MS = {"plain": 110, "trusted_only": 90, "plain_plus": 320, "gce": 110, "sce": 110,
            "glc": 130, "forward_online": 130, "small_loss": 110, "l2r": 220, "l2r_gce": 220,
-           "robust_ieg": 700}
+           "robust_ieg": 700, "robust_ieg_glc": 700}
 #: needs the final plain model of its setting and seed (C_hat, GLC's first stage)
-NEEDS_PLAIN = ("glc", "small_loss")
+NEEDS_PLAIN = ("glc", "small_loss", "robust_ieg_glc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +205,14 @@ def build_pipeline(run: Run, model, optimizer, cfg: Config, total_steps: int, pe
         transition = torch.tensor(plain["transition"], dtype=torch.float64)
         if method == "glc":
             options["transition"] = transition
+        elif method == "robust_ieg_glc":
+            options["label_transition"] = transition
         else:
             options.update(noise_rate=float(noise_rate_from_transition(transition)),
                            steps_per_epoch=per_epoch)
-    if method == "robust_ieg":
+    if method.startswith("robust_ieg"):
         options["probe_diagnostics_every"] = 10
-    recipe = "plain" if method == "trusted_only" else method
+    recipe = {"trusted_only": "plain", "robust_ieg_glc": "robust_ieg"}.get(method, method)
     return recipes.build(recipe, model, optimizer, total_steps=total_steps, strong_augment=strong,
                          seed=run.seed, **options)
 
@@ -388,12 +395,12 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
                   "| val noisy | val clean (oracle) | ms/step |", "|" + " --- |" * 10]
         for method, chosen, n, final, l3, best, fit, vn, vc, ms, records in rows:
             extra = ""
-            if method == "robust_ieg" and "average_test" in records[0]["final"]:
+            if method.startswith("robust_ieg") and "average_test" in records[0]["final"]:
                 extra = f" (teacher {100 * statistics.mean(r['final']['average_test'] for r in records):.1f})"
             lines.append(f"| {method} | `{chosen}` | {n} | {100 * final:.1f}{extra} | {100 * l3:.1f} | "
                          f"({100 * best:.1f}) | {100 * fit:.1f} | {100 * vn:.1f} | {100 * vc:.1f} | "
                          f"{ms:.0f} |")
-        baselines = [r for r in rows if r[0] not in ("robust_ieg", "trusted_only")]
+        baselines = [r for r in rows if r[0] not in ("robust_ieg", "robust_ieg_glc", "trusted_only")]
         if baselines and "robust_ieg" in finals:
             best_row = max(baselines, key=lambda r: r[3])
             seeds = sorted(set(finals["robust_ieg"]) & set(finals[best_row[0]]))

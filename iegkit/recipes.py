@@ -237,7 +237,8 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
                                trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
                                gate_margin: float, seed: int,
                                label_posterior: bool = False,
-                               label_accuracy: float | None = None) -> list[Part]:
+                               label_accuracy: float | None = None,
+                               label_transition: torch.Tensor | None = None) -> list[Part]:
     """The pseudo labeler (EMA teacher) and the safeguards that refine, mask or gate its labels."""
     labeler = ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
                                        probe_diagnostics_every=probe_diagnostics_every)
@@ -245,10 +246,12 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
     if alignment_momentum is not None:
         parts.append(DistributionAlignment(momentum=alignment_momentum, temperature=temperature))
     if label_posterior:
-        parts.append(NoisyLabelPosterior(temperature=temperature, label_accuracy=label_accuracy))
-    elif label_accuracy is not None:
-        raise ValueError("label_accuracy: only used by the label posterior; pass "
-                         "label_posterior=True or leave label_accuracy=None")
+        parts.append(NoisyLabelPosterior(temperature=temperature, label_accuracy=label_accuracy,
+                                         transition=label_transition))
+    elif label_accuracy is not None or label_transition is not None:
+        name = "label_accuracy" if label_accuracy is not None else "label_transition"
+        raise ValueError(f"{name}: only used by the label posterior; pass label_posterior=True "
+                         f"or leave {name}=None")
     if confidence_threshold is not None:
         parts.append(ConfidenceMask(confidence_threshold))
     if trusted_holdout is not None:
@@ -280,6 +283,7 @@ def robust_ieg(
     meta_shrinkage: float = ROBUST_META_SHRINKAGE,
     label_posterior: bool = True,
     label_accuracy: float | None = None,
+    label_transition: torch.Tensor | None = None,
     rampup_fraction: float = ROBUST_RAMPUP_FRACTION,
     warmup_fraction: float = 0.0,
     lookahead_lr: float | None = None,
@@ -315,7 +319,9 @@ def robust_ieg(
     ``teacher_decay=None`` / ``alignment_momentum=None`` drop a safeguard (for ablations);
     ``label_posterior=False`` drops difference 5; ``label_accuracy`` gives the posterior a known
     accuracy of the given labels (the fraction that is correct; 1 - rho + rho / C for uniform noise
-    of rate rho over all C classes) instead of its running estimate.
+    of rate rho over all C classes) instead of its running estimate; ``label_transition`` a
+    class-conditional channel T[c, j] = P(given j | true c) instead of the symmetric one (GLC's
+    C_hat from the trusted set, ``glc_transition``), for class-dependent noise.
     Optional: ``confidence_threshold`` adds FixMatch's mask on the unlabeled terms;
     ``trusted_holdout=(images, labels)``, trusted examples kept out of the probe set, adds a
     ``TrustedGate`` that scales p and k by the pseudo labels' measured accuracy on them
@@ -351,7 +357,7 @@ def robust_ieg(
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
             gate_margin=gate_margin, seed=seed, label_posterior=label_posterior,
-            label_accuracy=label_accuracy)
+            label_accuracy=label_accuracy, label_transition=label_transition)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr, shrinkage=meta_shrinkage))

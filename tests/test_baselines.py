@@ -432,3 +432,56 @@ def test_a_transition_of_the_wrong_size_is_refused_at_the_step(step_problem):
         pipeline(x, y, xp, yp, step=0)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name])
+
+
+# --------------------------------------------------------------------------- class-conditional posterior
+
+
+def test_transition_posterior_is_bayes_rule_and_reduces_to_the_symmetric_channel():
+    from iegkit.functional.label_posterior import noisy_label_posterior, transition_label_posterior
+
+    gen = torch.Generator().manual_seed(7)
+    g = torch.softmax(torch.randn(5, 4, generator=gen, dtype=torch.float64), -1)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    t = random_transition(4, gen)
+    want = g * t[:, y].T ** 2  # tau = 0.5: the likelihood squared, as g is sharpened
+    want = want / want.sum(-1, keepdim=True)
+    torch.testing.assert_close(transition_label_posterior(g, y, t, temperature=0.5), want)
+    r = 0.7
+    symmetric = torch.full((4, 4), (1 - r) / 3, dtype=torch.float64)
+    symmetric.fill_diagonal_(r)
+    torch.testing.assert_close(transition_label_posterior(g, y, symmetric),
+                               noisy_label_posterior(g, y, r))
+    uniform = torch.full((4, 4), 0.25, dtype=torch.float64)
+    torch.testing.assert_close(transition_label_posterior(g, y, uniform), g)
+
+
+@given(seeds, st.integers(2, 6), st.floats(0.2, 2.0))
+def test_transition_posterior_stays_on_the_simplex(seed, classes, tau):
+    from iegkit.functional.label_posterior import transition_label_posterior
+
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.softmax(torch.randn(7, classes, generator=gen, dtype=torch.float64), -1)
+    y = torch.randint(0, classes, (7,), generator=gen)
+    t = random_transition(classes, gen)
+    post = transition_label_posterior(g, y, t, temperature=tau)
+    assert bool((post >= 0).all())
+    torch.testing.assert_close(post.sum(-1), torch.ones(7, dtype=torch.float64))
+    perm = torch.randperm(7, generator=gen)
+    torch.testing.assert_close(transition_label_posterior(g[perm], y[perm], t, temperature=tau),
+                               post[perm])
+
+
+def test_robust_ieg_takes_a_class_conditional_channel(step_problem):
+    model, x, y, xp, yp = step_problem
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    t = random_transition(3, torch.Generator().manual_seed(1))
+    pipeline = recipes.robust_ieg(model, opt, total_steps=10, label_transition=t,
+                                  strong_augment=lambda images, generator=None: images.flip(-1))
+    part = next(p for p in pipeline.parts if isinstance(p, iegkit.NoisyLabelPosterior))
+    torch.testing.assert_close(part.transition, t)
+    out = pipeline(x, y, xp, yp, step=0)
+    assert torch.isfinite(out.loss)
+    pipeline.close()
+    with pytest.raises(ValueError, match="transition: a class-conditional"):
+        iegkit.NoisyLabelPosterior(transition=t, label_accuracy=0.6)

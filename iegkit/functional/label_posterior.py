@@ -9,7 +9,7 @@ from torch import Tensor
 
 from iegkit.functional.losses import check_targets
 
-__all__ = ["estimate_label_accuracy", "noisy_label_posterior"]
+__all__ = ["estimate_label_accuracy", "noisy_label_posterior", "transition_label_posterior"]
 
 #: Halvings of [1/C, 1] in the maximum-likelihood solve: below float64 resolution.
 _BISECTIONS = 60
@@ -100,3 +100,27 @@ def estimate_label_accuracy(probs: Tensor, labels: Tensor) -> float:
     """
     _check("probs", probs, labels)
     return accuracy_unchecked(probs, labels)
+
+
+def transition_label_posterior(pseudo: Tensor, labels: Tensor, transition: Tensor, *,
+                               temperature: float = 0.5) -> Tensor:
+    """g'_ic = Normalize_c(g_ic T[c, y_i]^(1/tau)): the posterior of the true class under a
+    class-conditional noise channel T[c, j] = P(given j | true c) (e.g. GLC's C_hat estimated from
+    the trusted set, ``functional.estimate_transition``), where ``noisy_label_posterior`` assumes
+    the symmetric channel (asymmetric and human noise break it). As there, sharpening commutes with
+    the product: g' = sharpen(Normalize(q T[:, y]), tau) for q = unsharpen(g, tau). The symmetric
+    channel of accuracy r gives ``noisy_label_posterior``; T = uniform rows leave g unchanged.
+
+    A class c with T[c, y_i] = 0 gets probability 0; if every class does (an impossible label under
+    T), the row keeps g. Shapes: pseudo (B, C), labels (B,), transition (C, C) -> (B, C).
+    """
+    num_classes = _check("pseudo", pseudo, labels)
+    if transition.shape != (num_classes, num_classes):
+        raise ValueError(f"transition: expected ({num_classes}, {num_classes}), got "
+                         f"{tuple(transition.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    likelihood = transition.to(pseudo.dtype)[:, labels.long()].T  # (B, C): T[c, y_i]
+    weighted = pseudo * likelihood.clamp_min(0.0) ** (1.0 / temperature)
+    total = weighted.sum(-1, keepdim=True)
+    return torch.where(total > 0, weighted / torch.where(total > 0, total, 1.0), pseudo)

@@ -6,13 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from iegkit._core import keys
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, PartBase
 from iegkit.functional.collapse import pseudo_label_concentration
 from iegkit.functional.distribution_alignment import unsharpen
-from iegkit.functional.label_posterior import accuracy_unchecked, posterior_unchecked
+from iegkit.functional.forward_correction import check_transition
+from iegkit.functional.label_posterior import (
+    accuracy_unchecked,
+    posterior_unchecked,
+    transition_label_posterior,
+)
 
 __all__ = ["NoisyLabelPosterior"]
 
@@ -47,13 +53,17 @@ class NoisyLabelPosterior(PartBase):
         [1/C, 1] (under uniform noise of rate rho over all C classes, 1 - rho + rho / C), used from
         the first step instead of the running estimate (attribute ``known_label_accuracy``; the
         batch estimate is still reported). None (default): estimated, as above.
+      transition: None, or a (C, C) class-conditional channel T[c, j] = P(given j | true c), e.g.
+        GLC's C_hat from the trusted set (``recipes.glc_transition``): the posterior is then
+        ``transition_label_posterior(g, y, T)`` instead of the symmetric channel's, for
+        class-dependent (asymmetric, human) noise. Fixed; not with ``label_accuracy``.
     """
 
     requires = ()
     refines = (keys.PSEUDO_TARGETS,)
 
     def __init__(self, *, temperature: float = 0.5, momentum: float = 0.99,
-                 label_accuracy: float | None = None,
+                 label_accuracy: float | None = None, transition: Tensor | None = None,
                  name: str = "noisy_label_posterior") -> None:
         if not temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
@@ -62,6 +72,12 @@ class NoisyLabelPosterior(PartBase):
         if label_accuracy is not None and not 0.0 < label_accuracy <= 1.0:
             raise ValueError(f"label_accuracy: expected None or a value in [1/C, 1], "
                              f"got {label_accuracy}")
+        if transition is not None:
+            if label_accuracy is not None:
+                raise ValueError("transition: a class-conditional channel replaces label_accuracy; "
+                                 "pass one of the two")
+            transition = check_transition(torch.as_tensor(transition, dtype=torch.float64))
+        self.transition = None if transition is None else transition.clone()
         self.name = name
         self.temperature = temperature
         self.momentum = momentum
@@ -86,8 +102,15 @@ class NoisyLabelPosterior(PartBase):
         num_classes = pseudo.shape[-1]
         batch_estimate = accuracy_unchecked(unsharpen(pseudo, self.temperature), ctx.targets)
         self._pending = (batch_estimate, num_classes)
-        accuracy = self._current(num_classes)
-        posterior = posterior_unchecked(pseudo, ctx.targets, accuracy, self.temperature)
+        if self.transition is not None:
+            check_transition(self.transition, num_classes)
+            accuracy = float(torch.diagonal(self.transition).mean())
+            posterior = transition_label_posterior(pseudo, ctx.targets,
+                                                   self.transition.to(pseudo.device),
+                                                   temperature=self.temperature)
+        else:
+            accuracy = self._current(num_classes)
+            posterior = posterior_unchecked(pseudo, ctx.targets, accuracy, self.temperature)
         top_share, entropy = pseudo_label_concentration(posterior)
         return Contribution(
             values={keys.PSEUDO_TARGETS: posterior},
