@@ -101,6 +101,7 @@ def test_dry_run_stores_every_method_and_reports(bench, tmp_path):
     records = [json.loads(line) for line in store.read_text().splitlines()]
     assert {r["method"] for r in records} == set(bench.METHODS)
     plain = next(r for r in records if r["method"] == "plain")
+    assert plain["transition"] == plain["history"][plain["transition_epoch"] - 1]["transition"]
     transition = torch.tensor(plain["transition"])
     torch.testing.assert_close(transition.sum(-1), torch.ones(10, dtype=transition.dtype))
     robust = next(r for r in records if r["method"] == "robust_ieg")
