@@ -297,7 +297,7 @@ def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_s
     if cfg.official_lookahead:
         options.update(lookahead_lr=0.1, through_pseudo_labels=True)
     options.update(extra or {})
-    accepted = inspect.signature(recipes.RECIPES[method]).parameters
+    accepted = inspect.signature({**recipes.RECIPES, **recipes.BASELINES}[method]).parameters
     if strong is None:
         strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
                                 per_image_policy=cfg.per_image_policy)
@@ -697,6 +697,9 @@ def selection_method(variant: str) -> str:
 
 #: a recipe option value replaced, per run, by the measured accuracy of the run's noisy labels
 MEASURED_LABEL_ACCURACY = "measured"
+#: a recipe option value replaced, per run, by GLC's C_hat of the final plain model of the same
+#: setting and seed (its first stage; stored with every plain run as "transition")
+PLAIN_TRANSITION = "plain transition"
 
 #: name -> (recipe, recipe options). The six methods, the safeguard ablations of robust IEG and
 #: IEG-n of Table 7 with the safeguards (IEG-5 is robust_ieg itself).
@@ -734,6 +737,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "robust_eg/no_warmup_no_unlabeled": ("robust_eg", {"warmup_fraction": 0.0,
                                                        "unlabeled_weight": 0.0,
                                                        "consistency_weight": 0.0}),
+    # the two strongest baselines of benchmarks/baselines.py (docs/results.md), for --variants and
+    # benchmarks/gpu.sh: plain+ and GLC's second stage (after the plain run of the same seed)
+    "plain_plus": ("plain_plus", {}),
+    "glc": ("glc", {"transition": PLAIN_TRANSITION}),
 }
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
 LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
@@ -751,7 +758,7 @@ TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
 #: ms per training step, measured with --time-steps on the shared 2-core machine (1 thread): only
 #: used to balance --shard (an estimate of each run's cost), never reported.
 STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg": 1465.0,
-           "robust_ieg": 2320.0}
+           "robust_ieg": 2320.0, "plain_plus": 850.0, "glc": 330.0}
 # the trained weights' evaluation (the evaluation EMA doubles it; kept, so that --shard assigns
 # the runs as before)
 EVAL_S_PER_EPOCH = 16.0
@@ -984,7 +991,7 @@ class StrongViews:
 
 def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, device: torch.device,
                  *, max_steps: int | None = None, progress: bool = False, desc: str = "",
-                 checkpoint: Path | None = None) -> dict:
+                 checkpoint: Path | None = None, plain_transition: list | None = None) -> dict:
     """One run with ``training.fit``: the record stored for it (per-epoch history included).
 
     ``checkpoint``: written after every epoch and resumed from when present, so that a run longer
@@ -994,6 +1001,12 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
     if variant_options.get("label_accuracy") == MEASURED_LABEL_ACCURACY:
         variant_options = {**variant_options,
                            "label_accuracy": float((labels == split.train_clean).float().mean())}
+    if variant_options.get("transition") == PLAIN_TRANSITION:
+        if plain_transition is None:
+            raise RuntimeError(f"{run.method}: needs the plain run of the same setting and seed "
+                               "first (GLC's first stage)")
+        variant_options = {**variant_options,
+                           "transition": torch.tensor(plain_transition, dtype=torch.float64)}
     torch.manual_seed(run.seed)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
@@ -1120,6 +1133,10 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         "n_train": int(split.train_images.shape[0]), "n_val": int(split.val_images.shape[0]),
         "n_test": int(split.test_images.shape[0]), "n_trusted": int(split.trusted_images.shape[0]),
         "parameters": sum(p.numel() for p in model.parameters()),
+        # GLC's first stage (C_hat of the final model on the trusted images), for the glc variant
+        **({"transition": recipes.glc_transition(model, to_input(split.trusted_images, device),
+                                                 split.trusted_labels.to(device)).tolist()}
+           if recipe == "plain" else {}),
     }
 
 
@@ -1234,9 +1251,10 @@ def main_cpu10k(args, cfg: Config) -> int:
               flush=True)
         checkpoint = (Path(store_path).with_suffix("") / "checkpoints"
                       / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".pt"))
+        plain = store.runs.get(Cpu10kRun(run.setting, "plain", run.seed).key(label), {})
         record = train_cpu10k(run, split, labels, cfg, device, max_steps=args.max_steps,
                               progress=not args.no_progress and sys.stderr.isatty(), desc=desc,
-                              checkpoint=checkpoint)
+                              checkpoint=checkpoint, plain_transition=plain.get("transition"))
         record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
                        "command": command(args.argv), "machine": results_machine(),
                        "load_average": load_average(), "date": now()})
