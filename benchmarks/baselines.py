@@ -406,19 +406,42 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
             lines.append(f"| {method} | `{chosen}` | {n} | {100 * final:.1f}{extra} | {100 * l3:.1f} | "
                          f"({100 * best:.1f}) | {100 * fit:.1f} | {100 * vn:.1f} | {100 * vc:.1f} | "
                          f"{ms:.0f} |")
-        baselines = [r for r in rows if r[0] not in ("robust_ieg", "robust_ieg_glc", "trusted_only")]
-        if baselines and "robust_ieg" in finals:
-            best_row = max(baselines, key=lambda r: r[3])
-            seeds = sorted(set(finals["robust_ieg"]) & set(finals[best_row[0]]))
-            if seeds:
-                diffs = [finals["robust_ieg"][s]["final"]["test"] - finals[best_row[0]][s]["final"]["test"]
-                         for s in seeds]
-                lines += ["", f"robust_ieg − best baseline by final test accuracy ({best_row[0]}), "
-                              f"paired over seeds {seeds}: {t_interval(diffs)} points."]
+        lines += [""] + comparisons(rows, finals)
         lines.append("")
     plot_memorisation(store, label, figure_dir / "baselines_cpumem_plain.png")
     lines.append(f"Plain's curves (seed 0): `docs/figures/baselines_cpumem_plain.png`.")
     return "\n".join(lines)
+
+
+def paired_line(name: str, finals: dict, a: str, b: str, key_a: str = "test") -> str | None:
+    seeds = sorted(set(finals.get(a, {})) & set(finals.get(b, {})))
+    if not seeds:
+        return None
+    diffs = [finals[a][s]["final"][key_a] - finals[b][s]["final"]["test"] for s in seeds]
+    return f"- {name}: {t_interval(diffs)} points (seeds {seeds})."
+
+
+def comparisons(rows: list, finals: dict) -> list[str]:
+    """The issue's checks, as paired differences of final test accuracy over the common seeds."""
+    out = []
+    plain = finals.get("plain", {})
+    for seed, record in sorted(plain.items()):
+        best = max(h["test"] for h in record["history"])
+        out.append(f"- plain, seed {seed}: final {100 * record['final']['test']:.1f}, "
+                   f"{100 * (best - record['final']['test']):.1f} below its best epoch; fits "
+                   f"{100 * record['final']['fit_noisy']:.1f}% of the noisy training labels.")
+    baselines = [r for r in rows if r[0] not in ("robust_ieg", "robust_ieg_glc", "trusted_only")]
+    if baselines:
+        best = max(baselines, key=lambda r: r[3])[0]
+        for ours in ("robust_ieg", "robust_ieg_glc"):
+            for key, what in (("test", "trained weights"), ("average_test", "teacher")):
+                line = paired_line(f"{ours} ({what}) − best baseline ({best})", finals, ours, best, key)
+                if line and (key == "test" or "average_test" in next(iter(finals[ours].values()))["final"]):
+                    out.append(line)
+    line = paired_line("plain_plus − plain", finals, "plain_plus", "plain")
+    if line:
+        out.append(line)
+    return out
 
 
 def plot_memorisation(store: nc.Store, label: str, path: Path) -> None:
