@@ -106,21 +106,26 @@ CANDIDATES: dict[str, dict[str, dict]] = {
                    "robust_ieg/shrink_1": {"meta_shrinkage": 1.0}},
     "plain_plus": {"plain_plus": {}, "plain_plus/mixup_weight=5": {"mixup_weight": 5.0}},
     "glc": {"glc": {}, "glc/trusted_weight=0.1": {"trusted_weight": 0.1}},
+    # a composition: robust IEG's label posterior through GLC's class-conditional C_hat (from the
+    # same first-stage plain model as glc) instead of its symmetric channel
+    "robust_ieg_glc": {"robust_ieg_glc": {}},
+    "l2r_gce": {"l2r_gce": {}},
     "gce": {"gce": {}, "gce/q=0.4": {"q": 0.4}, "gce/q=0.9": {"q": 0.9}},
     "sce": {"sce": {}, "sce/alpha=1": {"alpha": 1.0}, "sce/beta=0.5": {"beta": 0.5}},
     "small_loss": {"small_loss": {}, "small_loss/rampup_epochs=5": {"rampup_epochs": 5.0}},
     "forward_online": {"forward_online": {},
                        "forward_online/estimate_fraction=0.3": {"estimate_fraction": 0.3}},
-    "l2r_gce": {"l2r_gce": {}},
     "l2r": {"l2r": {}},
     "trusted_only": {"trusted_only": {}},
-    # a composition: robust IEG's label posterior through GLC's class-conditional C_hat (from the
-    # same first-stage plain model as glc) instead of its symmetric channel
-    "robust_ieg_glc": {"robust_ieg_glc": {}},
 }
 METHODS = tuple(CANDIDATES)
-VARIANTS = {name: (method, options) for method, group in CANDIDATES.items()
-            for name, options in group.items()}
+#: diagnostics, not candidates (never selected): why robust IEG fits the noise at uniform 0.8
+ABLATIONS: dict[str, tuple[str, dict]] = {
+    # its label posterior's running accuracy estimate rises as the teacher fits the given labels
+    "robust_ieg/no_posterior": ("robust_ieg", {"label_posterior": False}),
+}
+VARIANTS = {**{name: (method, options) for method, group in CANDIDATES.items()
+               for name, options in group.items()}, **ABLATIONS}
 #: rough ms per step on one shared core (only to balance --shard)
 STEP_MS = {"plain": 110, "trusted_only": 90, "plain_plus": 320, "gce": 110, "sce": 110,
            "glc": 130, "forward_online": 130, "small_loss": 110, "l2r": 220, "l2r_gce": 220,
@@ -242,6 +247,7 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
     data = NoisyDataset(train_images, train_labels, split.train_clean, split.trusted_images,
                         split.trusted_labels, split.test_images, split.test_labels, nc.NUM_CLASSES)
     eval_seconds: list[float] = []
+    steps_run = [0]
 
     fit_n = min(cfg.fit_sample, n)  # the pool is shuffled: its first images are a random sample
 
@@ -265,19 +271,31 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         eval_seconds.append(time.perf_counter() - started)
         return out
 
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def on_step(step: int, indices: Tensor, out) -> None:
+        steps_run[0] += 1
+        for name, value in out.metrics.items():  # the parts' diagnostics, averaged per epoch
+            if value.numel() == 1:
+                sums[name] = sums.get(name, 0.0) + float(value)
+                counts[name] = counts.get(name, 0) + 1
+
     def on_epoch(entry: dict) -> None:
+        entry["metrics"] = {name: sums[name] / counts[name] for name in sorted(sums)}
+        sums.clear()
+        counts.clear()
         text = ", ".join(f"{k} {100 * v:.1f}" for k, v in entry.items()
                          if isinstance(v, float) and k != "loss")
         print(f"    {run.key(label)} epoch {entry['epoch']}/{cfg.epochs}: loss {entry['loss']:.3f}, "
               f"{text}", flush=True)
 
-    steps_run = [0]
     result = training.fit(
         pipeline, model, optimizer, data, epochs=cfg.epochs, batch_size=cfg.batch_size,
         weak_augment=lambda images, generator=None: weak(nc.to_input(images, device),
                                                          generator=generator),
         seed=run.seed, evaluate=evaluate, evaluate_average=True, on_epoch=on_epoch,
-        on_step=lambda *_: steps_run.__setitem__(0, steps_run[0] + 1), views=views,
+        on_step=on_step, views=views,
         checkpoint=None if max_steps is not None else checkpoint,
         resume=max_steps is None and checkpoint is not None and checkpoint.exists(),
         max_steps=max_steps, progress=progress, desc=run.variant)
@@ -322,9 +340,10 @@ def selected_variant(store: nc.Store, method: str, setting: str, label: str) -> 
 
 
 def run_list(store: nc.Store, settings: Sequence[str], methods: Sequence[str], seeds: int,
-             label: str, candidates: bool) -> list[Run]:
-    """Seed 0 of every method's default, (with ``candidates``) its other candidates, then seeds
-    1.. of each method's selected candidate (the default until its candidates are all in)."""
+             label: str, candidates: bool, ablations: bool = False) -> list[Run]:
+    """Seed 0 of every method's default, (with ``candidates``) its other candidates, (with
+    ``ablations``) the ABLATIONS, then seeds 1.. of each method's selected candidate (the default
+    until its candidates are all in)."""
     runs = []
     for setting in settings:
         for method in methods:
@@ -332,6 +351,8 @@ def run_list(store: nc.Store, settings: Sequence[str], methods: Sequence[str], s
             runs.append(Run(setting, names[0], 0))
             if candidates:
                 runs += [Run(setting, name, 0) for name in names[1:]]
+        if ablations:
+            runs += [Run(setting, name, 0) for name in ABLATIONS]
         for seed in range(1, seeds):
             for method in methods:
                 chosen = selected_variant(store, method, setting, label) or next(iter(CANDIDATES[method]))
@@ -407,6 +428,14 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
                          f"({100 * best:.1f}) | {100 * fit:.1f} | {100 * vn:.1f} | {100 * vc:.1f} | "
                          f"{ms:.0f} |")
         lines += [""] + comparisons(rows, finals)
+        for name in ABLATIONS:
+            record = store.runs.get(Run(setting, name, 0).key(label))
+            default = finals.get("robust_ieg", {}).get(0)
+            if record is not None and default is not None:
+                lines.append(f"- ablation `{name}` (seed 0): final test {100 * record['final']['test']:.1f} "
+                             f"against {100 * default['final']['test']:.1f}; fits "
+                             f"{100 * record['final']['fit_noisy']:.1f}% of the noisy labels against "
+                             f"{100 * default['final']['fit_noisy']:.1f}%.")
         lines.append("")
     plot_memorisation(store, label, figure_dir / "baselines_cpumem_plain.png")
     lines.append(f"Plain's curves (seed 0): `docs/figures/baselines_cpumem_plain.png`.")
@@ -483,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--candidates", action="store_true",
                         help="also every method's other candidates at seed 0 (selection)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also the ABLATIONS of robust_ieg at seed 0 (diagnostics)")
     parser.add_argument("--epochs", type=int, default=None, help="override (a sizing run)")
     parser.add_argument("--weak-pad", type=int, default=None, help="override (a sizing run)")
     parser.add_argument("--store", default=None)
@@ -526,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write:
             write_section(args.write, HEADING, body)
         return 0
-    runs = run_list(store, settings, methods, args.seeds, label, args.candidates)
+    runs = run_list(store, settings, methods, args.seeds, label, args.candidates, args.ablations)
     owner = shard_of(runs, shards)
     if args.list_runs:
         for run in runs:
