@@ -394,7 +394,10 @@ def last3(record: dict, key: str = "test") -> float:
 
 
 def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Path) -> str:
-    lines = [f"Stored runs: `{store.path.name}` in `benchmarks/results/` (configuration `{label}`). Selection: each "
+    lines = ["Reprint: `.venv/bin/python benchmarks/baselines.py --report-only`; runs: "
+             "`.venv/bin/python benchmarks/baselines.py --shard i/2 --no-progress` (i = 0, 1; add "
+             "`--seeds N`, `--candidates`, `--ablations`).", "",
+             f"Stored runs: `{store.path.name}` in `benchmarks/results/` (configuration `{label}`). Selection: each "
              "method's candidate with the best final accuracy on the **noisy** validation labels "
              "(seed 0, per setting); test accuracy is never read to choose. Accuracy in %: final "
              "epoch (mean of the last 3 evaluations), mean over seeds.", ""]
