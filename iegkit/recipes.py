@@ -477,12 +477,14 @@ def forward_online(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
                    trusted_weight: float = 1.0, seed: int = 0) -> Pipeline:
     """Forward correction in one run (our extension of GLC): plain cross-entropy while C_hat is a
     running average over the trusted batches for ``estimate_fraction`` of the run, then the
-    corrected loss with it; cross-entropy on the trusted batch throughout."""
+    corrected loss with it, plus cross-entropy on the trusted batch. The trusted term starts only
+    when C_hat is frozen: trained on the trusted images, the model predicts their clean labels and
+    C_hat collapses to the identity (what the first version did)."""
     if not 0.0 < estimate_fraction < 1.0:
         raise ValueError(f"estimate_fraction: expected a value in (0, 1), got {estimate_fraction}")
     steps = max(1, round(estimate_fraction * total_steps))
     return compose(ForwardCorrection("online", estimate_steps=steps, momentum=momentum),
-                   TrustedCrossEntropy(loss_weight=trusted_weight),
+                   TrustedCrossEntropy(loss_weight=trusted_weight, start_step=steps),
                    model=model, optimizer=optimizer, seed=seed)
 
 

@@ -275,10 +275,12 @@ def test_glc_transition_uses_the_first_stage_model_in_eval_mode(step_problem):
 
 
 def test_online_forward_correction_estimates_then_corrects_with_the_frozen_matrix(step_problem):
+    """Estimation without the trusted term (trained on them, the model would predict the trusted
+    images' clean labels and C_hat would collapse to the identity); after it, GLC's loss."""
     model, x, y, xp, yp = step_problem
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     pipeline = recipes.forward_online(model, opt, total_steps=4, estimate_fraction=0.5,
-                                      momentum=0.5, trusted_weight=0.0)
+                                      momentum=0.5, trusted_weight=0.7)
     part = pipeline.parts[0]
     expected = torch.eye(3, dtype=torch.float64)
     seen = torch.zeros(3, dtype=torch.bool)
@@ -290,11 +292,25 @@ def test_online_forward_correction_estimates_then_corrects_with_the_frozen_matri
             expected, seen = updated_transition(expected, seen, torch.softmax(zp.double(), -1), yp, 0.5)
         else:
             want = -torch.log((torch.softmax(z, -1) @ expected.to(z.dtype))[torch.arange(10), y]).mean()
-            torch.testing.assert_close(out.loss, want)
+            torch.testing.assert_close(out.loss, want + 0.7 * ce(zp, yp).mean())
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         torch.testing.assert_close(part.transition, expected)
+    pipeline.close()
+
+
+def test_trusted_cross_entropy_start_step_is_checked_and_off_before_it(step_problem):
+    model, x, y, xp, yp = step_problem
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="start_step"):
+            iegkit.TrustedCrossEntropy(start_step=bad)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.TrustedCrossEntropy(start_step=3),
+                              model=model, optimizer=opt)
+    z, zp = train_logits(model, x), train_logits(model, xp)
+    torch.testing.assert_close(pipeline(x, y, xp, yp, step=2).loss, ce(z, y).mean())
+    torch.testing.assert_close(pipeline(x, y, xp, yp, step=3).loss, ce(z, y).mean() + ce(zp, yp).mean())
     pipeline.close()
 
 
