@@ -430,7 +430,9 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
             lines.append(f"| {method} | `{chosen}` | {n} | {100 * final:.1f}{extra} | {100 * l3:.1f} | "
                          f"({100 * best:.1f}) | {100 * fit:.1f} | {100 * vn:.1f} | {100 * vc:.1f} | "
                          f"{ms:.0f} |")
-        lines += [""] + comparisons(rows, finals)
+        lines += ["", "glc, small_loss and robust_ieg_glc also pay for plain's run (GLC's first "
+                  "stage, the plain row's ms/step over the same steps).", ""]
+        lines += comparisons(rows, finals) + posterior_lines(finals)
         for name in ABLATIONS:
             record = store.runs.get(Run(setting, name, 0).key(label))
             default = finals.get("robust_ieg", {}).get(0)
@@ -440,9 +442,43 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
                              f"{100 * record['final']['fit_noisy']:.1f}% of the noisy labels against "
                              f"{100 * default['final']['fit_noisy']:.1f}%.")
         lines.append("")
+    lines[4:4] = summary(store, settings, label)
     plot_memorisation(store, label, figure_dir / "baselines_cpumem_plain.png")
     lines.append(f"Plain's curves (seed 0): `docs/figures/baselines_cpumem_plain.png`.")
     return "\n".join(lines)
+
+
+def summary(store: nc.Store, settings: Sequence[str], label: str) -> list[str]:
+    """One line per method: its selected candidate's final test accuracy per setting (mean over
+    seeds, the seed count in brackets)."""
+    lines = ["| method | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
+    for method in METHODS:
+        cells = []
+        for setting in settings:
+            chosen = selected_variant(store, method, setting, label) or next(iter(CANDIDATES[method]))
+            finals = [r["final"]["test"] for r in store.runs.values() if r.get("config") == label
+                      and r["setting"] == setting and r["variant"] == chosen]
+            cells.append(f"{100 * statistics.mean(finals):.1f} ({len(finals)})" if finals else "")
+        if any(cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return ["Final test accuracy % (seeds), every setting:", "", *lines, ""]
+
+
+def posterior_lines(finals: dict) -> list[str]:
+    """Why robust_ieg and robust_ieg_glc differ: the label posterior's estimate of the fraction of
+    correct given labels (its channel's diagonal) at the final epoch, against the truth."""
+    out = []
+    key = "noisy_label_posterior/label_accuracy"
+    for method in ("robust_ieg", "robust_ieg_glc"):
+        records = [r for r in finals.get(method, {}).values() if key in r["final"].get("metrics", {})]
+        if records:
+            estimate = statistics.mean(r["final"]["metrics"][key] for r in records)
+            truth = statistics.mean(1 - r["wrong_labels"] for r in records)
+            fit = statistics.mean(r["final"]["fit_noisy"] for r in records)
+            out.append(f"- {method}: its label posterior takes {100 * estimate:.1f}% of the given "
+                       f"labels to be right in the final epoch ({100 * truth:.1f}% are); it fits "
+                       f"{100 * fit:.1f}% of them (seeds {sorted(r['seed'] for r in records)}).")
+    return out
 
 
 def paired_line(name: str, finals: dict, a: str, b: str, key_a: str = "test") -> str | None:

@@ -150,6 +150,7 @@ from results_io import machine as results_machine  # noqa: E402
 from iegkit import WeightEMA, recipes, training  # noqa: E402
 from iegkit.augment import strong_augment, weak_augment  # noqa: E402
 from iegkit.data import NoisyDataset, ProbeSampler, split_trusted  # noqa: E402
+from iegkit.functional import noise_rate_from_transition  # noqa: E402
 from iegkit.functional.schedule import sgdr_restarts  # noqa: E402
 from iegkit.noise import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise  # noqa: E402
 from iegkit.parts import SGDRSchedule  # noqa: E402
@@ -699,7 +700,9 @@ def selection_method(variant: str) -> str:
 MEASURED_LABEL_ACCURACY = "measured"
 #: a recipe option value replaced, per run, by GLC's C_hat of the final plain model of the same
 #: setting and seed (its first stage; stored with every plain run as "transition")
-PLAIN_TRANSITION = "plain transition"
+PLAIN_TRANSITION = "plain transition"  # as "noise_rate": that C_hat's noise_rate_from_transition
+#: a recipe option value replaced by the run's steps per epoch
+STEPS_PER_EPOCH = "steps per epoch"
 
 #: name -> (recipe, recipe options). The six methods, the safeguard ablations of robust IEG and
 #: IEG-n of Table 7 with the safeguards (IEG-5 is robust_ieg itself).
@@ -737,10 +740,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "robust_eg/no_warmup_no_unlabeled": ("robust_eg", {"warmup_fraction": 0.0,
                                                        "unlabeled_weight": 0.0,
                                                        "consistency_weight": 0.0}),
-    # the two strongest baselines of benchmarks/baselines.py (docs/results.md), for --variants and
-    # benchmarks/gpu.sh: plain+ and GLC's second stage (after the plain run of the same seed)
+    # baselines of benchmarks/baselines.py (docs/results.md), for --variants and benchmarks/gpu.sh:
+    # plain+, GLC's second stage, small-loss selection (each after the plain run of the same seed)
     "plain_plus": ("plain_plus", {}),
     "glc": ("glc", {"transition": PLAIN_TRANSITION}),
+    "small_loss": ("small_loss", {"noise_rate": PLAIN_TRANSITION, "steps_per_epoch": STEPS_PER_EPOCH}),
+    # the recommended composition: robust IEG's label posterior through GLC's C_hat
+    "robust_ieg_glc": ("robust_ieg", {"label_transition": PLAIN_TRANSITION}),
 }
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
 LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
@@ -758,7 +764,7 @@ TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
 #: ms per training step, measured with --time-steps on the shared 2-core machine (1 thread): only
 #: used to balance --shard (an estimate of each run's cost), never reported.
 STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg": 1465.0,
-           "robust_ieg": 2320.0, "plain_plus": 850.0, "glc": 330.0}
+           "robust_ieg": 2320.0, "plain_plus": 850.0, "glc": 330.0, "small_loss": 280.0}
 # the trained weights' evaluation (the evaluation EMA doubles it; kept, so that --shard assigns
 # the runs as before)
 EVAL_S_PER_EPOCH = 16.0
@@ -989,6 +995,24 @@ class StrongViews:
         return {"strong": self.cache[indices.to(self.cache.device)]}
 
 
+
+def resolved_options(variant: str, options: dict, plain_transition, per_epoch: int) -> dict:
+    """The markers in a variant's options replaced by their values for this run: GLC's C_hat of the
+    plain run of the same setting and seed (its first stage), its noise rate, the steps per epoch."""
+    out = dict(options)
+    for key, value in options.items():
+        if value == PLAIN_TRANSITION:
+            if plain_transition is None:
+                raise RuntimeError(f"{variant}: needs the plain run of the same setting and seed "
+                                   "first (GLC's first stage)")
+            transition = torch.tensor(plain_transition, dtype=torch.float64)
+            out[key] = (float(noise_rate_from_transition(transition)) if key == "noise_rate"
+                        else transition)
+        elif value == STEPS_PER_EPOCH:
+            out[key] = per_epoch
+    return out
+
+
 def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, device: torch.device,
                  *, max_steps: int | None = None, progress: bool = False, desc: str = "",
                  checkpoint: Path | None = None, plain_transition: list | None = None) -> dict:
@@ -1001,16 +1025,11 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
     if variant_options.get("label_accuracy") == MEASURED_LABEL_ACCURACY:
         variant_options = {**variant_options,
                            "label_accuracy": float((labels == split.train_clean).float().mean())}
-    if variant_options.get("transition") == PLAIN_TRANSITION:
-        if plain_transition is None:
-            raise RuntimeError(f"{run.method}: needs the plain run of the same setting and seed "
-                               "first (GLC's first stage)")
-        variant_options = {**variant_options,
-                           "transition": torch.tensor(plain_transition, dtype=torch.float64)}
+    per_epoch = training.steps_per_epoch(split.train_images.shape[0], cfg.batch_size)
+    variant_options = resolved_options(run.method, variant_options, plain_transition, per_epoch)
     torch.manual_seed(run.seed)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
-    per_epoch = training.steps_per_epoch(split.train_images.shape[0], cfg.batch_size)
     extra = dict(variant_options)
     with_aa = "AA" in extra.get("components", recipes.COMPONENTS)
     strong = strong_augment("cifar10" if with_aa else None, value_range=(-1.0, 1.0),
