@@ -113,3 +113,13 @@ def test_dry_run_stores_every_method_and_reports(bench, tmp_path):
     text = body.read_text()
     assert "| robust_ieg |" in text and "| glc |" in text
     assert (tmp_path / "baselines_cpumem_plain.png").is_file()
+
+
+def test_cost_benchmark_times_every_method_side_by_side(bench):
+    cost = importlib.import_module("baselines_cost")
+    cfg = bench.dataclasses.replace(bench.CONFIG, width=4, blocks=3, resolution=8)
+    times = cost.measure(cfg, steps=1, rounds=2, methods=("plain", "gce", "small_loss", "glc"))
+    assert set(times) == {"plain", "gce", "small_loss", "glc"}
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    text = cost.table(times)
+    assert "| plain |" in text and "| 1.00 |" in text
