@@ -8,6 +8,7 @@ here for old imports).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -131,16 +132,38 @@ def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_f
                         images[test_idx], labels[test_idx], num_classes)
 
 
+def _check_trusted_set(inputs: Tensor, labels: Tensor) -> None:
+    for name, value in (("inputs", inputs), ("labels", labels)):
+        if not isinstance(value, Tensor) or value.dim() == 0:
+            raise TypeError(f"{name}: expected a tensor with one row per trusted example, got "
+                            f"{getattr(value, 'shape', type(value).__name__)}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs: the trusted set is empty")
+    if labels.dim() != 1 or labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"labels: expected shape ({inputs.shape[0]},), one per input, got "
+                         f"{tuple(labels.shape)}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
+
+
+def _check_batch_size(batch_size: object) -> int:
+    # 0 used to give empty batches, and a negative size a slice from the end, then empty ones
+    try:
+        size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+    except TypeError:
+        size = None
+    if size is None or size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    return size
+
+
 class ProbeSampler:
     """Cycles through the trusted set in reshuffled passes, with its own generator."""
 
     def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, *, seed: int = 0) -> None:
-        if inputs.shape[0] == 0:
-            raise ValueError("inputs: the trusted set is empty")
-        if inputs.shape[0] != labels.shape[0]:
-            raise ValueError(f"labels: expected {inputs.shape[0]} labels, got {labels.shape[0]}")
+        _check_trusted_set(inputs, labels)
         self.inputs, self.labels = inputs, labels
-        self.batch_size = min(batch_size, inputs.shape[0])
+        self.batch_size = min(_check_batch_size(batch_size), inputs.shape[0])
         self.generator = torch.Generator().manual_seed(seed)
         self._order = torch.randperm(inputs.shape[0], generator=self.generator)
         self._position = 0

@@ -23,6 +23,17 @@ def ema_decay(step: int, decay: float = 0.999) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
+# While an average is swapped into a model: id(parameter) -> (parameter, its training value), so
+# that save_checkpoint saves the training weights, not the average (and load_checkpoint refuses to
+# load weights the end of the block would overwrite).
+_SWAPPED_OUT: dict[int, tuple[Tensor, Tensor]] = {}
+
+
+def _training_values() -> dict[int, Tensor]:
+    """id(parameter) -> its training value, for each parameter an average is swapped into now."""
+    return {key: value for key, (_, value) in _SWAPPED_OUT.items()}
+
+
 class WeightEMA(PartBase):
     """Shadow copy of the trainable parameters, updated after each ``optimizer.step()``.
 
@@ -74,10 +85,18 @@ class WeightEMA(PartBase):
 
     @torch.no_grad()
     def update(self, step: int) -> None:
+        """Average the parameters after an optimizer step.
+
+        The trainable set is read here, not only at bind: a parameter unfrozen since
+        (``requires_grad`` False -> True) joins the average from its current value, so that
+        ``evaluation_weights`` never deploys its raw weights beside an averaged rest. A parameter
+        frozen later stays averaged (its average converges to the frozen value)."""
         d = ema_decay(step, self.decay)
         for name, p in self._model().named_parameters():
             if name in self.shadow:
                 self.shadow[name].mul_(d).add_(p.detach(), alpha=1.0 - d)
+            elif p.requires_grad:
+                self.shadow[name] = p.detach().clone()
 
     @torch.no_grad()
     def forward(self, inputs: Tensor) -> Tensor:
@@ -97,25 +116,49 @@ class WeightEMA(PartBase):
     def average_parameters(self) -> Iterator[None]:
         params = dict(self._model().named_parameters())
         saved = {n: params[n].detach().clone() for n in self.shadow}
-        with torch.no_grad():
-            for n, value in self.shadow.items():
-                params[n].copy_(value)
+        # the outermost swap records the training values (a nested one would record an average)
+        fresh = [n for n in saved if id(params[n]) not in _SWAPPED_OUT]
+        for n in fresh:
+            _SWAPPED_OUT[id(params[n])] = (params[n], saved[n])
         try:
+            with torch.no_grad():
+                for n, value in self.shadow.items():
+                    params[n].copy_(value)
             yield
         finally:
             with torch.no_grad():
                 for n, value in saved.items():
                     params[n].copy_(value)
+            for n in fresh:
+                del _SWAPPED_OUT[id(params[n])]
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "shadow": {n: v.clone() for n, v in self.shadow.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state["shadow"]) != set(self.shadow):
-            raise ValueError("state: EMA parameter names do not match the model")
+        """Every saved average must be a parameter of the model, of its shape. The saved and the
+        current trainable sets may differ (a layer unfrozen before or after the save): a saved
+        average is loaded whether or not its parameter is trainable now, and a parameter trainable
+        now but absent from the state keeps its current value as its average (as on unfreezing)."""
+        params = dict(self._model().named_parameters())
+        _check_saved_shadow(state["shadow"], params)
         self.decay = state["decay"]
         for n, v in state["shadow"].items():
-            self.shadow[n].copy_(v)
+            if n in self.shadow:
+                self.shadow[n].copy_(v)
+            else:
+                self.shadow[n] = v.detach().to(params[n]).clone()
+
+
+def _check_saved_shadow(saved: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:
+    unknown = sorted(n for n in saved if n not in params)
+    if unknown:
+        raise ValueError(f"state: the saved EMA averages parameters the model does not have: "
+                         f"{unknown}; load a state saved from this model")
+    reshaped = sorted(n for n, v in saved.items() if tuple(v.shape) != tuple(params[n].shape))
+    if reshaped:
+        raise ValueError(f"state: the saved EMA's shapes differ from the model's for {reshaped}; "
+                         "load a state saved from this model")
 
 
 def _weight_average(pipeline: Any) -> WeightEMA | None:

@@ -313,7 +313,12 @@ def test_ema_teacher_labels_follow_the_averaged_weights():
     for name, p in model.named_parameters():
         torch.testing.assert_close(labeler.teacher.shadow[name],
                                    d * shadow_before[name] + (1 - d) * p.detach())
-        assert not torch.equal(p.detach(), before[name])
+    # the model moved, so the teacher's average is a real test. Not the conv biases before
+    # BatchNorm: BN cancels them, their gradient is rounding (~1e-16), and whether a float64 step
+    # of that size moves them depends on the machine's summation order.
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    cancelled = {"net.0.bias", "net.3.bias"}
+    assert moved | cancelled == {n for n, _ in model.named_parameters()}
     state = pipeline.state_dict()
     model2, *_ = make_problem("cnn", batch=12)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)

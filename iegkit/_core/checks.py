@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 import weakref
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogitsOf", "check_batch", "check_binding", "warn_about_modes"]
+from iegkit.functional.losses import check_targets
+
+__all__ = [
+    "LogitsOf",
+    "as_class_indices",
+    "check_batch",
+    "check_binding",
+    "check_grad_enabled",
+    "check_step",
+    "step_labels",
+    "warn_about_modes",
+]
 
 
 class LogitsOf(nn.Module):
@@ -55,6 +67,65 @@ def check_batch(model: nn.Module, inputs: Tensor, probe_inputs: Tensor | None) -
                 f"{name}: a batch of 1 cannot pass BatchNorm1d in train mode (the meta passes use "
                 "batch statistics); use batches of at least 2"
             )
+
+
+def check_step(step: object) -> int:
+    """The step as an int >= 0 (a NumPy or 0-d tensor integer too; bool refused). Checked first: a
+    negative step used to pass the pipeline, then fail (if at all) in the optimizer.step() hook,
+    after the weights had moved."""
+    if isinstance(step, bool):
+        raise TypeError("step: expected an int >= 0, got a bool")
+    try:
+        value = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step: expected an int >= 0, got {type(step).__name__}") from None
+    if value < 0:
+        raise ValueError(f"step: expected an int >= 0 (the optimizer steps taken so far), got "
+                         f"{value}")
+    return value
+
+
+def check_grad_enabled() -> None:
+    """A step under no_grad/inference_mode builds no graph: its loss cannot be backpropagated, and
+    the meta parts' virtual gradient fails deep inside; say what to do before any forward."""
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        return
+    raise RuntimeError(
+        "pipeline: called with gradients disabled (inside torch.no_grad() or "
+        "torch.inference_mode()); a training step needs them: call the pipeline with grad "
+        "enabled, and evaluate by running the model alone (model.eval(), under no_grad) outside "
+        "the pipeline"
+    )
+
+
+def as_class_indices(name: str, labels: object, batch_size: int | None) -> Tensor:
+    """Integer labels of any dtype as int64 (NumPy gives int32, image datasets uint8; one_hot and
+    the losses need int64); float and bool labels are refused, they are not class indices.
+    ``batch_size`` None skips the shape check (no batch to match)."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name}: expected a tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name}: expected integer class indices, got dtype {labels.dtype} "
+                        "(soft or one-hot labels are not class indices: pass labels.argmax(-1))")
+    labels = labels.to(torch.int64)  # the same tensor when it is already int64
+    if batch_size is not None:
+        check_targets(name, labels, batch_size)
+    return labels
+
+
+def step_labels(inputs: object, targets: object, probe_inputs: object,
+                probe_targets: object) -> tuple[Tensor, Tensor | None]:
+    """``targets`` and ``probe_targets`` as int64 class indices shaped like their batches, checked
+    before any forward (their range needs the model's output, so it is checked after it)."""
+    for name, batch in (("inputs", inputs), ("probe_inputs", probe_inputs)):
+        if batch is not None and (not isinstance(batch, Tensor) or batch.dim() == 0):
+            raise TypeError(f"{name}: expected a batch tensor (B, ...), got "
+                            f"{getattr(batch, 'shape', type(batch).__name__)}")
+    targets = as_class_indices("targets", targets, inputs.shape[0])
+    if probe_targets is not None:
+        probe_size = None if probe_inputs is None else probe_inputs.shape[0]
+        probe_targets = as_class_indices("probe_targets", probe_targets, probe_size)
+    return targets, probe_targets
 
 
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()

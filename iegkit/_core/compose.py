@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,9 +10,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from iegkit._core import keys
-from iegkit._core.checks import check_batch, check_binding, warn_about_modes
+from iegkit._core.checks import (
+    check_batch,
+    check_binding,
+    check_grad_enabled,
+    check_step,
+    step_labels,
+    warn_about_modes,
+)
 from iegkit._core.context import StepContext
 from iegkit._core.part import Contribution, Part, PartBase, Plan
 from iegkit.errors import (
@@ -184,6 +193,84 @@ def compose(
     return pipeline
 
 
+@dataclass
+class _CallRecord:
+    """The last successful call, as the step guard needs it."""
+
+    optimizer_steps: int  # the bound optimizer's step count when the call returned
+    other_steps: int  # steps other optimizers took over the bound parameters, likewise
+    lookahead: bool
+    backpropagated: bool = False
+
+    def mark_backpropagated(self, _grad: Tensor) -> None:
+        self.backpropagated = True
+
+
+# The pipelines whose hooks are registered; weak, so that an unclosed pipeline is still collected.
+_WATCHING: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_GLOBAL_HOOK: list[Any] = []  # the one global step post-hook, registered on first use
+
+
+def _watch_other_optimizers(pipeline: Pipeline) -> None:
+    """Count the steps other optimizers take over the bound optimizer's parameters (one built
+    after compose and never bound), from torch's global step post-hook: it sees every optimizer,
+    fused ones included, which bump no parameter version. One hook for the process, never
+    removed: removing hooks while torch iterates them (a pipeline collected during a step) fails."""
+    if not _GLOBAL_HOOK:
+        _GLOBAL_HOOK.append(register_optimizer_step_post_hook(_count_other_step))
+    _WATCHING.add(pipeline)
+
+
+def _count_other_step(optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
+    for pipeline in list(_WATCHING):  # a copy: a collection during the loop shrinks the set
+        if _steps_bound_parameters(optimizer, pipeline.optimizer):
+            pipeline._other_steps += 1
+
+
+def _steps_bound_parameters(optimizer: torch.optim.Optimizer,
+                            bound: torch.optim.Optimizer | None) -> bool:
+    """Whether ``optimizer`` is another optimizer over ``bound``'s parameters. A second optimizer
+    over other parameters (a GAN's) is not, nor a wrapper sharing the bound one's param_groups."""
+    if bound is None or optimizer is bound or optimizer.param_groups is bound.param_groups:
+        return False
+    held = {id(p) for group in bound.param_groups for p in group["params"]}
+    return any(id(p) in held for group in optimizer.param_groups for p in group["params"])
+
+
+def _pending_gradients(optimizer: torch.optim.Optimizer) -> str:
+    """The gradients of the bound optimizer's parameters: 'none' (None, or zeroed), 'finite', or
+    'non-finite' (what GradScaler leaves when it skips optimizer.step() on overflow). Reads every
+    gradient: only for the step guard's rare case."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+             for p in params if p.grad is not None]
+    peaks = [g.detach().abs().amax().float().cpu() for g in grads if g.numel()]
+    if not peaks:
+        return "none"
+    peaks_tensor = torch.stack(peaks)
+    if not bool(torch.isfinite(peaks_tensor).all()):
+        return "non-finite"
+    return "finite" if bool((peaks_tensor > 0).any()) else "none"
+
+
+_OPTIMIZER_REPLACED = (
+    "optimizer: since the last pipeline call another optimizer stepped the model's parameters and "
+    "the optimizer bound to the pipeline did not (one built after compose, e.g. optimizer = "
+    "torch.optim.SGD(model.parameters(), lr=0.01)). The look-ahead models the bound optimizer's "
+    "lr and state, and the after-step work (EMA teacher, running statistics) runs from its hook, "
+    "so the last step used the old optimizer. Call pipeline.bind(model, new_optimizer)."
+)
+
+_ACCUMULATION_REFUSED = (
+    "pipeline: called again before optimizer.step(), with the last call's gradients still "
+    "pending (gradient accumulation). Meta weights are normalised over the batch the look-ahead "
+    "sees; gradient accumulation splits it: call the pipeline once on the whole batch per "
+    "optimizer.step(), or use recipes without a meta step (plain/eg) when you need "
+    "accumulation. If you skipped optimizer.step() on purpose, call optimizer.zero_grad() before "
+    "the next call (or pipeline.reset_step_guard()). Nothing was changed."
+)
+
+
 class Pipeline:
     """Composed parts that turn one batch (and a probe batch) into a loss.
 
@@ -191,6 +278,11 @@ class Pipeline:
 
         out = pipeline(inputs, targets, probe_inputs, probe_targets, step=step)
         optimizer.zero_grad(); out.loss.backward(); optimizer.step()
+
+    Gradient accumulation (several calls, one ``optimizer.step()``) is refused where the pipeline
+    has a look-ahead (its meta weights are normalised over the batch it sees): call it once on the
+    whole batch per step. Without one (``plain``, ``eg``) it is allowed. A step skipped after
+    ``loss.backward()``: ``optimizer.zero_grad()`` (or ``reset_step_guard()``) before the next call.
     """
 
     def __init__(self, parts: list[Part], plan: Plan, *, seed: int = 0) -> None:
@@ -205,6 +297,9 @@ class Pipeline:
         self._hook: Any = None
         self._pre_hook: Any = None
         self._before_hooks: list[Callable[[int], None]] = []
+        self._optimizer_steps = 0  # steps of the bound optimizer, counted by its post-hook
+        self._other_steps = 0  # other optimizers' steps over its parameters
+        self._last_call: _CallRecord | None = None
         self.generators: dict[str, torch.Generator] = {}
         for part in parts:
             generator = torch.Generator()
@@ -218,7 +313,13 @@ class Pipeline:
         all-reduces its virtual and probe gradients over its process group (docs/distributed.md).
         Registers one ``optimizer.register_step_post_hook`` that runs each part's
         ``after_optimizer_step`` after every ``optimizer.step()`` and, when a part has the optional
-        ``before_optimizer_step``, one ``register_step_pre_hook`` for it; ``close()`` removes them.
+        ``before_optimizer_step``, one ``register_step_pre_hook`` for it; ``close()`` removes them,
+        and the next call (or ``with pipeline:``) registers them again.
+
+        Call it again after replacing the optimizer (``pipeline.bind(model, new_optimizer)``): the
+        old optimizer's hooks are removed and the look-ahead models the new one. Rebinding the
+        model already bound keeps every part's state (the EMA teacher's average, running
+        statistics), as a resume from ``state_dict()`` would.
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -242,15 +343,29 @@ class Pipeline:
         if self.plan.meta is not None:
             check_lookahead_optimizer(optimizer)
         self.close()
+        # Parts such as the pseudo labeler build their EMA teacher in bind(): a new optimizer on
+        # the same model must not restart the teacher's average.
+        rebinding = module is self.model
+        kept = {part.name: part.state_dict() for part in self.parts} if rebinding else None
         self.model, self.optimizer = module, optimizer
         for part in self.parts:
             part.bind(module, optimizer)
-        self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+            if kept is not None:
+                part.load_state_dict(kept[part.name])
         self._before_hooks = [part.before_optimizer_step for part in self.parts
                               if callable(getattr(part, "before_optimizer_step", None))]
-        if self._before_hooks:
-            self._pre_hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self._register_hooks()
         return self
+
+    def _register_hooks(self) -> None:
+        """Register the optimizer hooks unless they are (idempotent): bind, ``with pipeline:`` and
+        every call do, so the after-step work follows use and not the first ``with`` block."""
+        if self.optimizer is None or self._hook is not None:
+            return
+        self._hook = self.optimizer.register_step_post_hook(self._after_optimizer_step)
+        if self._before_hooks:
+            self._pre_hook = self.optimizer.register_step_pre_hook(self._before_optimizer_step)
+        _watch_other_optimizers(self)
 
     def _before_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
         if self.last_step is None:
@@ -259,25 +374,77 @@ class Pipeline:
             hook(self.last_step)
 
     def _after_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
+        self._optimizer_steps += 1  # first: the step guard asks whether the optimizer stepped
         if self.last_step is None:  # the optimizer stepped before any pipeline step: nothing to do
             return
         for part in self.parts:
             part.after_optimizer_step(self.last_step)
 
     def close(self) -> None:
-        """Remove the optimizer hooks (idempotent). ``with pipeline:`` closes on exit."""
+        """Remove the optimizer hooks now (idempotent); ``with pipeline:`` closes on exit. The next
+        call (or ``with pipeline:``) registers them again: an ``optimizer.step()`` taken while
+        closed runs no after-step work (EMA teacher, running statistics)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         if self._pre_hook is not None:
             self._pre_hook.remove()
             self._pre_hook = None
+        _WATCHING.discard(self)
+        # Steps taken while closed are not counted: the step guard starts afresh.
+        self._last_call = None
 
     def __enter__(self) -> Pipeline:
+        self._register_hooks()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def reset_step_guard(self) -> None:
+        """Do not check the next call against the last one (see ``_check_step_guard``).
+
+        For a deliberate ``optimizer.step()`` skipped after ``loss.backward()`` whose gradients
+        are then discarded later in the loop; ``optimizer.zero_grad()`` before the next call does
+        the same."""
+        self._last_call = None
+
+    def _check_step_guard(self) -> None:
+        """Refuse a call that would silently go wrong, when the bound optimizer has not stepped
+        since the last call (its hook counts the steps). Both cases are "called again without the
+        bound optimizer stepping"; whether the parameters were stepped tells them apart:
+
+        - another optimizer stepped its parameters: it was replaced without ``bind``; raise.
+        - none did, the last call's loss was backpropagated, its gradients are still pending and
+          the pipeline has a look-ahead: gradient accumulation, which the look-ahead cannot do
+          exactly; raise.
+        Allowed: accumulation without a look-ahead, a call whose loss was never backpropagated
+        (metrics), gradients zeroed since (a skipped step) or non-finite (GradScaler skipped the
+        step on overflow). The gradients are read only in the rare case that reaches them."""
+        last = self._last_call
+        if last is None or self._optimizer_steps != last.optimizer_steps:
+            return
+        if self._other_steps != last.other_steps:
+            raise RuntimeError(_OPTIMIZER_REPLACED)
+        if not (last.backpropagated and last.lookahead):
+            return
+        if _pending_gradients(self.optimizer) == "finite":
+            raise RuntimeError(_ACCUMULATION_REFUSED)
+
+    def _prepare_call(self) -> None:
+        """First in every call, before anything moves: refuse a call that would silently go wrong
+        (the step guard), then register the optimizer hooks again if ``close()`` (or the end of a
+        ``with`` block) removed them."""
+        self._check_step_guard()
+        self._register_hooks()
+
+    def _remember_call(self, loss: Tensor, lookahead_count: int) -> None:
+        """What the step guard compares the next call with; a hook on the loss records whether it
+        was backpropagated (it returns None: the gradient is unchanged)."""
+        record = _CallRecord(self._optimizer_steps, self._other_steps, lookahead_count > 0)
+        if loss.requires_grad:
+            loss.register_hook(record.mark_backpropagated)
+        self._last_call = record
 
     @property
     def compile_tangent(self) -> bool:
@@ -316,6 +483,12 @@ class Pipeline:
         """
         if self.model is None or self.optimizer is None:
             raise RuntimeError("pipeline: call bind(model, optimizer) (or pass them to compose) first")
+        self._prepare_call()
+        # Before anything moves (a forward, a generator draw): the step, the grad mode and the
+        # labels, converted to int64 (any integer dtype is accepted, float and bool refused).
+        step = check_step(step)
+        check_grad_enabled()
+        targets, probe_targets = step_labels(inputs, targets, probe_inputs, probe_targets)
         if self.needs_probe:
             if probe_inputs is None or probe_targets is None:
                 raise ValueError("probe_inputs: this pipeline needs a probe batch "
@@ -355,6 +528,7 @@ class Pipeline:
         total = sum(losses[name] for name in sorted(losses))
         values = {k: v.detach() for k, v in ctx._values.items() if isinstance(v, Tensor)}
         self.last_step = step
+        self._remember_call(total, ctx.lookahead_count)
         return StepOutput(
             loss=total,
             losses=losses,

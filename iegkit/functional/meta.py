@@ -72,18 +72,46 @@ class MetaGradients:
 @contextlib.contextmanager
 def train_mode(model: torch.nn.Module, *, dropout: bool = True) -> Iterator[None]:
     """Run the meta passes with BatchNorm on batch statistics, restoring each module's mode after.
-    ``dropout=False`` keeps dropout layers off (deterministic meta passes)."""
+    ``dropout=False`` keeps dropout layers and nn.MultiheadAttention's attention dropout off
+    (deterministic meta passes)."""
     modes = [(m, m.training) for m in model.modules()]
+    # nn.MultiheadAttention's attention dropout is a float, not a dropout module: it is zeroed
+    # rather than put in eval mode (which would enable its fast path, which has no JVP formula).
+    attention = [] if dropout else [(m, m.dropout) for m in model.modules()
+                                    if isinstance(m, torch.nn.MultiheadAttention)]
     model.train()
     if not dropout:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.dropout._DropoutNd):
                 m.eval()
+        for m, _ in attention:
+            m.dropout = 0.0
     try:
         yield
     finally:
         for m, was_training in modes:
             m.training = was_training
+        for m, rate in attention:
+            m.dropout = rate
+
+
+def _math_attention_factory() -> Callable[[], contextlib.AbstractContextManager]:
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch 2.1-2.2: the same process-wide flags, set by the older context
+        legacy = getattr(torch.backends.cuda, "sdp_kernel", None)
+        if legacy is None:
+            return contextlib.nullcontext
+        return lambda: legacy(enable_flash=False, enable_mem_efficient=False, enable_math=True)
+    return lambda: sdpa_kernel(SDPBackend.MATH)
+
+
+#: ``with math_attention():`` runs F.scaled_dot_product_attention on its math backend. The passes
+#: that are forward-differentiated (the JVP) or differentiated twice (its double-backward fallback)
+#: need it: the fused kernels (flash on CUDA and CPU, memory-efficient, cuDNN) have no
+#: forward-mode formula and a backward that cannot be differentiated. Every other pass, the
+#: real forward included, keeps the user's backend. The flags are process-wide while it is held.
+math_attention = _math_attention_factory()
 
 
 def buffers_snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -334,7 +362,7 @@ def logit_tangent(
     """(logits, u = J tau, used_fallback) at the model's current parameters, leaving it untouched.
 
     One forward-mode pass; double backward (with a one-time warning naming the layer) where a layer
-    has no forward-mode formula.
+    has no forward-mode formula. Attention runs on its math backend here (``math_attention``).
 
     ``compile=True`` runs the same forward-mode pass through ``torch.compile`` (one graph; compiled
     on first use and cached per module structure, mode and input shape; the first use per shape is
@@ -344,7 +372,7 @@ def logit_tangent(
     eagerly.
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
-    with train_mode(model, dropout=dropout):
+    with train_mode(model, dropout=dropout), math_attention():
         if compile and model not in _FORWARD_AD_FAILURES:
             compiled = _compiled_logit_tangent(model, params, tangents, inputs)
             if compiled is not None:
