@@ -540,7 +540,8 @@ def compare_tangents(model_name: str, batch_size: int, device: torch.device, arg
     (max |dw| over max w). Then the eager and compiled float32 passes are timed, interleaved.
     Returns markdown table rows.
     """
-    from iegkit.functional import meta as meta_fn
+    from iegkit._core import tangent as meta_fn
+    from iegkit.functional.meta import contract_meta_gradients
 
     b = make_batch(batch_size, args.probe_batch, device, seed=batch_size)
     torch.manual_seed(0)
@@ -563,7 +564,7 @@ def compare_tangents(model_name: str, batch_size: int, device: torch.device, arg
     passes["compiled f64"] = meta_fn.logit_tangent(model64, tau64, x64, compile=True)[:2]
 
     def weights(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        grad, _ = meta_fn.contract_meta_gradients(
+        grad, _ = contract_meta_gradients(
             logits.double(), u.double(), b.y,
             weight_init=torch.zeros(batch_size, dtype=torch.float64, device=device))
         return normalize(grad)

@@ -5,7 +5,7 @@ from iegkit._core import keys
 from iegkit._core.checks import LogitsOf
 from iegkit._core.compose import Pipeline, StepOutput, compose
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource
+from iegkit._core.part import Contribution, Part, PartBase, Plan, PseudoLabelSource, StagedLoss
 from iegkit.data import ProbeSampler
 from iegkit.ema import WeightEMA, evaluation_weights
 from iegkit.parts import (
@@ -53,6 +53,7 @@ __all__ = [
     "ProbeSampler",
     "SGDRSchedule",
     "SmallLossSelection",
+    "StagedLoss",
     "StrongView",
     "SymmetricCrossEntropy",
     "TrustedCrossEntropy",

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from iegkit import MetaReweighter, compose, recipes
-from iegkit.functional import meta as meta_module
+from iegkit._core import tangent as tangent_module
+from iegkit._core.tangent import logit_tangent, probe_tangent
 from iegkit.models import SmallCNN
 
 B, PROBE, SIDE = 32, 20, 16
@@ -98,18 +99,18 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @needs_compiler
 def test_compiled_tangent_is_float32_rounding_of_the_exact_tangent():
     model, opt, x, _, xp, yp = problem()
-    tau, _ = meta_module.probe_tangent(model, opt, xp, yp)
-    logits, eager, fallback = meta_module.logit_tangent(model, tau, x)
+    tau, _ = tangent_module.probe_tangent(model, opt, xp, yp)
+    logits, eager, fallback = tangent_module.logit_tangent(model, tau, x)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # (not "error": torch's own warnings must not abort inductor)
-        c_logits, compiled, c_fallback = meta_module.logit_tangent(model, tau, x, compile=True)
-        again = meta_module.logit_tangent(model, tau, x, compile=True)[1]  # cached graph
+        c_logits, compiled, c_fallback = tangent_module.logit_tangent(model, tau, x, compile=True)
+        again = tangent_module.logit_tangent(model, tau, x, compile=True)[1]  # cached graph
     assert not iegkit_warnings(caught)  # neither a compile failure nor a mismatch
     assert not fallback and not c_fallback
-    assert model not in meta_module._COMPILE_FAILURES
+    assert model not in tangent_module._COMPILE_FAILURES
     # the exact tangent at the same point: the same float32 weights, tau and inputs, in float64
     model64 = copy.deepcopy(model).double()
-    _, exact, _ = meta_module.logit_tangent(model64, {k: v.double() for k, v in tau.items()},
+    _, exact, _ = tangent_module.logit_tangent(model64, {k: v.double() for k, v in tau.items()},
                                             x.double())
     eager_error, compiled_error = relative(eager, exact), relative(compiled, exact)
     assert compiled_error <= max(10 * eager_error, 1e-6), (eager_error, compiled_error)
@@ -152,7 +153,7 @@ def test_compile_is_off_by_default_and_threaded_through_compose(monkeypatch):
     def never():
         raise AssertionError("compiled although compile_tangent is off")
 
-    monkeypatch.setattr(meta_module, "_compiled_dual_logits", never)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", never)
     model, opt, x, y, xp, yp = problem()
     pipe = compose(MetaReweighter(), model=model, optimizer=opt)
     assert pipe.plan.compile_tangent is False and pipe.compile_tangent is False
@@ -169,7 +170,7 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in "
                            "torch._inductor.config.cpp.cxx: (None, 'g++')")
 
-    monkeypatch.setattr(meta_module, "_compiled_dual_logits", lambda: broken)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
     model, opt, x, y, xp, yp = problem()
     reference = recipes.l2r(*copy.deepcopy((model, opt)))(x, y, xp, yp, step=0).weights
     pipe = compose(MetaReweighter(), model=model, optimizer=opt, compile_tangent=True)
@@ -184,44 +185,142 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
 
 def test_a_compiled_pass_that_disagrees_with_eager_is_not_used(monkeypatch):
     def drops_the_tangent(model, params, tangents, inputs, buffers):
-        logits, u = meta_module._dual_logits(model, params, tangents, inputs, buffers)
+        logits, u = tangent_module._dual_logits(model, params, tangents, inputs, buffers)
         return logits, torch.zeros_like(u)  # what a compiler that loses the dual numbers returns
 
-    monkeypatch.setattr(meta_module, "_compiled_dual_logits", lambda: drops_the_tangent)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: drops_the_tangent)
     model, opt, x, _, xp, yp = problem()
-    tau, _ = meta_module.probe_tangent(model, opt, xp, yp)
-    _, eager, _ = meta_module.logit_tangent(model, tau, x)
+    tau, _ = tangent_module.probe_tangent(model, opt, xp, yp)
+    _, eager, _ = tangent_module.logit_tangent(model, tau, x)
     with pytest.warns(RuntimeWarning, match="differs from the eager pass"):
-        _, u, _ = meta_module.logit_tangent(model, tau, x, compile=True)
+        _, u, _ = tangent_module.logit_tangent(model, tau, x, compile=True)
     assert torch.equal(u, eager)
-    assert torch.equal(meta_module.logit_tangent(model, tau, x, compile=True)[1], eager)
+    assert torch.equal(tangent_module.logit_tangent(model, tau, x, compile=True)[1], eager)
 
 
 def test_a_real_error_of_the_model_is_raised_not_hidden(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("compiler exploded")
 
-    monkeypatch.setattr(meta_module, "_compiled_dual_logits", lambda: broken)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
     model, opt, x, _, xp, yp = problem()
-    tau, _ = meta_module.probe_tangent(model, opt, xp, yp)
+    tau, _ = tangent_module.probe_tangent(model, opt, xp, yp)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(RuntimeError, match="channels|shape|size"):
-            meta_module.logit_tangent(model, tau, x[:, :2], compile=True)  # 2 channels, not 3
-    assert model not in meta_module._COMPILE_FAILURES
+            tangent_module.logit_tangent(model, tau, x[:, :2], compile=True)  # 2 channels, not 3
+    assert model not in tangent_module._COMPILE_FAILURES
 
 
 def test_under_autocast_the_tangent_pass_runs_eagerly(monkeypatch):
     def never():
         raise AssertionError("forward-mode AD under autocast does not compile")
 
-    monkeypatch.setattr(meta_module, "_compiled_dual_logits", never)
-    monkeypatch.setattr(meta_module, "_WARNED_AUTOCAST", False)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", never)
+    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", False)
     model, opt, x, _, xp, yp = problem()
-    tau, _ = meta_module.probe_tangent(model, opt, xp, yp)
+    tau, _ = tangent_module.probe_tangent(model, opt, xp, yp)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, eager, _ = meta_module.logit_tangent(model, tau, x)
+        _, eager, _ = tangent_module.logit_tangent(model, tau, x)
         with pytest.warns(RuntimeWarning, match="autocast"):
-            _, u, _ = meta_module.logit_tangent(model, tau, x, compile=True)
+            _, u, _ = tangent_module.logit_tangent(model, tau, x, compile=True)
     assert torch.equal(u, eager)
-    assert model not in meta_module._COMPILE_FAILURES  # compiled again outside autocast
+    assert model not in tangent_module._COMPILE_FAILURES  # compiled again outside autocast
+
+
+# --- A working compiled pass, with a stand-in for torch.compile -----------------------------------
+# Found by mutation testing (docs/mutation.md). The tests above cover a failing and a disagreeing
+# compiled pass; here the stand-in agrees with the eager pass up to "compiler rounding" (a relative
+# 1e-9, or more where a tolerance is tested), so the contract of a working compiled pass is checked
+# without a compiler: the first use per input shape and mode is checked against the eager pass,
+# later uses are not, a model with active dropout is never compared, and the tolerance depends on
+# the dtype.
+
+
+def _problem(dtype=torch.float32, dropout=0.0):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.BatchNorm1d(12), torch.nn.Tanh(),
+                                torch.nn.Dropout(dropout), torch.nn.Linear(12, 4)).to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 6, generator=gen).to(dtype)
+    xp, yp = torch.randn(5, 6, generator=gen).to(dtype), torch.tensor([0, 1, 2, 3, 0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tau, _ = probe_tangent(model, opt, xp, yp, dropout=False)
+    return model, tau, x
+
+
+@pytest.fixture
+def compiled_stand_in(monkeypatch):
+    """torch.compile replaced by the eager pass times (1 + rel); counts eager passes."""
+    eager_dual_logits = tangent_module._dual_logits
+    counts = {"eager": 0, "compiled": 0}
+    settings = {"rel": 1e-9}
+
+    def counting_eager(*args, **kwargs):
+        counts["eager"] += 1
+        return eager_dual_logits(*args, **kwargs)
+
+    def compiled(model, params, tangents, inputs, buffers):
+        counts["compiled"] += 1
+        logits, u = eager_dual_logits(model, params, tangents, inputs, buffers)
+        return logits, u * (1 + settings["rel"])
+
+    monkeypatch.setattr(tangent_module, "_dual_logits", counting_eager)
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: compiled)
+    return counts, settings
+
+
+def test_a_working_compiled_pass_is_checked_once_per_shape(compiled_stand_in):
+    counts, _ = compiled_stand_in
+    model, tau, x = _problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, eager, _ = logit_tangent(model, tau, x)
+        assert counts == {"eager": 1, "compiled": 0}
+        _, first, fallback = logit_tangent(model, tau, x, compile=True)
+        assert not fallback and counts == {"eager": 2, "compiled": 1}  # checked against eager
+        assert torch.equal(first, eager * (1 + 1e-9))  # and the compiled result is used
+        _, again, _ = logit_tangent(model, tau, x, compile=True)
+        assert counts == {"eager": 2, "compiled": 2}  # the same shape is not checked again
+        assert torch.equal(again, first)
+        logit_tangent(model, tau, x[:6], compile=True)
+        assert counts == {"eager": 3, "compiled": 3}  # a new shape is
+        model.eval()
+        logit_tangent(model, tau, x, compile=True)  # the meta passes run in train mode anyway
+        assert counts == {"eager": 3, "compiled": 4}
+    assert not [w for w in caught if "iegkit" in str(w.message)]  # the compiled pass agrees
+    assert model not in tangent_module._COMPILE_FAILURES
+
+
+def test_with_active_dropout_the_compiled_pass_is_not_compared(compiled_stand_in):
+    counts, _ = compiled_stand_in
+    model, tau, x = _problem(dropout=0.5)
+    logit_tangent(model, tau, x, compile=True)
+    assert counts == {"eager": 0, "compiled": 1}  # masks differ: nothing to compare
+    logit_tangent(model, tau, x, compile=True, dropout=False)  # dropout off: compared
+    assert counts == {"eager": 1, "compiled": 2}
+
+
+@pytest.mark.parametrize("dtype,rel,used", [(torch.float32, 5e-3, True),
+                                            (torch.float32, 5e-2, False),
+                                            (torch.float64, 5e-7, True),
+                                            (torch.float64, 5e-6, False)])
+def test_the_check_tolerance_follows_the_dtype(compiled_stand_in, dtype, rel, used):
+    """float32: 1e-2 relative L2 (reassociation on deep nets); float64: 1e-6."""
+    counts, settings = compiled_stand_in
+    settings["rel"] = rel
+    model, tau, x = _problem(dtype)
+    _, eager, _ = logit_tangent(model, tau, x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, u, _ = logit_tangent(model, tau, x, compile=True)
+    iegkit_warnings = [w for w in caught if "compiled tangent pass" in str(w.message)]
+    if used:
+        assert torch.equal(u, eager * (1 + rel)) and not iegkit_warnings
+        assert model not in tangent_module._COMPILE_FAILURES
+    else:
+        assert torch.equal(u, eager) and len(iegkit_warnings) == 1
+        assert "differs from the eager pass" in str(iegkit_warnings[0].message)
+        assert model in tangent_module._COMPILE_FAILURES
+        logit_tangent(model, tau, x, compile=True)
+        assert counts["compiled"] == 1  # not tried again for this model

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import pytest
 import torch
-from conftest import Square, make_problem
+import torch.autograd.forward_ad as fwAD
+from conftest import Square, SquareNoJvp, make_problem
 from reference import reference_meta_gradients
 from torch import nn
 
 import iegkit
+from iegkit._core.tangent import logit_tangent
 from iegkit.functional import meta_gradients
 
 
@@ -51,3 +54,136 @@ def test_pipeline_falls_back_and_keeps_batchnorm_statistics_right():
     for a, b in zip(model.buffers(), shadow.buffers()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
     out.loss.backward()
+
+
+# --- Every wording of a missing forward-mode formula ----------------------------------------------
+# Found by mutation testing (docs/mutation.md). torch words "this layer has no forward-mode formula"
+# in several ways across layers and versions (an autograd.Function without jvp(), an op without a
+# forward AD formula, a functorch transform); each wording must switch the look-ahead to the exact
+# double-backward path with one warning, and any other error of the model must propagate unchanged,
+# without a warning and without a fallback.
+
+
+def _is_dual(x: torch.Tensor) -> bool:
+    return fwAD.unpack_dual(x).tangent is not None
+
+
+class RaisesUnderForwardAD(nn.Module):
+    """Identity, except that a forward-mode (dual) input raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        if _is_dual(x):
+            raise self.error
+        return x
+
+
+def _model_with(layer: nn.Module):
+    model, x, y, xp, yp, q = make_problem("mlp")
+    model.net = nn.Sequential(model.net[0], model.net[1], layer, model.net[2], model.net[3])
+    return model, x, y, xp, yp, q
+
+
+WORDINGS = [
+    RuntimeError("Trying to use forward AD with my_op that does not support it"),
+    NotImplementedError("my_op: derivative for forward-mode differentiation is not implemented"),
+    RuntimeError("my_op is not supported in forward mode"),
+    NotImplementedError("You must implement the JVP function for my_op"),
+    RuntimeError("vmap: my_op is not supported by functorch transforms"),
+]
+
+
+@pytest.mark.parametrize("error", WORDINGS, ids=lambda e: str(e)[:24])
+def test_every_wording_of_a_missing_forward_formula_falls_back_exactly(error):
+    model, x, y, xp, yp, q = _model_with(RaisesUnderForwardAD(error))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"layer 'net\.2' \(RaisesUnderForwardAD\)"):
+        got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                             pseudo_targets=q)
+    assert got.used_fallback
+    want_w, want_l = reference_meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125,
+                                              label_init=0.9, pseudo_targets=q)
+    torch.testing.assert_close(got.weight, want_w, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.label, want_l, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+                                   NotImplementedError("my_op has no CPU kernel")],
+                         ids=lambda e: type(e).__name__)
+def test_any_other_error_of_the_model_propagates_without_a_fallback(error):
+    model, x, y, xp, yp, q = _model_with(RaisesUnderForwardAD(error))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "falls back to double backward" warning
+        with pytest.raises(type(error), match=str(error)):
+            meta_gradients(model, opt, x, y, xp, yp)
+
+
+class RootLevelSquare(nn.Module):
+    """The layer without a jvp() is called in the model's own forward, not in a submodule; with
+    ``unused`` one more parameter is held by the optimizer but never reaches the logits."""
+
+    def __init__(self, unused: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Linear(6, 8)
+        self.second = nn.Linear(8, 4)
+        if unused:
+            self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.second(SquareNoJvp.apply(self.first(x)) * 0.5)
+
+
+def test_a_root_level_layer_is_named_after_the_model_and_unused_parameters_are_fine():
+    _, x, y, xp, yp, q = make_problem("mlp")
+    model = RootLevelSquare(unused=True).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"layer 'RootLevelSquare' \(RootLevelSquare\)"):
+        got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                             pseudo_targets=q)
+    assert got.used_fallback
+    # the unused parameter changes nothing: the reference runs on the same model without it
+    twin = RootLevelSquare(unused=False).double()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    want_w, want_l = reference_meta_gradients(twin, twin_opt, x, y, xp, yp, weight_init=0.125,
+                                              label_init=0.9, pseudo_targets=q)
+    torch.testing.assert_close(got.weight, want_w, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.label, want_l, rtol=1e-12, atol=1e-15)
+
+
+# --- The tangent pass: no fallback where none is needed, and the warning --------------------------
+# Found by mutation testing (docs/mutation.md); the warning is matched exactly, like the error
+# messages in tests/test_errors.py.
+
+
+def _tangents(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(p) for n, p in model.named_parameters()}
+
+
+def test_the_tangent_pass_runs_the_given_model_without_a_fallback():
+    """A model with forward-mode formulas everywhere gets its own logits, no warning and no
+    fallback."""
+    model, x, *_ = make_problem("mlp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="iegkit")
+        logits, u, fallback = logit_tangent(model, _tangents(model), x)
+    assert not fallback
+    torch.testing.assert_close(logits, model(x))
+    assert u.shape == logits.shape
+
+
+def test_the_fallback_warning_names_the_layer_and_the_fix():
+    """A layer without jvp() is named in the warning, which says how to get the fast path."""
+    model, x, *_ = make_problem("mlp")
+    model.net = nn.Sequential(model.net[0], model.net[1], Square(), model.net[3])
+    with pytest.warns(RuntimeWarning, match=(
+            r"^iegkit: layer 'net\.2' \(Square\) has no forward-mode \(JVP\) formula .*"
+            + re.escape("; the meta step falls back to double backward for this model, which is "
+                        "exact but slower and uses more memory. Give its autograd.Function a jvp() "
+                        "to use the fast path.") + "$")):
+        _, _, fallback = logit_tangent(model, _tangents(model), x)
+    assert fallback

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
 from conftest import make_problem, take_real_step
 from reference import reference_meta_gradients
 
-from iegkit.functional import meta_gradients
+from iegkit._core.meta_step import LookaheadOptions, MetaBatch, lookahead_meta_gradients
+from iegkit._core.tangent import logit_tangent, probe_tangent
+from iegkit.functional import meta_gradients, mix_targets
+from iegkit.functional.meta import MetaInit
 
 SGD_CONFIGS = [
     dict(momentum=0.0),
@@ -132,3 +136,126 @@ def test_float32_agrees_with_float64():
     w64 = meta_gradients(model64, opt64, x, y, xp, yp).weight
     w32 = meta_gradients(model32, opt32, x.float(), y, xp.float(), yp).weight
     assert relative_error(w32.double(), w64) < 1e-4
+
+
+# --- The look-ahead's edges -----------------------------------------------------------------------
+# Found by mutation testing (docs/mutation.md): omega0 = 1, pseudo targets that carry a graph, the
+# label mix in the targets' dtype, dropout in the meta passes by default, and a look-ahead over
+# parameters that do not reach the logits.
+
+
+def randn(seed, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_omega0_of_one_is_a_look_ahead_like_any_other():
+    model, x, y, xp, yp, q = make_problem("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    got = meta_gradients(model, opt, x, y, xp, yp, weight_init=1.0, label_init=0.9,
+                         pseudo_targets=q)
+    want_w, want_l = reference_meta_gradients(model, opt, x, y, xp, yp, weight_init=1.0,
+                                              label_init=0.9, pseudo_targets=q)
+    torch.testing.assert_close(got.weight, want_w, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(got.label, want_l, rtol=1e-10, atol=1e-14)
+
+
+def test_pseudo_targets_with_a_graph_are_treated_as_constants():
+    model, x, y, xp, yp, _ = make_problem("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    q = torch.softmax(model(x) * 0.5, -1)  # carries the model's graph
+    with_graph = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                                pseudo_targets=q)
+    constant = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                              pseudo_targets=q.detach())
+    torch.testing.assert_close(with_graph.weight, constant.weight, rtol=0, atol=0)
+    torch.testing.assert_close(with_graph.label, constant.label, rtol=0, atol=0)
+    assert math.isfinite(float(with_graph.probe_loss))
+
+
+def test_label_mix_is_exact_in_the_targets_dtype():
+    y = torch.tensor([0, 2, 1])
+    q = torch.softmax(randn(0, 3, 3), -1)
+    lam = 0.9  # not a float32 number: computed in float32 it would be off by ~2e-8
+    want = lam * torch.eye(3, dtype=torch.float64)[y] + (1 - lam) * q
+    torch.testing.assert_close(mix_targets(y, 3, lam, q), want, rtol=1e-15, atol=1e-16)
+    with pytest.raises(ValueError, match="pseudo_targets"):
+        mix_targets(y, 3, lam)
+
+
+def test_probe_tangent_runs_dropout_by_default():
+    """probe_tangent(dropout=True) is the documented default: the probe pass draws dropout masks
+    (so two seeds differ); dropout=False is deterministic."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 4))
+    model = model.double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    xp, yp = randn(1, 5, 6), torch.tensor([0, 1, 2, 3, 0])
+
+    def tangent(seed, **kwargs):
+        torch.manual_seed(seed)
+        tangents, _ = probe_tangent(model, optimizer, xp, yp, **kwargs)
+        return torch.cat([t.reshape(-1) for t in tangents.values()])
+
+    assert not torch.equal(tangent(1), tangent(2))
+    assert torch.equal(tangent(1, dropout=False), tangent(2, dropout=False))
+
+
+class DropoutMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                                       torch.nn.Dropout(0.5), torch.nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_the_meta_passes_run_dropout_unless_told_not_to():
+    """Dropout stays on in the probe pass and the JVP by default (docs/architecture.md: a
+    stochastic meta-gradient), so two seeds give two results; dropout=False gives one (L2R's
+    omega0 = 0, where no virtual-gradient forward runs)."""
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = DropoutMLP().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    omega0 = torch.zeros(8, dtype=torch.float64)
+
+    def weights(seed, **kwargs):
+        torch.manual_seed(seed)
+        return lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp), MetaInit(omega0),
+                                        options=LookaheadOptions(**kwargs)).weight
+
+    assert not torch.equal(weights(1), weights(2))
+    assert torch.equal(weights(1, dropout=False), weights(2, dropout=False))
+    torch.manual_seed(1)
+    assert not torch.equal(meta_gradients(model, opt, x, y, xp, yp).weight,
+                           meta_gradients(model, opt, x, y, xp, yp).weight)
+    tangents = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+
+    def jvp(seed, **kwargs):
+        torch.manual_seed(seed)
+        return logit_tangent(model, tangents, x, **kwargs)[1]
+
+    assert not torch.equal(jvp(1), jvp(2))
+    assert torch.equal(jvp(1, dropout=False), jvp(2, dropout=False))
+
+
+class WithIdle(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(6, 4)
+        self.idle = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_look_ahead_over_parameters_that_do_not_reach_the_logits_is_zero():
+    _, x, y, xp, yp, q = make_problem("mlp")
+    model = WithIdle().double()
+    opt = torch.optim.SGD([model.idle], lr=0.1)  # the optimizer only holds the idle parameter
+    got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
+                         pseudo_targets=q)
+    assert torch.equal(got.weight, torch.zeros_like(got.weight))
+    assert torch.equal(got.label, torch.zeros_like(got.label))

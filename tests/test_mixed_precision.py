@@ -6,9 +6,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import make_problem
 
+import iegkit
 from iegkit import recipes
-from iegkit.functional import meta as meta_module
+from iegkit._core import meta_step as meta_module
+from iegkit.functional.meta import contract_meta_gradients
 from iegkit.models import SmallCNN
 
 
@@ -60,3 +64,52 @@ def test_overflowing_meta_gradients_fall_back_to_uniform_weights(monkeypatch):
     torch.testing.assert_close(out.weights, torch.full((64,), 1 / (64 + 1e-5)))
     assert float(out.metrics["meta_reweighter/nonfinite_fallback"]) == 1.0
     assert torch.isfinite(out.loss)
+
+
+# --- Overflow and low-precision logits in the meta step -------------------------------------------
+# Found by mutation testing (docs/mutation.md): the overflow fallback of the relabeler keeps every
+# given label, and low-precision logits are contracted in float32.
+
+
+def test_overflowing_meta_gradients_keep_every_given_label(monkeypatch):
+    model, x, y, xp, yp, _ = make_problem("cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    real = meta_module.contract_meta_gradients
+
+    def overflowing(*args, **kwargs):
+        weight, label = real(*args, **kwargs)
+        return weight, label * float("inf")
+
+    def flip(images, generator=None):
+        return images.flip(-1)
+
+    ieg = lambda m, o: iegkit.compose(  # noqa: E731
+        iegkit.ConsistencyPseudoLabeler(flip), iegkit.MetaReweighter(label_mix=0.9),
+        iegkit.MetaRelabeler(), model=m, optimizer=o)
+    twin = copy.deepcopy(model)
+    finite = ieg(twin, torch.optim.SGD(twin.parameters(), lr=0.1))(x, y, xp, yp, step=0)
+    assert float(finite.metrics["meta_reweighter/nonfinite_fallback"]) == 0.0
+    assert 0 < float(finite.relabel.sum()) < 8  # a mixed decision when nothing overflows
+    monkeypatch.setattr(meta_module, "contract_meta_gradients", overflowing)
+    out = ieg(model, opt)(x, y, xp, yp, step=0)
+    assert torch.equal(out.relabel, torch.ones(8, dtype=out.relabel.dtype))  # lambda* = 1
+    assert float(out.metrics["meta_reweighter/nonfinite_fallback"]) == 1.0
+
+
+def test_low_precision_logits_are_contracted_in_float32():
+    gen = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(6, 5, generator=gen)).bfloat16()
+    tangents = torch.randn(6, 5, generator=gen).bfloat16()
+    pseudo = torch.softmax(torch.randn(6, 5, generator=gen), -1).bfloat16()
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    omega0, lambda0 = torch.full((6,), 1 / 6), torch.full((6,), 0.9)
+    weight, label = contract_meta_gradients(logits, tangents, targets, weight_init=omega0,
+                                            label_init=lambda0, pseudo_targets=pseudo)
+    assert weight.dtype == torch.float32 and label.dtype == torch.float32
+    z, u, g = logits.double(), tangents.double(), pseudo.double()
+    onehot = F.one_hot(targets, 5).double()
+    mixed = 0.9 * onehot + 0.1 * g
+    want_w = (u * (torch.softmax(z, -1) - mixed)).sum(-1)
+    want_l = omega0.double() * (u * (g - onehot)).sum(-1)
+    torch.testing.assert_close(weight.double(), want_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(label.double(), want_l, rtol=1e-5, atol=1e-6)

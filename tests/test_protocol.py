@@ -11,6 +11,7 @@ from conftest import make_problem
 import iegkit
 from iegkit import Contribution, PartBase, keys
 from iegkit.errors import MissingProviderError, UnsupportedOptimizerError
+from iegkit.functional.meta import ONE_OVER_B, MetaInit
 
 
 def noise_augment(images, generator=None):
@@ -168,9 +169,9 @@ def test_omega0_auto_and_refusals():
     model, x, y, xp, yp, _ = make_problem("cnn", batch=12)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     alone = iegkit.compose(iegkit.MetaReweighter())
-    assert alone.plan.meta.resolved_weight_init() == 0.0
+    assert alone.plan.meta.init == MetaInit(0.0, None)
     shared = iegkit.compose(labeler(), iegkit.MetaReweighter(label_mix=0.9), iegkit.MetaRelabeler())
-    assert shared.plan.meta.resolved_weight_init() == "1/B"
+    assert shared.plan.meta.init == MetaInit(ONE_OVER_B, 0.9)
     with pytest.raises(ValueError, match="weight_init: 0 with a relabeler"):
         iegkit.compose(labeler(), iegkit.MetaReweighter(0.0), iegkit.MetaRelabeler())
     with pytest.raises(ValueError, match="label_mix"):

@@ -403,3 +403,47 @@ def test_probe_diagnostics_leave_training_bit_for_bit_unchanged(recipe):
         state, _ = train(every)
         for name, value in measured.items():
             assert torch.equal(value, state[name]), name
+
+
+# --- Collapse signals and distribution alignment at their edges -----------------------------------
+# Found by mutation testing (docs/mutation.md): one and two classes, errors that name the argument,
+# documented defaults and the dtype of the result.
+
+
+def randn(seed, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_concentration_with_one_and_two_classes():
+    top, entropy = pseudo_label_concentration(torch.ones(4, 1, dtype=torch.float64))
+    assert float(top) == 1.0 and float(entropy) == 0.0
+    two = torch.tensor([[0.9, 0.1], [0.1, 0.9]], dtype=torch.float64)
+    top, entropy = pseudo_label_concentration(two)
+    assert float(top) == 0.5 and float(entropy) == pytest.approx(1.0)  # H(1/2, 1/2) / log 2
+
+
+def test_concentration_refuses_anything_but_a_non_empty_batch():
+    for bad in (torch.ones(3), torch.ones(2, 3, 4), torch.ones(0, 3)):
+        with pytest.raises(ValueError, match="pseudo"):
+            pseudo_label_concentration(bad)
+
+
+def test_accuracy_compares_each_rows_argmax():
+    pseudo = torch.tensor([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]])
+    assert float(pseudo_label_accuracy(pseudo, torch.tensor([1, 0, 0, 1]))) == 0.5
+    assert float(pseudo_label_accuracy(pseudo, torch.tensor([1, 1, 1, 1]))) == 0.25
+    with pytest.raises(ValueError, match="labels"):
+        pseudo_label_accuracy(pseudo, torch.tensor([1, 0, 2]))
+
+
+def test_alignment_defaults_and_result_dtype():
+    g = torch.softmax(randn(0, 6, 3), -1)
+    model = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    target = torch.full((3,), 1 / 3, dtype=torch.float64)
+    torch.testing.assert_close(align_distribution(g, model, target),
+                               align_distribution(g, model, target, temperature=0.5))
+    torch.testing.assert_close(unsharpen(g), unsharpen(g, 0.5))
+    q = g.sqrt() / g.sqrt().sum(-1, keepdim=True)
+    torch.testing.assert_close(unsharpen(g), q)
+    aligned = align_distribution(g.float(), model, target)
+    assert aligned.dtype == torch.float32

@@ -17,9 +17,10 @@ from reference import reference_meta_gradients
 from torch import nn
 
 from iegkit import recipes
-from iegkit.functional import meta as meta_module
+from iegkit._core import modes
+from iegkit._core.modes import math_attention
+from iegkit._core.tangent import logit_tangent
 from iegkit.functional import meta_gradients, normalize_meta_weights
-from iegkit.functional.meta import logit_tangent, math_attention
 from iegkit.functional.relabel import relabel_from_meta_gradient
 
 
@@ -192,7 +193,7 @@ def test_math_attention_without_torch_nn_attention_uses_the_cuda_flags(monkeypat
     # torch 2.1-2.2 have no torch.nn.attention: the legacy flags' context manager is used instead
     with monkeypatch.context() as patch:  # only while resolving: the legacy one imports it itself
         patch.setitem(sys.modules, "torch.nn.attention", None)  # the import raises ImportError
-        legacy = meta_module._math_attention_factory()
+        legacy = modes._math_attention_factory()
     before = torch.backends.cuda.flash_sdp_enabled()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecated on torch >= 2.3
@@ -203,7 +204,7 @@ def test_math_attention_without_torch_nn_attention_uses_the_cuda_flags(monkeypat
     assert torch.backends.cuda.flash_sdp_enabled() == before
     monkeypatch.setitem(sys.modules, "torch.nn.attention", None)
     monkeypatch.delattr(torch.backends.cuda, "sdp_kernel")
-    assert meta_module._math_attention_factory() is contextlib.nullcontext  # neither: a no-op
+    assert modes._math_attention_factory() is contextlib.nullcontext  # neither: a no-op
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from iegkit.errors import NonFiniteLossError
 from iegkit.functional.losses import check_targets
 
 __all__ = [
@@ -16,7 +17,10 @@ __all__ = [
     "as_class_indices",
     "check_batch",
     "check_binding",
+    "check_finite_loss",
     "check_grad_enabled",
+    "check_meta_inputs",
+    "check_pseudo_targets",
     "check_step",
     "step_labels",
     "warn_about_modes",
@@ -67,6 +71,52 @@ def check_batch(model: nn.Module, inputs: Tensor, probe_inputs: Tensor | None) -
                 f"{name}: a batch of 1 cannot pass BatchNorm1d in train mode (the meta passes use "
                 "batch statistics); use batches of at least 2"
             )
+
+
+def check_meta_inputs(inputs: Tensor, targets: Tensor, probe_inputs: Tensor | None,
+                      probe_targets: Tensor | None) -> None:
+    """The batches a look-ahead reads, before any forward: the one check of the probe batch's
+    presence, size and example shape (the pipeline runs it once per step, ``meta_gradients`` once
+    per call; the labels' range needs the logits and is checked at the probe forward)."""
+    if probe_inputs is None or probe_targets is None:
+        raise ValueError("probe_inputs: this pipeline needs a probe batch "
+                         "(probe_inputs, probe_targets)")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs: empty training batch")
+    check_targets("targets", targets, inputs.shape[0])
+    if probe_inputs.shape[0] == 0:
+        raise ValueError("probe_inputs: empty probe batch; the meta step needs at least one trusted "
+                         "example")
+    if probe_inputs.shape[1:] != inputs.shape[1:]:
+        raise ValueError(
+            f"probe_inputs: expected examples of shape {tuple(inputs.shape[1:])} like inputs, got "
+            f"{tuple(probe_inputs.shape[1:])}"
+        )
+    check_targets("probe_targets", probe_targets, probe_inputs.shape[0])
+
+
+def check_pseudo_targets(pseudo_targets: Tensor | None, *, relabeling: bool,
+                         logits: Tensor | None = None) -> None:
+    """Relabeling needs the pseudo labels q, shaped like the training logits (B, C) where those
+    are known."""
+    if not relabeling:
+        return
+    if pseudo_targets is None:
+        raise ValueError("pseudo_targets: required (shape (B, C)) when label_init is given")
+    if logits is not None and tuple(pseudo_targets.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"pseudo_targets: expected shape {tuple(logits.shape)} (B, C), got "
+            f"{tuple(pseudo_targets.shape)}"
+        )
+
+
+def check_finite_loss(name: str, loss: Tensor) -> None:
+    """The look-ahead steps along a loss's gradient: a NaN or inf one would poison every weight."""
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(
+            f"{name}: loss is {float(loss.detach())}; check the inputs and the learning rate "
+            "(the meta step needs a finite loss)"
+        )
 
 
 def check_step(step: object) -> int:

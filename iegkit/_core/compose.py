@@ -17,11 +17,13 @@ from iegkit._core.checks import (
     check_batch,
     check_binding,
     check_grad_enabled,
+    check_meta_inputs,
     check_step,
     step_labels,
     warn_about_modes,
 )
 from iegkit._core.context import StepContext
+from iegkit._core.loss_stage import assemble, check_loss_stage, loss_reads, staged_terms
 from iegkit._core.part import Contribution, Part, PartBase, Plan
 from iegkit.errors import (
     CycleError,
@@ -30,7 +32,6 @@ from iegkit.errors import (
     NonFiniteLossError,
 )
 from iegkit.functional.lookahead import check_lookahead_optimizer
-from iegkit.functional.meta import check_meta_inputs
 
 __all__ = ["Pipeline", "StepOutput", "compose"]
 
@@ -174,6 +175,7 @@ def compose(
     if not parts:
         raise ValueError("compose: expected at least one part")
     ordered = _order(parts)
+    check_loss_stage(ordered)
     plan = Plan()
     plan.meta_dropout = meta_dropout
     plan.compile_tangent = bool(compile_tangent)
@@ -490,9 +492,6 @@ class Pipeline:
         check_grad_enabled()
         targets, probe_targets = step_labels(inputs, targets, probe_inputs, probe_targets)
         if self.needs_probe:
-            if probe_inputs is None or probe_targets is None:
-                raise ValueError("probe_inputs: this pipeline needs a probe batch "
-                                 "(probe_inputs, probe_targets)")
             check_meta_inputs(inputs, targets, probe_inputs, probe_targets)
         for name, view in (views or {}).items():
             if name not in self.plan.views:
@@ -542,6 +541,7 @@ class Pipeline:
     def _run_parts(self, ctx: StepContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         losses: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
+        staged = []
         for part in self.parts:
             contribution = part.contribute(ctx)
             if not isinstance(contribution, Contribution):
@@ -558,6 +558,9 @@ class Pipeline:
                 losses[f"{part.name}/{term}"] = value
             for term, value in contribution.metrics.items():
                 metrics[f"{part.name}/{term}"] = value
+            staged.extend(staged_terms(part, contribution))
+        # The loss stage: after every part, so every refiner of the keys these terms read has run.
+        losses.update(assemble(staged, ctx.get))
         if not losses:
             raise ValueError("pipeline: no part contributed a loss term")
         for name, value in losses.items():
@@ -576,17 +579,17 @@ class Pipeline:
             )
         lines.append("passes per step:")
         meta = self.plan.meta
-        w0 = meta.resolved_weight_init() if meta is not None else None
-        if meta is not None and w0 == 0.0:
-            lines.append(f"  look-ahead for {meta.owners} (omega0=0, lambda0={meta.label_init}): "
+        at_zero = meta is not None and meta.init.starts_at_zero  # L2R: no virtual gradient
+        if at_zero:
+            lines.append(f"  look-ahead for {meta.owners} ({meta.init}): "
                          "probe forward+backward at theta', one JVP of the training logits (no "
                          "autograd); the virtual gradient is 0")
         lines.append("  forward 'input' (training batch; the only pass that updates BatchNorm "
                      "statistics)")
         for view, (owner, _) in self.plan.views.items():
             lines.append(f"  forward '{view}' (declared by {owner}; BatchNorm statistics frozen)")
-        if meta is not None and w0 != 0.0:
-            lines.append(f"  look-ahead for {meta.owners} (omega0={w0}, lambda0={meta.label_init}): "
+        if meta is not None and not at_zero:
+            lines.append(f"  look-ahead for {meta.owners} ({meta.init}): "
                          "virtual backward on the 'input' graph (kept for the real backward), "
                          "probe forward+backward at theta', one JVP of the training logits")
             if meta.pseudo_source_key is not None:
@@ -595,6 +598,10 @@ class Pipeline:
         for view, (owner, rows) in self.plan.built_views.items():
             lines.append(f"  forward '{view}' ({rows} rows built by {owner}; BatchNorm statistics "
                          "frozen)")
+        staged = [f"{p.name} reads {list(loss_reads(p))}" for p in self.parts if loss_reads(p)]
+        if staged:
+            lines.append("  loss stage (after every part, so refiners of these keys change the "
+                         "loss): " + "; ".join(staged))
         lines.append("  backward of the total loss, optimizer.step(): in the user's loop")
         hooked = [p.name for p in self.parts if getattr(p.after_optimizer_step, "__func__", None)
                   is not PartBase.after_optimizer_step]

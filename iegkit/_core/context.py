@@ -12,28 +12,21 @@ from torch.func import functional_call
 
 from iegkit._core import keys
 from iegkit._core.lr import scaled_lrs
-from iegkit._core.part import Plan
-from iegkit.functional.losses import check_logits, check_targets
-from iegkit.functional.meta import (
-    MetaGradients,
+from iegkit._core.meta_step import (
+    LookaheadOptions,
+    MetaBatch,
     PseudoLabelGraph,
-    broadcast_init,
-    buffers_snapshot,
     lookahead_meta_gradients,
 )
+from iegkit._core.modes import buffers_snapshot
+from iegkit._core.part import MetaRequest, Plan
+from iegkit.functional.losses import check_logits, check_targets
+from iegkit.functional.meta import MetaGradients
 
 __all__ = ["StepContext"]
 
 
 _MISSING = object()
-
-
-def resolve_weight_init(value, batch_size: int) -> float:
-    if isinstance(value, str):
-        if value != "1/B":
-            raise ValueError(f"weight_init: expected a number or '1/B', got {value!r}")
-        return 1.0 / batch_size
-    return float(value)
 
 
 class StepContext:
@@ -94,8 +87,10 @@ class StepContext:
         if name == "input":
             return self.inputs
         if name == "probe":
-            if self.probe_inputs is None:
-                raise ValueError("probe_inputs: this pipeline needs a probe batch; pass probe_inputs")
+            if self.probe_inputs is None:  # the pipeline requires (and checks) a probe batch
+                # only where a part declares needs_probe; a part that does not may find none
+                raise KeyError("view: 'probe' was not passed this step; a part that reads it "
+                               "declares needs_probe = True")
             return self.probe_inputs
         if name not in self._views:
             if name not in self._plan.views:
@@ -154,36 +149,36 @@ class StepContext:
         request = self._plan.meta
         if request is None:
             raise RuntimeError("meta: no part of this pipeline requested the look-ahead")
-        if self.probe_inputs is None or self.probe_targets is None:
-            raise ValueError("probe_inputs: the meta step needs a probe batch (probe_inputs, "
-                             "probe_targets)")
-        reference = next(iter(self.model.parameters()))
-        omega0 = broadcast_init(
-            "weight_init", resolve_weight_init(request.resolved_weight_init(), self.batch_size),
-            self.batch_size, reference,
-        )
-        lambda0 = pseudo = graph = None
-        if request.label_init is not None:
-            lambda0 = broadcast_init("label_init", request.label_init, self.batch_size, reference)
-            pseudo = self.get(request.pseudo_targets_key)
-            if request.pseudo_source_key is not None:
-                source = self.get(request.pseudo_source_key)
-                graph = PseudoLabelGraph(source.fn, [
-                    (None if view == "input" else self.view(view),
-                     lambda view=view: self.logits(view))
-                    for view in source.views
-                ])
+        # the probe batch was checked by the pipeline (checks.check_meta_inputs), before any pass
+        pseudo, graph = self._pseudo_labels(request)
+        options = LookaheadOptions(lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
+                                   process_group=self.process_group,
+                                   compile_tangent=self._plan.compile_tangent,
+                                   inner_loss=request.inner_loss)
         # LRWarmup's factor: the look-ahead steps at the lr the real optimizer.step() will use
         # (a fixed lookahead_lr, the official code's 0.1, is not warmed up)
         scale = float(self.get(keys.LR_SCALE, 1.0)) if request.lookahead_lr is None else 1.0
         with scaled_lrs(self.optimizer, scale):
             self._meta = lookahead_meta_gradients(
-                self.model, self.optimizer, self.inputs, self.targets, self.probe_inputs,
-                self.probe_targets, weight_init=omega0, label_init=lambda0, pseudo_targets=pseudo,
-                training_logits=lambda: self.logits("input"), pseudo_graph=graph,
-                lr=request.lookahead_lr, dropout=self._plan.meta_dropout,
-                process_group=self.process_group,
-                compile_tangent=self._plan.compile_tangent, inner_loss=request.inner_loss,
+                self.model, self.optimizer,
+                MetaBatch(self.inputs, self.targets, self.probe_inputs, self.probe_targets, pseudo),
+                request.init, training_logits=lambda: self.logits("input"), pseudo_graph=graph,
+                options=options,
             )
         self.lookahead_count += 1
         return self._meta
+
+    def _pseudo_labels(self, request: MetaRequest,
+                       ) -> tuple[Tensor | None, PseudoLabelGraph | None]:
+        """q for a relabeling look-ahead, and the graph that makes it where the look-ahead
+        differentiates through it (from the keys the meta parts declared)."""
+        if not request.init.relabeling:
+            return None, None
+        pseudo = self.get(request.pseudo_targets_key)
+        if request.pseudo_source_key is None:
+            return pseudo, None
+        source = self.get(request.pseudo_source_key)
+        return pseudo, PseudoLabelGraph(source.fn, [
+            (None if view == "input" else self.view(view), lambda view=view: self.logits(view))
+            for view in source.views
+        ])

@@ -6,12 +6,17 @@ use their own keys; these are the ones iegkit's parts read and write.
 
 from __future__ import annotations
 
-__all__ = ["LR", "LR_SCALE", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "STRONG_VIEW",
-           "UNLABELED_GATE", "UNLABELED_MASK", "WEIGHTS"]
+__all__ = ["LR", "LR_SCALE", "PSEUDO_LABELER", "PSEUDO_TARGETS", "RELABEL", "REWEIGHTED_LOSSES",
+           "STRONG_VIEW", "UNLABELED_GATE", "UNLABELED_MASK", "WEIGHTS"]
 
-#: omega* (B,): per-example weights from the meta-gradient (MetaReweighter).
+#: omega* (B,): per-example weights from the meta-gradient (MetaReweighter). Its loss
+#: sum_i omega_i l_i is assembled in the loss stage, so a part that refines it changes the loss.
 WEIGHTS = "weights"
-#: lambda* (B,): 1 keeps the given label, 0 takes the pseudo label (MetaRelabeler).
+#: l (B,), with graph: the per-example losses the weights multiply (MetaReweighter), read with
+#: ``WEIGHTS`` in the loss stage (refinable too).
+REWEIGHTED_LOSSES = "losses:reweighted"
+#: lambda* (B,): 1 keeps the given label, 0 takes the pseudo label (MetaRelabeler). Its loss is
+#: assembled in the loss stage, so a part that refines it changes the targets the loss uses.
 RELABEL = "relabel"
 #: g (B, C): detached pseudo labels on the simplex (ConsistencyPseudoLabeler; refined by
 #: DistributionAlignment).

@@ -10,14 +10,48 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from iegkit.functional.meta import ONE_OVER_B, BatchUniform, MetaInit
+
 if TYPE_CHECKING:
     from iegkit._core.context import StepContext
 
-__all__ = ["Contribution", "Part", "PartBase", "Plan", "PseudoLabelSource", "WeightInit"]
+__all__ = ["Contribution", "Part", "PartBase", "Plan", "PseudoLabelSource", "StagedLoss",
+           "WeightInit"]
 
 #: omega0: a number, "1/B" (IEG's uniform start; B is known only per step), or "auto" (1/B when a
 #: relabeler shares the look-ahead, whose meta-gradient is 0 at omega0 = 0; else 0 as in L2R).
 WeightInit = float | str
+
+
+def parse_weight_init(value: WeightInit | None) -> float | BatchUniform | None:
+    """omega0 as a part states it, typed: a number as a float, "1/B" as ``ONE_OVER_B``, and
+    "auto" (or None, "as the other meta part says") as None, resolved by ``Plan.request_meta``
+    once it knows whether a relabeler shares the look-ahead."""
+    if value is None or value is ONE_OVER_B:
+        return value
+    refused = ValueError(f"weight_init: expected a number, '1/B' or 'auto', got {value!r}")
+    if isinstance(value, str):
+        if value not in ("auto", "1/B"):
+            raise refused
+        return None if value == "auto" else ONE_OVER_B
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise refused from None
+
+
+@dataclass(frozen=True)
+class StagedLoss:
+    """A loss term the pipeline's loss stage assembles after every part has run:
+    ``fn(*(final value of each key in reads))``.
+
+    Why: a part that made and spent its weights in one call would leave a refiner of them no effect
+    on the loss. Staged, the term reads each key after its last refiner (``reads`` must be in the
+    part's ``loss_reads``).
+    """
+
+    reads: tuple[str, ...]
+    fn: Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -27,12 +61,15 @@ class Contribution:
     values: exactly the context keys the part ``provides`` and ``refines`` (tensors, or a
       ``PseudoLabelSource`` for ``keys.PSEUDO_LABELER``).
     losses: named scalar loss terms; the pipeline prefixes them ``"{part.name}/{term}"`` and sums them.
+    staged_losses: named terms computed in the loss stage, after every part (and so every refiner
+      of the keys they read) has run; named and summed like ``losses``.
     metrics: detached tensors for logging.
     """
 
     values: Mapping[str, Any] = field(default_factory=dict)
     losses: Mapping[str, Tensor] = field(default_factory=dict)
     metrics: Mapping[str, Tensor] = field(default_factory=dict)
+    staged_losses: Mapping[str, StagedLoss] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,7 +106,7 @@ class Part(Protocol):
       the step the pipeline last ran.
     Optional, not part of the protocol: ``before_optimizer_step(step)``, run from a
       ``register_step_pre_hook`` just before each ``optimizer.step()`` (``LRWarmup`` scales the lr
-      there and gives it back after the step).
+      there and gives it back after the step); ``loss_reads`` and ``not_refinable`` (``PartBase``).
     """
 
     name: str
@@ -105,6 +142,11 @@ class PartBase(abc.ABC):
     provides: tuple[str, ...] = ()
     refines: tuple[str, ...] = ()
     needs_probe: bool = False
+    #: keys whose final (refined) values its ``Contribution.staged_losses`` read in the loss stage
+    loss_reads: tuple[str, ...] = ()
+    #: keys of ``provides`` the part already used itself in the same contribute (the lr it set on
+    #: the optimizer): a refiner could change the value but not its use, so compose refuses one
+    not_refinable: tuple[str, ...] = ()
 
     def setup(self, plan: Plan) -> None:
         """Nothing to declare by default."""
@@ -136,13 +178,16 @@ BUILT_IN_VIEWS = ("input", "probe")
 class MetaRequest:
     """The look-ahead every meta part shares: its initial point and where its inputs come from.
 
-    weight_init: omega0 (None: "auto"). label_init: lambda0, or None without relabeling.
+    init: omega0 and lambda0 as every reader takes them (the context, the look-ahead, describe()):
+    resolved by ``Plan.request_meta`` from what the parts asked for, ``weight_init`` (omega0,
+    None: "auto") and ``label_init`` (lambda0, or None without relabeling).
     pseudo_targets_key: the context key of q (with label_init). pseudo_source_key: the key of a
     ``PseudoLabelSource`` when the look-ahead differentiates through q (official IEG option).
     """
 
     owners: list[str] = field(default_factory=list)
-    weight_init: WeightInit | None = None
+    init: MetaInit = MetaInit()
+    weight_init: float | BatchUniform | None = None
     label_init: float | None = None
     lookahead_lr: float | None = None
     pseudo_targets_key: str | None = None
@@ -151,11 +196,13 @@ class MetaRequest:
     #: the per-example loss being reweighted when it is not cross-entropy (MetaReweighter(loss=))
     inner_loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
-    def resolved_weight_init(self) -> WeightInit:
-        """omega0 with "auto" resolved: "1/B" when relabeling (lambda's meta-gradient is 0 at 0)."""
-        if self.weight_init is None or self.weight_init == "auto":
-            return "1/B" if self.label_init is not None else 0.0
-        return self.weight_init
+    def _resolve_init(self) -> MetaInit:
+        # "auto": 1/B where a relabeler shares the look-ahead (its meta-gradient is exactly 0 at
+        # omega0 = 0), else 0 as in L2R
+        omega0 = self.weight_init
+        if omega0 is None:
+            omega0 = ONE_OVER_B if self.label_init is not None else 0.0
+        return MetaInit(omega0, self.label_init)
 
 
 class Plan:
@@ -198,11 +245,11 @@ class Plan:
         loss_label_mix: float | None = None,
         inner_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
-        """Register meta variables and their inputs; parts sharing the look-ahead must agree."""
+        """Register meta variables and their inputs; parts sharing the look-ahead must agree.
+        omega0 and lambda0 are resolved here, the one place, into ``self.meta.init``."""
         if self.meta is None:
             self.meta = MetaRequest()
-        if weight_init == "auto":
-            weight_init = None
+        weight_init = parse_weight_init(weight_init)
         for attr, value in (("weight_init", weight_init), ("label_init", label_init),
                             ("lookahead_lr", lr), ("pseudo_targets_key", pseudo_targets_key),
                             ("pseudo_source_key", pseudo_source_key),
@@ -217,6 +264,7 @@ class Plan:
                 )
             setattr(self.meta, attr, value)
         self.meta.owners.append(owner)
+        self.meta.init = self.meta._resolve_init()
 
     def check(self) -> None:
         """Refuse combinations that would silently give wrong meta-gradients."""
@@ -230,8 +278,7 @@ class Plan:
             if meta.pseudo_targets_key is None:
                 raise ValueError("label_init: relabeling needs pseudo targets; the relabeler must "
                                  "declare pseudo_targets_key")
-            w0 = meta.weight_init
-            if w0 is not None and not isinstance(w0, str) and float(w0) == 0.0:
+            if meta.init.starts_at_zero:
                 raise ValueError(
                     f"weight_init: 0 with a relabeler ({meta.owners}): the lambda meta-gradient is "
                     "exactly 0 at omega0 = 0, so every example would take its pseudo label; use "

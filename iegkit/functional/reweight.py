@@ -7,7 +7,7 @@ from torch import Tensor
 
 from iegkit.functional.distributed import all_reduce_sum
 
-__all__ = ["normalize_meta_weights"]
+__all__ = ["normalize_meta_weights", "weighted_loss"]
 
 #: The official IEG/L2R code divides by sum + 1e-5 (ieg-official-code.md section 1.6).
 OFFICIAL_NORMALIZER_EPS = 1e-5
@@ -29,3 +29,16 @@ def normalize_meta_weights(weight_grad: Tensor, eps: float = OFFICIAL_NORMALIZER
     if eps == 0.0:
         return torch.where(total > 0, clipped / torch.where(total > 0, total, 1.0), clipped)
     return clipped / (total + eps)
+
+
+def weighted_loss(weights: Tensor, losses: Tensor, scale: float = 1) -> Tensor:
+    """L_omega = sum_i omega_i l_i (L2R eq. 4; IEG eq. 2), times ``scale`` (the world size under
+    DDP, whose gradient average then gives one process's step on the concatenated batch).
+
+    Shape: weights (B,), losses (B,) -> scalar; the gradient flows through both as given (the meta
+    weights are detached by ``normalize_meta_weights``).
+    """
+    if weights.shape != losses.shape:
+        raise ValueError(f"weights: expected shape {tuple(losses.shape)} like the per-example "
+                         f"losses, got {tuple(weights.shape)}")
+    return (weights * losses).sum() * scale

@@ -51,6 +51,10 @@ class ConsistencyPseudoLabeler(PartBase):
         two no-grad forwards; an epoch's average needs only some of the steps.
     """
 
+    # the pseudo labels are made here from the 'strong' view's forward (as KLConsistency's term
+    # is): a refined tensor would reach ProbeMixUp only
+    not_refinable = (keys.STRONG_VIEW,)
+
     def __init__(self, strong_augment: Augment, *, temperature: float = 0.5,
                  normalize_logits: bool = True, teacher_decay: float | None = None,
                  probe_diagnostics_every: int | None = 10,
@@ -168,7 +172,7 @@ class ConsistencyPseudoLabeler(PartBase):
 
 def _batch_stats_forward(model: torch.nn.Module, inputs: Tensor) -> Tensor:
     """The model's logits with BatchNorm on batch statistics, leaving its running statistics."""
-    from iegkit.functional.meta import buffers_snapshot, train_mode
+    from iegkit._core.modes import buffers_snapshot, train_mode
 
     with train_mode(model):
         return torch.func.functional_call(model, buffers_snapshot(model), (inputs,))

@@ -41,6 +41,9 @@ class LRWarmup(PartBase):
     """
 
     provides: tuple[str, ...] = (keys.LR_SCALE,)
+    # its step pre-hook scales optimizer.step() by its own factor: a refined value would move the
+    # look-ahead's lr away from the real step's
+    not_refinable: tuple[str, ...] = (keys.LR_SCALE,)
 
     def __init__(self, warmup_steps: int, *, name: str = "lr_warmup") -> None:
         self.warmup_steps = _check_int("warmup_steps", warmup_steps, 1)

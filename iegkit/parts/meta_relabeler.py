@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from torch import Tensor
+
 from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
-from iegkit.functional.losses import mix_targets, soft_cross_entropy
-from iegkit.functional.relabel import relabel_from_meta_gradient
+from iegkit._core.part import Contribution, PartBase, Plan, StagedLoss, WeightInit
+from iegkit.functional.relabel import relabel_from_meta_gradient, relabeled_cross_entropy
 from iegkit.functional.shrinkage import shrink_toward_init
 
 __all__ = ["MetaRelabeler"]
@@ -33,10 +36,14 @@ class MetaRelabeler(PartBase):
       shrinkage: beta in [0, 1]; the target uses (1 - beta) lambda* + beta lambda0, lambda*
         shrunk toward label_init (robust IEG; 0, the paper's rule, by default). ``keys.RELABEL``
         holds the lambda the loss used.
+
+    The loss is assembled in the pipeline's loss stage from the final ``keys.RELABEL`` and
+    ``keys.PSEUDO_TARGETS``, so a part that refines lambda changes the targets the loss uses.
     """
 
     optional_requires = (keys.LR, keys.LR_SCALE)
     provides = (keys.RELABEL,)
+    loss_reads = (keys.RELABEL, keys.PSEUDO_TARGETS)
 
     def __init__(self, label_init: float = 0.9, *, weight_init: WeightInit | None = None,
                  loss_weight: float = 1.0, through_pseudo_labels: bool = False,
@@ -64,11 +71,14 @@ class MetaRelabeler(PartBase):
         meta = ctx.meta()
         decision = relabel_from_meta_gradient(meta.label)
         relabel = shrink_toward_init(decision, self.label_init, self.shrinkage)
-        logits = ctx.logits("input")
-        target = mix_targets(ctx.targets, logits.shape[-1], relabel, ctx.get(keys.PSEUDO_TARGETS))
-        loss = soft_cross_entropy(logits, target.to(logits.dtype)).mean()
+        loss = StagedLoss((keys.RELABEL, keys.PSEUDO_TARGETS),
+                          partial(self._loss, ctx.logits("input"), ctx.targets))
         return Contribution(
             values={keys.RELABEL: relabel},
-            losses={"loss": self.loss_weight * loss},
+            staged_losses={"loss": loss},
             metrics={"kept_fraction": decision.float().mean()},  # of lambda*, before shrinkage
         )
+
+    def _loss(self, logits: Tensor, targets: Tensor, relabel: Tensor, pseudo: Tensor) -> Tensor:
+        """The loss stage's term, from the final (refined) lambda and pseudo labels."""
+        return self.loss_weight * relabeled_cross_entropy(logits, targets, relabel, pseudo)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from iegkit._core import keys
 from iegkit._core.context import StepContext
-from iegkit._core.part import Contribution, PartBase, Plan, WeightInit
+from iegkit._core.part import (
+    Contribution,
+    PartBase,
+    Plan,
+    StagedLoss,
+    WeightInit,
+    parse_weight_init,
+)
 from iegkit.functional.distributed import world_size
 from iegkit.functional.losses import mix_targets, soft_cross_entropy
 from iegkit.functional.meta import InnerLoss
-from iegkit.functional.reweight import OFFICIAL_NORMALIZER_EPS, normalize_meta_weights
+from iegkit.functional.reweight import (
+    OFFICIAL_NORMALIZER_EPS,
+    normalize_meta_weights,
+    weighted_loss,
+)
 from iegkit.functional.shrinkage import shrink_toward_init
 
 __all__ = ["MetaReweighter"]
@@ -37,6 +50,10 @@ class MetaReweighter(PartBase):
         weights are normalised over), omega* shrunk toward uniform weights (robust IEG; 0, the
         paper's rule, by default). ``keys.WEIGHTS`` holds the weights the loss used. An all-zero
         omega* then gives beta / B everywhere (the prior), not the paper's empty step.
+
+    Provides ``keys.WEIGHTS`` and the per-example losses ``keys.REWEIGHTED_LOSSES``; the loss
+    ``loss_weight * sum_i omega_i l_i`` is assembled in the pipeline's loss stage from their final
+    values, so a part that refines either changes the loss.
       loss: None (cross-entropy) or a per-example loss ``(logits, targets) -> (B,)`` to reweight,
         e.g. ``functools.partial(functional.generalized_cross_entropy, q=0.7)``: the look-ahead
         then steps along sum_i omega0_i l_i and takes dL_p/d omega_i = <u_i, d l_i / d z_i>, still
@@ -46,7 +63,8 @@ class MetaReweighter(PartBase):
 
     # a schedule part sets this step's lr, LRWarmup scales it: look ahead with that lr
     optional_requires = (keys.LR, keys.LR_SCALE)
-    provides = (keys.WEIGHTS,)
+    provides = (keys.WEIGHTS, keys.REWEIGHTED_LOSSES)
+    loss_reads = (keys.WEIGHTS, keys.REWEIGHTED_LOSSES)
 
     def __init__(
         self,
@@ -63,8 +81,7 @@ class MetaReweighter(PartBase):
     ) -> None:
         if normalize not in ("global", "per_rank"):
             raise ValueError(f"normalize: expected 'global' or 'per_rank', got {normalize!r}")
-        if isinstance(weight_init, str) and weight_init not in ("1/B", "auto"):
-            raise ValueError(f"weight_init: expected a number, '1/B' or 'auto', got {weight_init!r}")
+        parse_weight_init(weight_init)  # refused here, at construction, rather than at compose
         if label_mix is not None and not 0.0 <= label_mix <= 1.0:
             raise ValueError(f"label_mix: expected a value in [0, 1], got {label_mix}")
         if not 0.0 <= shrinkage <= 1.0:
@@ -108,10 +125,14 @@ class MetaReweighter(PartBase):
         if self.shrinkage:
             uniform = 1.0 / (weights.shape[0] * world_size(group))
             weights = shrink_toward_init(weights, uniform, self.shrinkage)
-        loss = (weights * self._per_example_loss(ctx)).sum() * world_size(group)
+        # made here, not in the loss stage: for L2R this is the step's real forward, which must
+        # run before any other part's views; only the weighted sum waits for the refiners
+        per_example = self._per_example_loss(ctx)
+        loss = StagedLoss((keys.WEIGHTS, keys.REWEIGHTED_LOSSES),
+                          partial(self._loss, world_size(group)))
         return Contribution(
-            values={keys.WEIGHTS: weights},
-            losses={"loss": self.loss_weight * loss},
+            values={keys.WEIGHTS: weights, keys.REWEIGHTED_LOSSES: per_example},
+            staged_losses={"loss": loss},
             metrics={
                 "probe_loss": meta.probe_loss,
                 "nonzero_fraction": nonzero,  # of omega*, before any shrinkage
@@ -119,3 +140,7 @@ class MetaReweighter(PartBase):
                 "nonfinite_fallback": torch.tensor(float(not meta.finite)),
             },
         )
+
+    def _loss(self, scale: int, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """The loss stage's term, from the final (refined) weights and per-example losses."""
+        return self.loss_weight * weighted_loss(weights, losses, scale)

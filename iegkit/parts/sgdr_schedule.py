@@ -54,6 +54,8 @@ class SGDRSchedule(LRScheduler, PartBase):
     """
 
     provides: tuple[str, ...] = (keys.LR,)
+    # contribute sets the lr on the optimizer: a refined value would not be the lr stepped with
+    not_refinable: tuple[str, ...] = (keys.LR,)
 
     def __init__(
         self,

@@ -21,6 +21,9 @@ class StrongView(PartBase):
     targets="given")``. ConsistencyPseudoLabeler provides the same view; use one of the two."""
 
     provides = (keys.STRONG_VIEW,)
+    # the 'strong' view is forwarded from the plan (KLConsistency reads its logits): a refined
+    # tensor would reach ProbeMixUp only
+    not_refinable = (keys.STRONG_VIEW,)
 
     def __init__(self, strong_augment: Callable[..., Tensor], *, name: str = "strong_view") -> None:
         if not callable(strong_augment):

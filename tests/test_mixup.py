@@ -1,11 +1,12 @@
-"""MixUp coefficients and the probe pool (found by mutation testing, docs/mutation.md).
+"""MixUp: the pure functions at their edges, the Beta coefficients' own Gamma sampler, and the
+probe pool's threshold split (the part against its reference is in tests/test_part_references.py,
+the pool's layout in tests/test_ieg_parts.py).
 
 The Beta coefficients come from iegkit's own Gamma sampler (Marsaglia & Tsang 2000, with the
 boost Gamma(a) = Gamma(a + 1) U^(1/a) for a < 1), because torch's Gamma sampler takes no generator.
-The existing tests checked only the mean and variance of Beta(0.5, 0.5), to which many wrong
-samplers agree; here the Gamma draws are checked against the Gamma CDF itself (Kolmogorov-Smirnov,
-fixed seeds, so nothing depends on chance at test time), and the draws must come from the given
-generator only.
+The mean and variance of Beta(0.5, 0.5), which many wrong samplers share, are not enough; here the
+Gamma draws are checked against the Gamma CDF itself (Kolmogorov-Smirnov, fixed seeds, so nothing
+depends on chance at test time), and the draws must come from the given generator only.
 """
 
 from __future__ import annotations
@@ -14,8 +15,64 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iegkit.functional.mixup import _gamma, mix_coefficients
+from iegkit.functional.mixup import _gamma, mix_coefficients, mixup_batch, resample
 from iegkit.parts.probe_mixup import probe_mixup_pool
+
+
+def randn(seed, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --- mixup_batch, resample and the coefficients at their edges ------------------------------------
+# Found by mutation testing (docs/mutation.md): the dtypes of the result, errors that name the
+# argument, and draws without a generator.
+
+
+def test_mixup_keeps_the_dtypes_of_inputs_and_targets():
+    x = randn(0, 4, 3, dtype=torch.float32)
+    y = torch.softmax(randn(1, 4, 2), -1)  # float64
+    mx, my = mixup_batch(x, y, torch.full((4,), 0.75, dtype=torch.float64), torch.arange(4).flip(0))
+    assert mx.dtype == torch.float32 and my.dtype == torch.float64
+    mx, my = mixup_batch(x, y.float(), torch.full((4,), 0.75, dtype=torch.float64),
+                         torch.arange(4).flip(0))
+    assert my.dtype == torch.float32
+
+
+def test_mixup_names_each_mismatched_shape():
+    x, y = randn(0, 4, 3), torch.softmax(randn(1, 4, 2), -1)
+    m, perm = torch.full((4,), 0.75, dtype=torch.float64), torch.arange(4)
+    for args in ((x, y[:3], m, perm), (x, y, m[:3], perm), (x, y, m, perm[:3])):
+        with pytest.raises(ValueError, match="mixup_batch"):
+            mixup_batch(*args)
+
+
+def test_resample_from_one_example_and_refuses_none():
+    assert resample(5, 1, torch.Generator().manual_seed(0)).tolist() == [0] * 5
+    with pytest.raises(ValueError, match="population"):
+        resample(5, 0)
+
+
+def test_coefficient_dtype_alpha_and_generator_free_draws():
+    for kind in ("official", "beta", "beta_max"):
+        assert mix_coefficients(8, torch.Generator().manual_seed(0), kind=kind,
+                                dtype=torch.float32).dtype == torch.float32
+        assert mix_coefficients(8, torch.Generator().manual_seed(0), kind=kind,
+                                dtype=torch.float64).dtype == torch.float64
+    for alpha in (0.0, -1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            mix_coefficients(4, torch.Generator(), kind="beta", alpha=alpha)
+    with pytest.raises(ValueError, match="kind"):
+        mix_coefficients(4, torch.Generator(), kind="uniform")
+    # without a generator: reproducible from the global seed, and a fresh stream on every call
+    torch.manual_seed(0)
+    draws = [mix_coefficients(3, None, kind="beta", dtype=torch.float64) for _ in range(200)]
+    torch.manual_seed(0)
+    assert torch.equal(mix_coefficients(3, None, kind="beta", dtype=torch.float64), draws[0])
+    assert len({tuple(d.tolist()) for d in draws}) == 200
+
+
+# --- The Gamma sampler, the generator's draws, the probe pool's threshold -------------------------
+# Found by mutation testing (docs/mutation.md); see the module docstring.
 
 
 def ks_distance_to_gamma(samples: torch.Tensor, alpha: float) -> float:
