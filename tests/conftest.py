@@ -131,3 +131,20 @@ def tiny_noisy_digits():
     return NoisyDataset(full.train_inputs[:n], full.train_labels[:n], full.train_clean_labels[:n],
                         full.trusted_inputs, full.trusted_labels, full.test_inputs[:40],
                         full.test_labels[:40], full.num_classes)
+
+
+def assert_same(a, b):
+    """Equal bit for bit, dtype included, through nested dicts, lists and tuples (what a failed
+    call must leave unchanged)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TinyCNN
+from conftest import TinyCNN, assert_same
 
 import iegkit
 from iegkit import recipes
@@ -109,21 +109,6 @@ def everything(model, optimizer, pipeline, generators=None):
         "generators": {n: g.get_state() for n, g in (generators or {}).items()},
         "lr": [group["lr"] for group in optimizer.param_groups],
     })
-
-
-def assert_same(a, b):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 def stepped_run(**kwargs):

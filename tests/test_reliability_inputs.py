@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import flip, make_problem
+from conftest import assert_same, flip, make_problem
 
 import iegkit
 from iegkit.data import ProbeSampler
@@ -45,21 +45,6 @@ def everything(model, optimizer, pipeline):
     return copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "pipeline": pipeline.state_dict(), "grads": [p.grad for p in
                                                                        model.parameters()]})
-
-
-def assert_same(a, b):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 def refuses_and_changes_nothing(recipe, error, match, **overrides):
