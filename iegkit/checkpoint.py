@@ -23,7 +23,7 @@ from torch import Tensor
 
 from iegkit._core.compose import FORMAT_VERSION as PIPELINE_FORMAT_VERSION
 from iegkit._core.compose import Pipeline
-from iegkit.ema import _training_values
+from iegkit.ema import training_values
 
 __all__ = ["CHECKPOINT_FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -53,7 +53,7 @@ def _training_state_dict(model: torch.nn.Module) -> dict[str, Any]:
     (inside ``evaluation_weights``): a checkpoint resumes training, so it must not hold the
     average (the average itself is saved in the pipeline's state)."""
     state = model.state_dict()
-    swapped = _training_values()
+    swapped = training_values()
     if swapped:
         for name, tensor in model.state_dict(keep_vars=True).items():
             if id(tensor) in swapped:
@@ -132,7 +132,7 @@ def _listed(names: Sequence[str], limit: int = 5) -> str:
 
 def _refuse_swapped_model(path: Path, model: torch.nn.Module) -> None:
     # the end of the evaluation_weights block would overwrite the loaded weights
-    swapped = _training_values()
+    swapped = training_values()
     if any(id(p) in swapped for p in model.parameters()):
         raise RuntimeError(
             f"checkpoint {path}: the model holds averaged weights (inside evaluation_weights() or "

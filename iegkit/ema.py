@@ -29,7 +29,7 @@ def ema_decay(step: int, decay: float = 0.999) -> float:
 _SWAPPED_OUT: dict[int, tuple[Tensor, Tensor]] = {}
 
 
-def _training_values() -> dict[int, Tensor]:
+def training_values() -> dict[int, Tensor]:
     """id(parameter) -> its training value, for each parameter an average is swapped into now."""
     return {key: value for key, (_, value) in _SWAPPED_OUT.items()}
 

@@ -58,7 +58,7 @@ DIGITS_ASYMMETRIC_MAP: dict[int, int] = {7: 1, 9: 4, 3: 8, 5: 6, 2: 7}
 # argument checks
 
 
-def _check_generator(generator: object) -> torch.Generator:
+def check_generator(generator: object) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             "generator: expected a torch.Generator (every random draw is seeded explicitly), "
@@ -67,7 +67,7 @@ def _check_generator(generator: object) -> torch.Generator:
     return generator
 
 
-def _check_num_classes(num_classes: object, name: str = "num_classes") -> int:
+def check_num_classes(num_classes: object, name: str = "num_classes") -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(num_classes).__name__}")
     if num_classes < 2:
@@ -83,7 +83,7 @@ def _check_rate(rate: object, name: str = "rate") -> float:
     return float(rate)
 
 
-def _check_labels(labels: object, num_classes: int | None, name: str = "labels") -> Tensor:
+def check_labels(labels: object, num_classes: int | None, name: str = "labels") -> Tensor:
     """An integer tensor of shape (N,), with values in [0, num_classes) when that is given."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name}: expected a tensor of class indices, got {type(labels).__name__}")
@@ -100,7 +100,7 @@ def _check_labels(labels: object, num_classes: int | None, name: str = "labels")
     return labels
 
 
-def _check_class_map(class_map: object, num_classes: int) -> dict[int, int]:
+def check_class_map(class_map: object, num_classes: int) -> dict[int, int]:
     if not isinstance(class_map, Mapping):
         raise TypeError(f"class_map: expected a dict {{true class: noisy class}}, "
                         f"got {type(class_map).__name__}")
@@ -160,10 +160,10 @@ def uniform_noise(labels: Tensor, rate: float, num_classes: int, generator: torc
     (Co-teaching: the flip rate is ``rate``). Draws ``N`` uniforms, then ``N`` integers, from
     ``generator``. Transition matrix: :func:`uniform_transition`.
     """
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(labels, num_classes)
+    num_classes = check_num_classes(num_classes)
+    check_labels(labels, num_classes)
     rate = _check_rate(rate)
-    _check_generator(generator)
+    check_generator(generator)
     selected = torch.rand(labels.shape, generator=generator, device=generator.device)
     if include_true_class:
         drawn = torch.randint(0, num_classes, labels.shape, generator=generator,
@@ -180,9 +180,9 @@ def asymmetric_noise(labels: Tensor, rate: float, class_map: Mapping[int, int],
     """Class-dependent noise: a label c in ``class_map`` becomes class_map[c] with probability
     ``rate``; labels of other classes never change. Draws ``N`` uniforms from ``generator``.
     Transition matrix: :func:`asymmetric_transition`."""
-    _check_labels(labels, None)
+    check_labels(labels, None)
     rate = _check_rate(rate)
-    _check_generator(generator)
+    check_generator(generator)
     if not isinstance(class_map, Mapping):
         raise TypeError(f"class_map: expected a dict {{true class: noisy class}}, "
                         f"got {type(class_map).__name__}")
@@ -201,10 +201,10 @@ def pair_flip_noise(labels: Tensor, rate: float, num_classes: int,
     stays c otherwise, so the realised flip rate is ``rate`` and a flipped label is always wrong.
     Draws ``N`` uniforms from ``generator``. Transition matrix: :func:`pair_flip_transition`.
     """
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(labels, num_classes)
+    num_classes = check_num_classes(num_classes)
+    check_labels(labels, num_classes)
     rate = _check_rate(rate)
-    _check_generator(generator)
+    check_generator(generator)
     selected = torch.rand(labels.shape, generator=generator, device=generator.device)
     selected = (selected < rate).to(labels.device)
     return torch.where(selected, (labels + 1) % num_classes, labels)
@@ -223,8 +223,8 @@ def transition_matrix_noise(labels: Tensor, matrix: Tensor, generator: torch.Gen
     """
     T = _check_matrix(matrix)
     num_classes = T.shape[0]
-    _check_labels(labels, num_classes)
-    _check_generator(generator)
+    check_labels(labels, num_classes)
+    check_generator(generator)
     noisy = torch.empty(labels.shape, dtype=torch.int64)
     clean = labels.cpu()
     rows = T.to(generator.device)
@@ -242,7 +242,7 @@ def uniform_transition(rate: float, num_classes: int, include_true_class: bool =
     DivideMix: the flip rate is ``rate * (1 - 1/C)``) or ``(1 - rate) I + rate / (C - 1)`` off the
     diagonal (Co-teaching: the flip rate is ``rate``). float64, shape (C, C)."""
     rate = _check_rate(rate)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     eye = torch.eye(num_classes, dtype=torch.float64)
     if include_true_class:
         return (1.0 - rate) * eye + rate / num_classes
@@ -252,7 +252,7 @@ def uniform_transition(rate: float, num_classes: int, include_true_class: bool =
 def pair_flip_transition(rate: float, num_classes: int) -> Tensor:
     """T of :func:`pair_flip_noise`: ``T[c, c] = 1 - rate``, ``T[c, (c + 1) % C] = rate``."""
     rate = _check_rate(rate)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     eye = torch.eye(num_classes, dtype=torch.float64)
     return (1.0 - rate) * eye + rate * torch.roll(eye, shifts=1, dims=1)
 
@@ -262,9 +262,9 @@ def asymmetric_transition(rate: float, class_map: Mapping[int, int], num_classes
     ``class_map`` row s puts ``1 - rate`` on s and ``rate`` on d (a map ``s -> s`` leaves the row
     unchanged). Classes not in the map stay clean."""
     rate = _check_rate(rate)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     T = torch.eye(num_classes, dtype=torch.float64)
-    for source, dest in _check_class_map(class_map, num_classes).items():
+    for source, dest in check_class_map(class_map, num_classes).items():
         T[source, source] -= rate
         T[source, dest] += rate
     return T
@@ -363,11 +363,11 @@ def instance_dependent_noise(features: Tensor, labels: Tensor, rate: float, num_
     ``(1 - q_i) onehot(y_i) + q_i p_i`` of the official code is sampled in two steps here, so the
     random streams differ from NumPy's but the distribution is the same.
     """
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(labels, num_classes)
+    num_classes = check_num_classes(num_classes)
+    check_labels(labels, num_classes)
     rate = _check_rate(rate)
     std = _check_std(std)
-    _check_generator(generator)
+    check_generator(generator)
     if not isinstance(features, Tensor):
         raise TypeError(f"features: expected a tensor (N, ...), got {type(features).__name__}")
     if features.dim() < 1 or features.shape[0] != labels.shape[0]:
@@ -421,7 +421,7 @@ def open_set_noise(images: Tensor, labels: Tensor, rate: float, ood_images: Tens
         raise TypeError(f"images: expected a tensor (N, ...), got {type(images).__name__}")
     if images.dim() < 1:
         raise ValueError("images: expected shape (N, ...), got a scalar")
-    _check_labels(labels, None)
+    check_labels(labels, None)
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels: expected {images.shape[0]} labels (one per image), "
                          f"got {labels.shape[0]}")
@@ -434,7 +434,7 @@ def open_set_noise(images: Tensor, labels: Tensor, rate: float, ood_images: Tens
     if ood_images.dtype != images.dtype:
         raise TypeError(f"ood_images: expected dtype {images.dtype} (that of images), "
                         f"got {ood_images.dtype}")
-    _check_generator(generator)
+    check_generator(generator)
     n, m = images.shape[0], ood_images.shape[0]
     k = round(rate * n)
     if k > 0 and m == 0:

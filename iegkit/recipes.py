@@ -235,7 +235,7 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
                                confidence_threshold: float | None,
                                probe_diagnostics_every: int | None,
                                trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
-                               gate_margin: float, seed: int,
+                               gate_margin: float,
                                label_posterior: bool = False,
                                label_accuracy: float | None = None,
                                label_transition: torch.Tensor | None = None) -> list[Part]:
@@ -258,7 +258,7 @@ def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_d
         if not (isinstance(trusted_holdout, tuple) and len(trusted_holdout) == 2):
             raise TypeError("trusted_holdout: expected a tuple (images, labels) of held-out "
                             "trusted examples")
-        parts.append(TrustedGate(labeler, *trusted_holdout, margin=gate_margin, seed=seed))
+        parts.append(TrustedGate(*trusted_holdout, margin=gate_margin))
     return parts
 
 
@@ -356,7 +356,7 @@ def robust_ieg(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
-            gate_margin=gate_margin, seed=seed, label_posterior=label_posterior,
+            gate_margin=gate_margin, label_posterior=label_posterior,
             label_accuracy=label_accuracy, label_transition=label_transition)
     if "lambda" in components:
         parts.append(MetaReweighter("1/B", label_mix=label_init, loss_weight=0.5,
@@ -413,7 +413,7 @@ def robust_eg(
             strong, temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
-            gate_margin=gate_margin, seed=seed),
+            gate_margin=gate_margin),
         ProbeMixUp(unlabeled_weight, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
         *_schedule(optimizer, first_cycle_steps, t_mul, m_mul,

@@ -54,7 +54,7 @@ SETTINGS = {
 def _gated():
     _, _, _, holdout_x, holdout_y, _ = make_problem("cnn", batch=12)
     pseudo_labeler = labeler(teacher_decay=0.9)
-    return [pseudo_labeler, iegkit.TrustedGate(pseudo_labeler, holdout_x, holdout_y, every=1),
+    return [pseudo_labeler, iegkit.TrustedGate(holdout_x, holdout_y, every=1),
             iegkit.ProbeMixUp(), iegkit.KLConsistency()]
 
 
@@ -76,7 +76,7 @@ def test_part_contract(name):
         assert all(count == 1 for count in out.forward_counts.values()), out.forward_counts
         assert out.lookahead_count <= 1
         for key in (*part.provides, *part.refines):
-            assert key in out.values or key == keys.PSEUDO_LABELER
+            assert key in out.values or key in (keys.PSEUDO_LABELER, keys.IMAGE_LABELER)
         opt.zero_grad()
         out.loss.backward()
         opt.step()

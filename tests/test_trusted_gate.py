@@ -68,12 +68,19 @@ def test_gate_rejects_bad_arguments(kwargs, match):
         trusted_gate(**kwargs)
 
 
-class FixedLabeler:
-    """Stands in for ConsistencyPseudoLabeler: label_images returns preset pseudo labels in turn."""
+class FixedLabeler(PartBase):
+    """Stands in for ConsistencyPseudoLabeler: provides ``keys.IMAGE_LABELER``, whose label_images
+    returns preset pseudo labels in turn."""
+
+    provides = (keys.IMAGE_LABELER,)
 
     def __init__(self, predictions):
+        self.name = "fixed_labeler"
         self.predictions = list(predictions)
         self.calls = []
+
+    def contribute(self, ctx):
+        return Contribution(values={keys.IMAGE_LABELER: self.label_images})
 
     def label_images(self, model, images, generator=None):
         self.calls.append(images.shape[0])
@@ -97,8 +104,8 @@ def _compose(labeler, holdout_y, **kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     holdout_x = torch.zeros(holdout_y.shape[0], *x.shape[1:], dtype=x.dtype)
     log: list = []
-    gate = iegkit.TrustedGate(labeler, holdout_x, holdout_y, **kwargs)
-    pipeline = iegkit.compose(GateReader(log), gate, model=model, optimizer=opt)
+    gate = iegkit.TrustedGate(holdout_x, holdout_y, **kwargs)
+    pipeline = iegkit.compose(GateReader(log), gate, labeler, model=model, optimizer=opt)
     return pipeline, gate, log, (x, y, xp, yp)
 
 
@@ -176,23 +183,24 @@ def test_state_round_trips():
     pipeline, gate, _, batch = _compose(FixedLabeler([holdout_y, holdout_y]), holdout_y)
     pipeline(*batch, step=0)
     state = copy.deepcopy(gate.state_dict())
-    twin = iegkit.TrustedGate(FixedLabeler([]), torch.zeros(8, 3), holdout_y, seed=5)
+    twin = iegkit.TrustedGate(torch.zeros(8, 3), holdout_y)
     twin.load_state_dict(state)
     assert twin.accuracy == gate.accuracy == 1.0 and twin.num_classes == 4
-    assert torch.equal(twin._generator.get_state(), gate._generator.get_state())
+    assert set(state) == {"accuracy", "num_classes"}  # its generator is the pipeline's
+    with pytest.raises(ValueError, match="unexpected keys"):
+        twin.load_state_dict({"generator": gate.accuracy})  # the state before the generator moved
     with pytest.raises(ValueError, match="unexpected keys"):
         twin.load_state_dict({"nope": 1})
 
 
 @pytest.mark.parametrize("args,kwargs,match", [
-    ((object(), torch.zeros(4, 3), torch.zeros(4).long()), {}, "pseudo_labeler"),
-    ((FixedLabeler([]), torch.zeros(0, 3), torch.zeros(0).long()), {}, "holdout_inputs"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(4)), {}, "holdout_labels"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(3).long()), {}, "holdout_labels"),
-    ((FixedLabeler([]), torch.zeros(4, 3), -torch.ones(4).long()), {}, "holdout_labels"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(4).long()), {"margin": 0.0}, "margin"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(4).long()), {"every": 0}, "every"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(4).long()), {"momentum": 1.0}, "momentum"),
+        ((torch.zeros(0, 3), torch.zeros(0).long()), {}, "holdout_inputs"),
+    ((torch.zeros(4, 3), torch.zeros(4)), {}, "holdout_labels"),
+    ((torch.zeros(4, 3), torch.zeros(3).long()), {}, "holdout_labels"),
+    ((torch.zeros(4, 3), -torch.ones(4).long()), {}, "holdout_labels"),
+    ((torch.zeros(4, 3), torch.zeros(4).long()), {"margin": 0.0}, "margin"),
+    ((torch.zeros(4, 3), torch.zeros(4).long()), {"every": 0}, "every"),
+    ((torch.zeros(4, 3), torch.zeros(4).long()), {"momentum": 1.0}, "momentum"),
 ])
 def test_rejects_bad_arguments(args, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -235,14 +243,14 @@ def _exactly(message):
 
 
 @pytest.mark.parametrize("args,error,message", [
-    ((object(), torch.zeros(4, 3), torch.zeros(4).long()), TypeError,
-     "pseudo_labeler: expected a ConsistencyPseudoLabeler (an object with "
-     "label_images(model, images, generator))"),
-    ((FixedLabeler([]), torch.zeros(0, 3), torch.zeros(0).long()), ValueError,
+    ((iegkit.ConsistencyPseudoLabeler(lambda x, generator=None: x), torch.zeros(4).long()),
+     TypeError, "holdout_inputs: expected a tensor; TrustedGate no longer takes the pseudo "
+     "labeler: it reads keys.IMAGE_LABELER, which ConsistencyPseudoLabeler provides"),
+    ((torch.zeros(0, 3), torch.zeros(0).long()), ValueError,
      "holdout_inputs: expected a non-empty tensor (N, ...)"),
-    ((FixedLabeler([]), torch.zeros(4, 3), torch.zeros(3).long()), ValueError,
+    ((torch.zeros(4, 3), torch.zeros(3).long()), ValueError,
      "holdout_labels: expected integer class indices of shape (4,), got torch.Size([3])"),
-    ((FixedLabeler([]), torch.zeros(4, 3), [0, 1, 2, 3]), ValueError,
+    ((torch.zeros(4, 3), [0, 1, 2, 3]), ValueError,
      "holdout_labels: expected integer class indices of shape (4,), got <class 'list'>"),
 ])
 def test_errors_name_the_argument_exactly(args, error, message):
@@ -254,16 +262,15 @@ def test_margin_and_momentum_bounds():
     assert trusted_gate(1.0, 4, 0.75) == 1.0  # margin 1 - 1/C is allowed
     labels = torch.zeros(4).long()
     with pytest.raises(ValueError, match="margin"):
-        iegkit.TrustedGate(FixedLabeler([]), torch.zeros(4, 3), labels, margin=1.0)
-    assert iegkit.TrustedGate(FixedLabeler([]), torch.zeros(4, 3), labels, momentum=0.0).momentum == 0.0
+        iegkit.TrustedGate(torch.zeros(4, 3), labels, margin=1.0)
+    assert iegkit.TrustedGate(torch.zeros(4, 3), labels, momentum=0.0).momentum == 0.0
 
 
-def test_defaults_measure_every_ten_steps_with_a_generator_seeded_zero():
+def test_defaults_measure_every_ten_steps():
     holdout_y = torch.arange(8) % 4
     labeler = FixedLabeler([holdout_y] * 3)
     pipeline, gate, _, batch = _compose(labeler, holdout_y)
     assert gate.num_classes is None and gate.accuracy is None
-    assert torch.equal(gate._generator.get_state(), torch.Generator().manual_seed(0).get_state())
     for step in range(12):
         out = pipeline(*batch, step=step)
         assert ("trusted_gate/holdout_accuracy" in out.metrics) == (step % 10 == 0)
@@ -300,11 +307,14 @@ def test_the_real_labeler_labels_the_holdout_with_the_model_and_the_gates_genera
 
     labeler = iegkit.ConsistencyPseudoLabeler(noise)
     holdout_x, holdout_y = x.float(), y  # float32 fold for a float64 model: cast by the gate
-    gate = iegkit.TrustedGate(labeler, holdout_x, holdout_y, seed=3)
-    pipeline = iegkit.compose(labeler, gate, iegkit.KLConsistency(), model=model, optimizer=opt)
+    gate = iegkit.TrustedGate(holdout_x, holdout_y)
+    pipeline = iegkit.compose(labeler, gate, iegkit.KLConsistency(), model=model, optimizer=opt,
+                              seed=3)
     twin = copy.deepcopy(model)
+    gates_generator = torch.Generator()
+    gates_generator.set_state(pipeline.generators["trusted_gate"].get_state())
     out = pipeline(x, y, xp, yp, step=0)
-    want = labeler.label_images(twin, x, torch.Generator().manual_seed(3)).argmax(-1)
+    want = labeler.label_images(twin, x, gates_generator).argmax(-1)
     assert float(out.metrics["trusted_gate/holdout_accuracy"]) == pytest.approx(
         float((want == y).double().mean()), rel=1e-6)
 

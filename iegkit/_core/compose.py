@@ -24,7 +24,7 @@ from iegkit._core.checks import (
 )
 from iegkit._core.context import StepContext
 from iegkit._core.loss_stage import assemble, check_loss_stage, loss_reads, staged_terms
-from iegkit._core.part import Contribution, Part, PartBase, Plan
+from iegkit._core.part import Contribution, Part, Plan, overrides
 from iegkit.errors import (
     CycleError,
     DuplicateProviderError,
@@ -69,7 +69,8 @@ class StepOutput:
 
 
 _PROTOCOL = ("name", "requires", "optional_requires", "provides", "refines", "needs_probe",
-             "setup", "bind", "contribute", "after_optimizer_step", "state_dict", "load_state_dict")
+             "setup", "bind", "contribute", "before_optimizer_step", "after_optimizer_step",
+             "state_dict", "load_state_dict")
 
 
 def _order(parts: Sequence[Part], lookahead_inputs: Mapping[str, Sequence[str]] | None = None
@@ -302,11 +303,13 @@ class Pipeline:
         self._optimizer_steps = 0  # steps of the bound optimizer, counted by its post-hook
         self._other_steps = 0  # other optimizers' steps over its parameters
         self._last_call: _CallRecord | None = None
-        self.generators: dict[str, torch.Generator] = {}
-        for part in parts:
-            generator = torch.Generator()
-            generator.manual_seed(seed * 1_000_003 + zlib.crc32(part.name.encode()))
-            self.generators[part.name] = generator
+        # one generator per part and per declared extra stream, each seeded from its name
+        names = [part.name for part in parts] + list(plan.random_streams)
+        if len(set(names)) != len(names):
+            raise ValueError(f"compose: a random stream is named like a part: {sorted(names)}")
+        self.generators: dict[str, torch.Generator] = {
+            name: torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            for name in names}
 
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Pipeline:
         """Attach the user's model and optimizer (the pipeline never steps the optimizer).
@@ -355,7 +358,7 @@ class Pipeline:
             if kept is not None:
                 part.load_state_dict(kept[part.name])
         self._before_hooks = [part.before_optimizer_step for part in self.parts
-                              if callable(getattr(part, "before_optimizer_step", None))]
+                              if overrides(part, "before_optimizer_step")]
         self._register_hooks()
         return self
 
@@ -525,7 +528,7 @@ class Pipeline:
             raise
         # Summed in name order so that the total does not depend on the order of independent parts.
         total = sum(losses[name] for name in sorted(losses))
-        values = {k: v.detach() for k, v in ctx._values.items() if isinstance(v, Tensor)}
+        values = {k: v.detach() for k, v in ctx.values().items() if isinstance(v, Tensor)}
         self.last_step = step
         self._remember_call(total, ctx.lookahead_count)
         return StepOutput(
@@ -603,9 +606,8 @@ class Pipeline:
             lines.append("  loss stage (after every part, so refiners of these keys change the "
                          "loss): " + "; ".join(staged))
         lines.append("  backward of the total loss, optimizer.step(): in the user's loop")
-        hooked = [p.name for p in self.parts if getattr(p.after_optimizer_step, "__func__", None)
-                  is not PartBase.after_optimizer_step]
-        before = [p.name for p in self.parts if callable(getattr(p, "before_optimizer_step", None))]
+        hooked = [p.name for p in self.parts if overrides(p, "after_optimizer_step")]
+        before = [p.name for p in self.parts if overrides(p, "before_optimizer_step")]
         if before:
             lines.append("  before optimizer.step() (hook): " + ", ".join(before))
         if hooked:
@@ -636,5 +638,6 @@ class Pipeline:
         for part in self.parts:
             if part.name in state["parts"]:
                 part.load_state_dict(state["parts"][part.name])
-            if part.name in state.get("generators", {}):
-                self.generators[part.name].set_state(state["generators"][part.name])
+        for name, generator in self.generators.items():
+            if name in state.get("generators", {}):
+                generator.set_state(state["generators"][name])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -134,6 +135,10 @@ class StepContext:
                 return default
             raise KeyError(f"context key '{key}' has not been provided (yet) by any part")
         return self._values[key]
+
+    def values(self) -> Mapping[str, Any]:
+        """Every value provided (and refined) so far, read-only (the pipeline's ``StepOutput``)."""
+        return MappingProxyType(self._values)
 
     def _provide(self, key: str, value: Any) -> None:
         self._values[key] = value

@@ -101,12 +101,13 @@ class Part(Protocol):
     needs_probe: whether a step needs the probe batch (meta parts need it through the plan anyway).
     setup(plan): once at compose time: declare views and meta variables.
     bind(model, optimizer): once when the pipeline is bound to the user's model and optimizer.
+    before_optimizer_step(step): runs from ``optimizer.register_step_pre_hook`` just before each
+      ``optimizer.step()`` (``LRWarmup`` scales the lr there and gives it back after the step); the
+      pipeline registers the pre-hook only when some part overrides ``PartBase``'s no-op.
     after_optimizer_step(step): runs from ``optimizer.register_step_post_hook`` after each
       ``optimizer.step()`` of the bound optimizer (EMA weights, running class priors); ``step`` is
       the step the pipeline last ran.
-    Optional, not part of the protocol: ``before_optimizer_step(step)``, run from a
-      ``register_step_pre_hook`` just before each ``optimizer.step()`` (``LRWarmup`` scales the lr
-      there and gives it back after the step); ``loss_reads`` and ``not_refinable`` (``PartBase``).
+    Optional (``PartBase`` has them): ``loss_reads`` and ``not_refinable``.
     """
 
     name: str
@@ -121,6 +122,8 @@ class Part(Protocol):
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
 
     def contribute(self, ctx: StepContext) -> Contribution: ...
+
+    def before_optimizer_step(self, step: int) -> None: ...
 
     def after_optimizer_step(self, step: int) -> None: ...
 
@@ -158,6 +161,9 @@ class PartBase(abc.ABC):
     def contribute(self, ctx: StepContext) -> Contribution:
         """This step's losses, values and metrics (the one member every part must define)."""
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Nothing to do before the optimizer step by default (no pre-hook is registered)."""
+
     def after_optimizer_step(self, step: int) -> None:
         """Nothing to update after the optimizer step by default."""
 
@@ -167,6 +173,12 @@ class PartBase(abc.ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             raise ValueError(f"state: {type(self).__name__} has no state, got keys {sorted(state)}")
+
+
+def overrides(part: Part, member: str) -> bool:
+    """Whether ``part`` has its own ``member`` (a hook with work), not ``PartBase``'s no-op."""
+    own = getattr(getattr(part, member), "__func__", getattr(part, member))
+    return own is not getattr(PartBase, member)
 
 
 ViewFn = Callable[["StepContext"], Tensor]
@@ -212,6 +224,8 @@ class Plan:
         self.views: dict[str, tuple[str, ViewFn]] = {}
         self.built_views: dict[str, tuple[str, str]] = {}
         self.meta: MetaRequest | None = None
+        #: extra random streams (name -> owner), each a pipeline generator like a part's own
+        self.random_streams: dict[str, str] = {}
         #: dropout in the meta passes (compose(meta_dropout=...)); False makes them deterministic
         self.meta_dropout = True
         #: run the look-ahead's JVP through torch.compile (compose(compile_tangent=...)); opt-in
@@ -232,6 +246,16 @@ class Plan:
         if name in BUILT_IN_VIEWS or name in self.views or name in self.built_views:
             raise ValueError(f"view name: '{name}' is already declared")
         self.built_views[name] = (owner, rows)
+
+    def add_random_stream(self, name: str, *, owner: str) -> None:
+        """A generator besides the part's own, seeded and checkpointed by the pipeline and read
+        with ``ctx.generator(name)``: draws that must not shift the part's other draws (a
+        diagnostic that runs every few steps)."""
+        if not isinstance(name, str) or not name.startswith(f"{owner}/"):
+            raise ValueError(f"random stream: expected a name '{owner}/<stream>', got {name!r}")
+        if name in self.random_streams:
+            raise ValueError(f"random stream: '{name}' is declared twice")
+        self.random_streams[name] = owner
 
     def request_meta(
         self,

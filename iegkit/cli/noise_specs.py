@@ -19,10 +19,10 @@ from torch import Tensor
 # the argument checks shared with the generators, so that the messages are the same
 from iegkit.noise import (
     CIFAR10_ASYMMETRIC_MAP,
-    _check_class_map,
-    _check_generator,
-    _check_labels,
-    _check_num_classes,
+    check_class_map,
+    check_generator,
+    check_labels,
+    check_num_classes,
     asymmetric_noise,
     instance_dependent_noise,
     pair_flip_noise,
@@ -86,7 +86,7 @@ def load_noisy_labels(source: object, num_examples: int, num_classes: int) -> Te
         raise TypeError(f"num_examples: expected an int, got {type(num_examples).__name__}")
     if num_examples < 0:
         raise ValueError(f"num_examples: expected >= 0, got {num_examples}")
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     where = ""
     if isinstance(source, (str, os.PathLike)):
         where = f" in {os.fspath(source)!r}"
@@ -237,14 +237,14 @@ def apply_noise(spec: NoiseSpec | str, labels: Tensor, num_classes: int,
     elif not isinstance(spec, NoiseSpec):
         raise TypeError(f"spec: expected a NoiseSpec or a string such as 'uniform:0.8', "
                         f"got {type(spec).__name__}")
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(labels, num_classes)
+    num_classes = check_num_classes(num_classes)
+    check_labels(labels, num_classes)
     if spec.kind == "none":
         return labels.clone()
     if spec.kind == "file":
         loaded = load_noisy_labels(spec.path, labels.shape[0], num_classes)
         return loaded.to(device=labels.device, dtype=labels.dtype)
-    _check_generator(generator)
+    check_generator(generator)
     rate = spec.rate
     if spec.kind in ("uniform", "uniform-exclusive"):
         return uniform_noise(labels, rate, num_classes, generator,
@@ -255,7 +255,7 @@ def apply_noise(spec: NoiseSpec | str, labels: Tensor, num_classes: int,
                 raise ValueError(f"class_map: asymmetric noise on {num_classes} classes needs a "
                                  "class_map {true class: noisy class} (the default is CIFAR-10's)")
             class_map = CIFAR10_ASYMMETRIC_MAP
-        return asymmetric_noise(labels, rate, _check_class_map(class_map, num_classes), generator)
+        return asymmetric_noise(labels, rate, check_class_map(class_map, num_classes), generator)
     if spec.kind == "pairflip":
         return pair_flip_noise(labels, rate, num_classes, generator)
     if features is None:

@@ -21,31 +21,15 @@ Modules: ``recorder`` (StepRecorder; its conventions), ``metrics`` (detection me
 from __future__ import annotations
 
 from iegkit.diagnostics.collapse import CollapseMonitor
-from iegkit.diagnostics.metrics import (
-    _average_ranks,
-    _group_means,
-    detection_metrics,
-    lambda_by_cleanliness,
-)
+from iegkit.diagnostics.metrics import detection_metrics, lambda_by_cleanliness
 from iegkit.diagnostics.plots import (
-    _figure,
-    _resolve_noisy,
-    _save,
     plot_collapse,
     plot_curves,
     plot_lambda_curves,
     plot_weight_histogram,
 )
-from iegkit.diagnostics.recorder import (
-    _FLOAT_STATE,
-    _GROUPS,
-    _INT_STATE,
-    _WINDOW_SUMS,
-    FORMAT_VERSION,
-    StepRecorder,
-    _to_cpu,
-)
-from iegkit.diagnostics.report import LabelIssue, Report, _nan_to_none, noisy_label_report
+from iegkit.diagnostics.recorder import FORMAT_VERSION, StepRecorder
+from iegkit.diagnostics.report import LabelIssue, Report, noisy_label_report
 
 __all__ = [
     "CollapseMonitor",

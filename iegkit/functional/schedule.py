@@ -18,10 +18,11 @@ import math
 import operator
 from numbers import Real
 
-__all__ = ["check_rampup", "linear_rampup", "linear_warmup", "sgdr", "sgdr_restarts"]
+__all__ = ["check_cycle_args", "check_int", "check_rampup", "check_real", "linear_rampup",
+           "linear_warmup", "sgdr", "sgdr_restarts"]
 
 
-def _check_real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = float(value)
@@ -30,7 +31,7 @@ def _check_real(name: str, value: object) -> float:
     return value
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected an integer, got bool")
     try:
@@ -42,9 +43,9 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _check_cycle_args(first_cycle_steps: object, t_mul: object) -> tuple[int, float]:
-    first = _check_int("first_cycle_steps", first_cycle_steps, 1)
-    t_mul = _check_real("t_mul", t_mul)
+def check_cycle_args(first_cycle_steps: object, t_mul: object) -> tuple[int, float]:
+    first = check_int("first_cycle_steps", first_cycle_steps, 1)
+    t_mul = check_real("t_mul", t_mul)
     if t_mul < 1.0:
         raise ValueError(f"t_mul: expected >= 1 (cycles never shrink), got {t_mul}")
     return first, t_mul
@@ -130,23 +131,23 @@ def sgdr(
       warmup_steps: number of linear warmup steps before the first cycle, >= 0.
       warmup_start_lr: the lr at step 0 when ``warmup_steps > 0``, 0 <= warmup_start_lr <= peak_lr.
     """
-    step = _check_real("step", step)
+    step = check_real("step", step)
     if step < 0:
         raise ValueError(f"step: expected >= 0, got {step}")
-    peak_lr = _check_real("peak_lr", peak_lr)
+    peak_lr = check_real("peak_lr", peak_lr)
     if peak_lr < 0:
         raise ValueError(f"peak_lr: expected >= 0, got {peak_lr}")
-    first, t_mul = _check_cycle_args(first_cycle_steps, t_mul)
-    m_mul = _check_real("m_mul", m_mul)
+    first, t_mul = check_cycle_args(first_cycle_steps, t_mul)
+    m_mul = check_real("m_mul", m_mul)
     if not 0.0 < m_mul <= 1.0:
         raise ValueError(f"m_mul: expected a value in (0, 1], got {m_mul}")
-    min_lr = _check_real("min_lr", min_lr)
+    min_lr = check_real("min_lr", min_lr)
     if min_lr < 0:
         raise ValueError(f"min_lr: expected >= 0, got {min_lr}")
     if min_lr > peak_lr:
         raise ValueError(f"min_lr: expected <= peak_lr ({peak_lr}), got {min_lr}")
-    warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-    warmup_start_lr = _check_real("warmup_start_lr", warmup_start_lr)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+    warmup_start_lr = check_real("warmup_start_lr", warmup_start_lr)
     if not 0.0 <= warmup_start_lr <= peak_lr:
         raise ValueError(
             f"warmup_start_lr: expected a value in [0, peak_lr ({peak_lr})], got {warmup_start_lr}"
@@ -168,8 +169,8 @@ def sgdr_restarts(first_cycle_steps: int, t_mul: float = 1.5, n: int = 10) -> li
     numbers; the first step that runs at the new cycle's lr is ``ceil(S_i)``. With a warmup, add
     ``warmup_steps`` to each.
     """
-    first, t_mul = _check_cycle_args(first_cycle_steps, t_mul)
-    n = _check_int("n", n, 0)
+    first, t_mul = check_cycle_args(first_cycle_steps, t_mul)
+    n = check_int("n", n, 0)
     return [_cycle_start(i, first, t_mul) for i in range(1, n + 1)]
 
 
@@ -187,8 +188,8 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
     ("gradual warmup"): the lr rises linearly from peak / warmup_steps at step 0 to the peak at
     step warmup_steps - 1 and stays there; 1 at every step when ``warmup_steps`` is 0.
     """
-    step = _check_int("step", step, 0)
-    warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+    step = check_int("step", step, 0)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
     if warmup_steps == 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)

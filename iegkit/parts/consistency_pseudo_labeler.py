@@ -26,14 +26,16 @@ class ConsistencyPseudoLabeler(PartBase):
     detaches it everywhere except in its look-ahead).
 
     Provides ``keys.PSEUDO_TARGETS`` (B, C), ``keys.STRONG_VIEW`` (the strong inputs, forwarded once
-    per step and shared with KLConsistency and ProbeMixUp) and, without a teacher,
+    per step and shared with KLConsistency and ProbeMixUp), ``keys.IMAGE_LABELER`` (its
+    ``label_images``, for parts that label other images: TrustedGate) and, without a teacher,
     ``keys.PSEUDO_LABELER`` (for the official look-ahead through the pseudo labels).
 
     Collapse diagnostics, every step, detached (``metrics``): ``top_share`` (the share of the
     batch's most frequent pseudo label), ``marginal_entropy`` (of the batch's mean pseudo label,
     over log C), ``agreement`` with the given labels and, every ``probe_diagnostics_every`` steps,
     ``probe_accuracy``: the pseudo labels of the probe batch's two views (made the same way, with
-    a generator of the part's own so training draws are unchanged) against its trusted labels.
+    its own random stream ``"{name}/probe_diagnostics"``, declared in ``setup`` and seeded by the
+    pipeline, so training draws are unchanged) against its trusted labels.
 
     Args:
       strong_augment: any callable ``(images, generator=None) -> images`` (``iegkit.augment`` has the
@@ -51,7 +53,7 @@ class ConsistencyPseudoLabeler(PartBase):
         two no-grad forwards; an epoch's average needs only some of the steps.
     """
 
-    # the pseudo labels are made here from the 'strong' view's forward (as KLConsistency's term
+    # the pseudo labels are made here from the strong view's forward (as KLConsistency's term
     # is): a refined tensor would reach ProbeMixUp only
     not_refinable = (keys.STRONG_VIEW,)
 
@@ -78,12 +80,17 @@ class ConsistencyPseudoLabeler(PartBase):
         self.probe_diagnostics_every = probe_diagnostics_every
         self.teacher: WeightEMA | None = None
         self._pending_teacher_state: Mapping[str, Any] | None = None
-        self._probe_generator = torch.Generator().manual_seed(0)
-        self.provides: tuple[str, ...] = (keys.PSEUDO_TARGETS, keys.STRONG_VIEW) + (
+        self.provides: tuple[str, ...] = (
+            keys.PSEUDO_TARGETS, keys.STRONG_VIEW, keys.IMAGE_LABELER) + (
             () if teacher_decay is not None else (keys.PSEUDO_LABELER,))
 
+    @property
+    def _probe_stream(self) -> str:
+        return f"{self.name}/probe_diagnostics"
+
     def setup(self, plan: Plan) -> None:
-        plan.add_view("strong", self._strong_view, owner=self.name)
+        plan.add_view(keys.STRONG_VIEW_NAME, self._strong_view, owner=self.name)
+        plan.add_random_stream(self._probe_stream, owner=self.name)
 
     def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.teacher_decay is None:
@@ -92,8 +99,11 @@ class ConsistencyPseudoLabeler(PartBase):
         if self._pending_teacher_state is not None:
             self.teacher.load_state_dict(self._pending_teacher_state)
             self._pending_teacher_state = None
-        # only a labeler with a teacher has work after the optimizer step
-        self.after_optimizer_step = self.teacher.update
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Moves the EMA teacher towards the stepped weights (nothing without a teacher)."""
+        if self.teacher is not None:
+            self.teacher.update(step)
 
     def pseudo_labels(self, weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
         """g from the two views' logits, with graph (the part itself provides it detached)."""
@@ -131,13 +141,13 @@ class ConsistencyPseudoLabeler(PartBase):
                                   _batch_stats_forward(model, strong))
 
     def _probe_accuracy(self, ctx: StepContext) -> Tensor:
-        pseudo = self.label_images(ctx.model, ctx.view("probe"), self._probe_generator)
+        pseudo = self.label_images(ctx.model, ctx.view("probe"), ctx.generator(self._probe_stream))
         return pseudo_label_accuracy(pseudo, ctx.probe_targets)
 
     def contribute(self, ctx: StepContext) -> Contribution:
-        weak, strong = ctx.logits("input"), ctx.logits("strong")
+        weak, strong = ctx.logits("input"), ctx.logits(keys.STRONG_VIEW_NAME)
         if self.teacher_decay is not None:
-            pseudo = self._teacher_labels(ctx.inputs, ctx.view("strong"))
+            pseudo = self._teacher_labels(ctx.inputs, ctx.view(keys.STRONG_VIEW_NAME))
         else:
             pseudo = self.pseudo_labels(weak.detach(), strong.detach())
         top_share, entropy = pseudo_label_concentration(pseudo)
@@ -146,23 +156,22 @@ class ConsistencyPseudoLabeler(PartBase):
         every = self.probe_diagnostics_every
         if every is not None and ctx.step % every == 0 and ctx.probe_inputs is not None:
             metrics["probe_accuracy"] = self._probe_accuracy(ctx)
-        values: dict[str, Any] = {keys.PSEUDO_TARGETS: pseudo, keys.STRONG_VIEW: ctx.view("strong")}
+        values: dict[str, Any] = {keys.PSEUDO_TARGETS: pseudo,
+                                  keys.STRONG_VIEW: ctx.view(keys.STRONG_VIEW_NAME),
+                                  keys.IMAGE_LABELER: self.label_images}
         if keys.PSEUDO_LABELER in self.provides:
-            values[keys.PSEUDO_LABELER] = PseudoLabelSource(("input", "strong"), self.pseudo_labels)
+            values[keys.PSEUDO_LABELER] = PseudoLabelSource(("input", keys.STRONG_VIEW_NAME),
+                                                            self.pseudo_labels)
         return Contribution(values=values, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"probe_generator": self._probe_generator.get_state()}
-        if self.teacher is not None:
-            state["teacher"] = self.teacher.state_dict()
-        return state
+        # its random streams are the pipeline's, checkpointed with the pipeline's generators
+        return {} if self.teacher is None else {"teacher": self.teacher.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        unknown = set(state) - {"probe_generator", "teacher"}
+        unknown = set(state) - {"teacher"}
         if unknown:
             raise ValueError(f"state: unexpected keys {sorted(unknown)} for ConsistencyPseudoLabeler")
-        if "probe_generator" in state:
-            self._probe_generator.set_state(state["probe_generator"])
         if "teacher" in state:
             if self.teacher is None:
                 self._pending_teacher_state = state["teacher"]

@@ -30,7 +30,7 @@ class KLConsistency(PartBase):
         self.rampup_steps = check_rampup(rampup_steps)
 
     def contribute(self, ctx: StepContext) -> Contribution:
-        kl = kl_consistency(ctx.logits("input"), ctx.logits("strong"),
+        kl = kl_consistency(ctx.logits("input"), ctx.logits(keys.STRONG_VIEW_NAME),
                             mask=ctx.get(keys.UNLABELED_MASK, None))
         weight = (self.weight * linear_rampup(ctx.step, self.rampup_steps)
                   * float(ctx.get(keys.UNLABELED_GATE, 1.0)))

@@ -11,7 +11,7 @@ from iegkit._core import keys
 from iegkit._core.context import StepContext
 from iegkit._core.lr import restore_lrs, scale_lrs
 from iegkit._core.part import Contribution, PartBase
-from iegkit.functional.schedule import _check_int, linear_warmup
+from iegkit.functional.schedule import check_int, linear_warmup
 
 __all__ = ["LRWarmup"]
 
@@ -46,7 +46,7 @@ class LRWarmup(PartBase):
     not_refinable: tuple[str, ...] = (keys.LR_SCALE,)
 
     def __init__(self, warmup_steps: int, *, name: str = "lr_warmup") -> None:
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 1)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 1)
         self.name = name
         self.optimizer: torch.optim.Optimizer | None = None
         self._given_back: list[float] | None = None  # the user's lrs while optimizer.step() runs
@@ -81,4 +81,4 @@ class LRWarmup(PartBase):
         if set(state) != {"warmup_steps"}:
             raise ValueError(f"state: {type(self).__name__} expects the key 'warmup_steps', got "
                              f"{sorted(state)}")
-        self.warmup_steps = _check_int("warmup_steps", state["warmup_steps"], 1)
+        self.warmup_steps = check_int("warmup_steps", state["warmup_steps"], 1)

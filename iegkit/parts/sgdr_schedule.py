@@ -14,7 +14,7 @@ from iegkit._core.context import StepContext
 from iegkit._core.lr import as_float as _as_float
 from iegkit._core.lr import set_group_lr as _set_group_lr
 from iegkit._core.part import Contribution, PartBase
-from iegkit.functional.schedule import _check_cycle_args, _check_int, _check_real, sgdr
+from iegkit.functional.schedule import check_cycle_args, check_int, check_real, sgdr
 
 __all__ = ["SGDRSchedule"]
 
@@ -73,15 +73,15 @@ class SGDRSchedule(LRScheduler, PartBase):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        first_cycle_steps, t_mul = _check_cycle_args(first_cycle_steps, t_mul)
+        first_cycle_steps, t_mul = check_cycle_args(first_cycle_steps, t_mul)
         self.name = name
         self.first_cycle_steps = first_cycle_steps
         self.t_mul = t_mul
-        self.m_mul = _check_real("m_mul", m_mul)
-        self.min_lr = _check_real("min_lr", min_lr)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        self.warmup_start_lr = _check_real("warmup_start_lr", warmup_start_lr)
-        last_epoch = _check_int("last_epoch", last_epoch, -1)
+        self.m_mul = check_real("m_mul", m_mul)
+        self.min_lr = check_real("min_lr", min_lr)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.warmup_start_lr = check_real("warmup_start_lr", warmup_start_lr)
+        last_epoch = check_int("last_epoch", last_epoch, -1)
         # Validate every argument against every group's peak before LRScheduler touches the groups.
         for i, group in enumerate(optimizer.param_groups):
             peak = group["initial_lr"] if last_epoch != -1 and "initial_lr" in group else group["lr"]
@@ -117,7 +117,7 @@ class SGDRSchedule(LRScheduler, PartBase):
 
     def contribute(self, ctx: StepContext) -> Contribution:
         """Set every group's lr to the schedule at ``ctx.step`` (before this step's forward)."""
-        step = _check_int("step", ctx.step, 0)
+        step = check_int("step", ctx.step, 0)
         if ctx.optimizer is not self.optimizer:
             raise ValueError(
                 f"optimizer: part '{self.name}' was built on a different optimizer than the "

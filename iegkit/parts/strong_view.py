@@ -32,7 +32,7 @@ class StrongView(PartBase):
         self.strong_augment = strong_augment
 
     def setup(self, plan: Plan) -> None:
-        plan.add_view("strong", self._strong_view, owner=self.name)
+        plan.add_view(keys.STRONG_VIEW_NAME, self._strong_view, owner=self.name)
 
     def _strong_view(self, ctx: StepContext) -> Tensor:
         with torch.no_grad():
@@ -43,4 +43,4 @@ class StrongView(PartBase):
         return strong
 
     def contribute(self, ctx: StepContext) -> Contribution:
-        return Contribution(values={keys.STRONG_VIEW: ctx.view("strong")})
+        return Contribution(values={keys.STRONG_VIEW: ctx.view(keys.STRONG_VIEW_NAME)})

@@ -21,16 +21,16 @@ class TrustedGate(PartBase):
     """Provides ``keys.UNLABELED_GATE`` (a 0-dim tensor in [0, 1]); ProbeMixUp's unlabeled term and
     KLConsistency multiply their weights (p, k, after any ramp-up) by it.
 
-    Every ``every`` steps the pseudo labeler labels a **held-out** trusted fold (images and clean
+    Every ``every`` steps the pseudo labeler's ``keys.IMAGE_LABELER`` (ConsistencyPseudoLabeler's
+    ``label_images``: its EMA teacher, if any) labels a **held-out** trusted fold (images and clean
     labels that neither the step nor the probe batch ever sees: the probe images are trained on by
-    ProbeMixUp, so their accuracy overstates the pseudo labels' quality), with a generator of the
-    gate's own. The accuracy is smoothed, ``a <- momentum a + (1 - momentum) acc`` (the first
-    measurement sets ``a``), and the gate is ``trusted_gate(a, C, margin)`` (both pure functions
-    in ``iegkit.functional.trusted_gate``). Before the first measurement the gate is closed (0).
+    ProbeMixUp, so their accuracy overstates the pseudo labels' quality), drawing its strong views
+    from the gate's own generator (``ctx.generator(name)``). The accuracy is smoothed,
+    ``a <- momentum a + (1 - momentum) acc`` (the first measurement sets ``a``), and the gate is
+    ``trusted_gate(a, C, margin)`` (both pure functions in ``iegkit.functional.trusted_gate``).
+    Before the first measurement the gate is closed (0).
 
     Args:
-      pseudo_labeler: the ``ConsistencyPseudoLabeler`` whose labels are gated (its EMA teacher, if
-        any, labels the fold).
       holdout_inputs, holdout_labels: the held-out trusted fold, (N, ...) and (N,) class indices.
         Class-balanced folds make a collapsed labeler score exactly chance. A few per class will do:
         the smoothing averages over strong-view draws, not over images.
@@ -40,14 +40,16 @@ class TrustedGate(PartBase):
       momentum: smoothing of the measured accuracy (0.9).
     """
 
+    requires = (keys.IMAGE_LABELER,)
     provides = (keys.UNLABELED_GATE,)
 
-    def __init__(self, pseudo_labeler: Any, holdout_inputs: Tensor, holdout_labels: Tensor, *,
+    def __init__(self, holdout_inputs: Tensor, holdout_labels: Tensor, *,
                  margin: float = 0.1, every: int = 10, momentum: float = 0.9,
-                 seed: int = 0, name: str = "trusted_gate") -> None:
-        if not callable(getattr(pseudo_labeler, "label_images", None)):
-            raise TypeError("pseudo_labeler: expected a ConsistencyPseudoLabeler (an object with "
-                            "label_images(model, images, generator))")
+                 name: str = "trusted_gate") -> None:
+        if not isinstance(holdout_inputs, Tensor) and hasattr(holdout_inputs, "label_images"):
+            raise TypeError("holdout_inputs: expected a tensor; TrustedGate no longer takes the "
+                            "pseudo labeler: it reads keys.IMAGE_LABELER, which "
+                            "ConsistencyPseudoLabeler provides")
         if not isinstance(holdout_inputs, Tensor) or holdout_inputs.shape[0] == 0:
             raise ValueError("holdout_inputs: expected a non-empty tensor (N, ...)")
         if (not isinstance(holdout_labels, Tensor) or holdout_labels.dtype.is_floating_point
@@ -65,7 +67,6 @@ class TrustedGate(PartBase):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
         self.name = name
-        self.pseudo_labeler = pseudo_labeler
         self.holdout_inputs = holdout_inputs
         self.holdout_labels = holdout_labels
         self.margin = margin
@@ -73,13 +74,13 @@ class TrustedGate(PartBase):
         self.momentum = momentum
         self.accuracy: float | None = None
         self.num_classes: int | None = None
-        self._generator = torch.Generator().manual_seed(seed)
 
     def _measure(self, ctx: StepContext) -> float:
         device = ctx.inputs.device
         inputs = self.holdout_inputs.to(device=device, dtype=ctx.inputs.dtype)
+        label_images = ctx.get(keys.IMAGE_LABELER)
         with torch.no_grad():
-            pseudo = self.pseudo_labeler.label_images(ctx.model, inputs, self._generator)
+            pseudo = label_images(ctx.model, inputs, ctx.generator(self.name))
         num_classes = pseudo.shape[-1]
         if int(self.holdout_labels.max()) >= num_classes:
             raise ValueError(f"holdout_labels: expected values in [0, {num_classes - 1}] (the "
@@ -101,16 +102,14 @@ class TrustedGate(PartBase):
         return Contribution(values={keys.UNLABELED_GATE: gate_tensor}, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "num_classes": self.num_classes,
-                "generator": self._generator.get_state()}
+        # its generator is the pipeline's, checkpointed with the pipeline's generators
+        return {"accuracy": self.accuracy, "num_classes": self.num_classes}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        unknown = set(state) - {"accuracy", "num_classes", "generator"}
+        unknown = set(state) - {"accuracy", "num_classes"}
         if unknown:
             raise ValueError(f"state: unexpected keys {sorted(unknown)} for TrustedGate")
         if "accuracy" in state:
             self.accuracy = None if state["accuracy"] is None else float(state["accuracy"])
         if "num_classes" in state:
             self.num_classes = None if state["num_classes"] is None else int(state["num_classes"])
-        if "generator" in state:
-            self._generator.set_state(state["generator"])
