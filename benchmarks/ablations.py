@@ -18,7 +18,6 @@ benchmarks/results/ablations_robust.jsonl as it finishes and skipped on restart.
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 import sys
 import time
@@ -166,7 +165,7 @@ def table7(numbers, rates, label: str, accuracies) -> str:
 
 
 def _robust_default(option: str):
-    return inspect.signature(recipes.robust_ieg).parameters[option].default
+    return recipes.SPECS["robust_ieg"].defaults[option]
 
 
 def main_robust(args) -> int:

@@ -125,7 +125,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import inspect
 import json
 import math
 import os
@@ -298,7 +297,7 @@ def make_pipeline(method: str, model, optimizer, cfg: Config, seed: int, total_s
     if cfg.official_lookahead:
         options.update(lookahead_lr=0.1, through_pseudo_labels=True)
     options.update(extra or {})
-    accepted = inspect.signature({**recipes.RECIPES, **recipes.BASELINES}[method]).parameters
+    accepted = recipes.SPECS[method].defaults
     if strong is None:
         strong = strong_augment("cifar10", value_range=(-1.0, 1.0),
                                 per_image_policy=cfg.per_image_policy)
@@ -689,8 +688,7 @@ def selection_method(variant: str) -> str:
     recipe, options = VARIANTS[variant]
     if variant in HISTORICAL_VARIANTS:
         return variant
-    defaults = {name: p.default for name, p in inspect.signature(recipes.robust_ieg).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = recipes.SPECS["robust_ieg"].defaults
     if recipe == "robust_ieg" and all(defaults.get(k) == v for k, v in options.items()):
         return "robust_ieg"
     return variant

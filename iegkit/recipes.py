@@ -6,7 +6,9 @@ returns a composed, bound ``Pipeline``. ``pipeline.describe()`` prints the parts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,9 +35,10 @@ from iegkit.parts import (
     TrustedGate,
 )
 
-__all__ = ["BASELINES", "RECIPES", "TABLE7", "ablation", "build", "eg", "forward_online", "gce",
-           "glc", "glc_transition", "ieg", "l2r", "l2r_gce", "method_names", "plain", "plain_plus",
-           "robust_eg", "robust_ieg", "sce", "small_loss"]
+__all__ = ["BASELINES", "RECIPES", "REQUIRED", "SPECS", "TABLE7", "RecipeSpec", "ablation",
+           "build", "eg", "forward_online", "gce", "glc", "glc_transition", "ieg", "l2r", "l2r_gce",
+           "method_names", "plain", "plain_plus", "required_options", "robust_eg", "robust_ieg",
+           "sce", "small_loss"]
 
 Augment = Callable[..., torch.Tensor]
 
@@ -53,6 +56,8 @@ TABLE7: dict[int, frozenset[str]] = {
     8: frozenset({"UC", "MC", "AA"}),
 }
 COMPONENTS = frozenset({"UC", "MC", "AA", "lambda"})
+#: the components that need pseudo labels (AA only changes their strong view)
+PSEUDO_LABEL_COMPONENTS = frozenset({"UC", "MC", "lambda"})
 #: robust_ieg/robust_eg ramp p and k over this fraction of the run (selected on digits' validation
 #: split, docs/results.md).
 ROBUST_RAMPUP_FRACTION = 1.0
@@ -85,6 +90,22 @@ def _default_strong(policy: str | None) -> Augment:
     from iegkit.augment import strong_augment
 
     return strong_augment(policy=policy)
+
+
+def _check_components(components: Collection[str]) -> frozenset[str]:
+    unknown = set(components) - COMPONENTS
+    if unknown:
+        raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
+    return frozenset(components)
+
+
+def _strong_view(components: frozenset[str], strong_augment: Augment | None,
+                 plain_strong_augment: Augment | None) -> Augment:
+    """The strong view with AutoAugment ("AA" in Table 7's components) or without it; each
+    defaults to ``iegkit.augment.strong_augment`` (CIFAR-10 policy, or no policy)."""
+    if "AA" in components:
+        return strong_augment if strong_augment is not None else _default_strong("cifar10")
+    return plain_strong_augment if plain_strong_augment is not None else _default_strong(None)
 
 
 def plain(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, seed: int = 0) -> Pipeline:
@@ -134,11 +155,10 @@ def eg(
     is unlabeled (pseudo labels), the probe set is the labeled set. Loss L^p + p L^u + k KL.
     (Not torchopt's "explicit gradient".) ``rampup_steps``: None (official) or a linear ramp-up of
     p and k (MixMatch's), which tiny datasets need against early confirmation bias."""
-    strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
+    strong = _strong_view(frozenset({"AA"}), strong_augment, None)
     return compose(
-        ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                 normalize_logits=normalize_logits,
-                                 probe_diagnostics_every=probe_diagnostics_every),
+        *_pseudo_label_stack(strong, temperature=temperature, normalize_logits=normalize_logits,
+                             probe_diagnostics_every=probe_diagnostics_every),
         ProbeMixUp(unlabeled_weight, coefficient=mixup_coefficient,
                    normalize_logits=normalize_logits, rampup_steps=rampup_steps),
         KLConsistency(consistency_weight, rampup_steps=rampup_steps),
@@ -190,21 +210,13 @@ def ieg(
       rampup_steps: None (official) or a linear ramp-up of p and k from 0 over that many steps.
       first_cycle_steps: adds SGDRSchedule (the paper: one epoch, t_mul 1.5, m_mul 0.9).
     """
-    unknown = set(components) - COMPONENTS
-    if unknown:
-        raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
-    components = frozenset(components)
+    components = _check_components(components)
     parts: list[Part] = []
-    needs_pseudo = bool(components & {"UC", "MC", "lambda"})
-    if needs_pseudo:
-        if "AA" in components:
-            strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
-        else:
-            strong = (plain_strong_augment if plain_strong_augment is not None
-                      else _default_strong(None))
-        parts.append(ConsistencyPseudoLabeler(strong, temperature=temperature,
-                                              normalize_logits=normalize_logits,
-                                              probe_diagnostics_every=probe_diagnostics_every))
+    if components & PSEUDO_LABEL_COMPONENTS:
+        parts += _pseudo_label_stack(
+            _strong_view(components, strong_augment, plain_strong_augment),
+            temperature=temperature, normalize_logits=normalize_logits,
+            probe_diagnostics_every=probe_diagnostics_every)
     if "lambda" in components:
         parts.append(MetaReweighter(weight_init, label_mix=label_init, loss_weight=0.5,
                                     lookahead_lr=lookahead_lr))
@@ -230,17 +242,22 @@ def _robust_rampup_steps(total_steps: int, rampup_fraction: float) -> int:
     return max(1, round(rampup_fraction * total_steps))
 
 
-def _safeguarded_pseudo_labels(strong: Augment, *, temperature: float, teacher_decay: float | None,
-                               alignment_momentum: float | None,
-                               confidence_threshold: float | None,
-                               probe_diagnostics_every: int | None,
-                               trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None,
-                               gate_margin: float,
-                               label_posterior: bool = False,
-                               label_accuracy: float | None = None,
-                               label_transition: torch.Tensor | None = None) -> list[Part]:
-    """The pseudo labeler (EMA teacher) and the safeguards that refine, mask or gate its labels."""
-    labeler = ConsistencyPseudoLabeler(strong, temperature=temperature, teacher_decay=teacher_decay,
+def _pseudo_label_stack(strong: Augment, *, temperature: float, normalize_logits: bool = True,
+                        teacher_decay: float | None = None,
+                        alignment_momentum: float | None = None,
+                        confidence_threshold: float | None = None,
+                        probe_diagnostics_every: int | None = 10,
+                        trusted_holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        gate_margin: float = 0.1,
+                        label_posterior: bool = False,
+                        label_accuracy: float | None = None,
+                        label_transition: torch.Tensor | None = None) -> list[Part]:
+    """The pseudo labels of every recipe that has them: the labeler (an EMA teacher with
+    ``teacher_decay``) and the safeguards that refine, mask or gate its labels (none by default:
+    EG's and IEG's official stack)."""
+    labeler = ConsistencyPseudoLabeler(strong, temperature=temperature,
+                                       normalize_logits=normalize_logits,
+                                       teacher_decay=teacher_decay,
                                        probe_diagnostics_every=probe_diagnostics_every)
     parts: list[Part] = [labeler]
     if alignment_momentum is not None:
@@ -338,22 +355,15 @@ def robust_ieg(
     after single epochs; the teacher averages that swing away (docs/results.md).
     """
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
-    unknown = set(components) - COMPONENTS
-    if unknown:
-        raise ValueError(f"components: unknown {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
-    components = frozenset(components)
-    if label_accuracy is not None and not components & {"UC", "MC", "lambda"}:
+    components = _check_components(components)
+    if label_accuracy is not None and not components & PSEUDO_LABEL_COMPONENTS:
         raise ValueError(f"label_accuracy: unused without pseudo labels (components "
                          f"{sorted(components)} have none of UC, MC, lambda)")
     parts: list[Part] = []
-    if components & {"UC", "MC", "lambda"}:
-        if "AA" in components:
-            strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
-        else:
-            strong = (plain_strong_augment if plain_strong_augment is not None
-                      else _default_strong(None))
-        parts += _safeguarded_pseudo_labels(
-            strong, temperature=temperature, teacher_decay=teacher_decay,
+    if components & PSEUDO_LABEL_COMPONENTS:
+        parts += _pseudo_label_stack(
+            _strong_view(components, strong_augment, plain_strong_augment),
+            temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
             gate_margin=gate_margin, label_posterior=label_posterior,
@@ -407,10 +417,9 @@ def robust_eg(
     learns from the trusted images alone; at the full lr from a random start one class took 0.31 (trained weights)
     and 0.39 (teacher) of the validation predictions after epoch 1 on CIFAR-10 (cpu10k)."""
     rampup_steps = _robust_rampup_steps(total_steps, rampup_fraction)
-    strong = strong_augment if strong_augment is not None else _default_strong("cifar10")
     return compose(
-        *_safeguarded_pseudo_labels(
-            strong, temperature=temperature, teacher_decay=teacher_decay,
+        *_pseudo_label_stack(
+            _strong_view(frozenset({"AA"}), strong_augment, None), temperature=temperature, teacher_decay=teacher_decay,
             alignment_momentum=alignment_momentum, confidence_threshold=confidence_threshold,
             probe_diagnostics_every=probe_diagnostics_every, trusted_holdout=trusted_holdout,
             gate_margin=gate_margin),
@@ -533,10 +542,72 @@ BASELINES: dict[str, Callable[..., Pipeline]] = {
 RECIPES: dict[str, Callable[..., Pipeline]] = {"plain": plain, "l2r": l2r, "eg": eg, "ieg": ieg,
                                                "robust_eg": robust_eg, "robust_ieg": robust_ieg}
 
+#: the strong views of a recipe whose components may leave AutoAugment out
+_BOTH_VIEWS = ("strong_augment", "plain_strong_augment")
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """One row of ``SPECS``, the table ``build()``, the demo, the CLI and the benchmarks read.
+
+    make: the recipe, ``make(model, optimizer, **options)``.
+    run_length: options that ``build()`` sets to the run's length in steps unless passed
+      (``total_steps``; or ``rampup_steps``: EG and IEG ramp p and k over the whole run, which the
+      official recipe, ``recipes.ieg``, does not: from a random start, full-weight pseudo labels
+      lock the model on one class, docs/results.md).
+    strong_views: options that take ``build()``'s ``strong_augment`` unless passed.
+    fixed: options the name fixes (IEG-n's Table 7 components).
+    """
+
+    make: Callable[..., Pipeline]
+    run_length: tuple[str, ...] = ()
+    strong_views: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every keyword option the recipe takes and its default (``REQUIRED`` where it has none),
+        read from the recipe itself, so the table and the signature cannot disagree."""
+        code = self.make.__code__
+        names = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+        given = self.make.__kwdefaults__ or {}
+        return {name: given.get(name, REQUIRED) for name in names if name not in self.fixed}
+
+
+#: the default of an option the recipe needs (``total_steps`` of robust IEG, GLC's ``transition``)
+REQUIRED = object()
+
+SPECS: dict[str, RecipeSpec] = {
+    "plain": RecipeSpec(plain),
+    "l2r": RecipeSpec(l2r),
+    "eg": RecipeSpec(eg, run_length=("rampup_steps",), strong_views=("strong_augment",)),
+    "ieg": RecipeSpec(ieg, run_length=("rampup_steps",), strong_views=_BOTH_VIEWS),
+    "robust_eg": RecipeSpec(robust_eg, run_length=("total_steps",),
+                            strong_views=("strong_augment",)),
+    "robust_ieg": RecipeSpec(robust_ieg, run_length=("total_steps",), strong_views=_BOTH_VIEWS),
+    **{f"ieg-{n}": RecipeSpec(ieg, run_length=("rampup_steps",), strong_views=_BOTH_VIEWS,
+                              fixed={"components": TABLE7[n]}) for n in TABLE7},
+    "gce": RecipeSpec(gce),
+    "sce": RecipeSpec(sce),
+    "glc": RecipeSpec(glc),
+    "forward_online": RecipeSpec(forward_online, run_length=("total_steps",)),
+    "small_loss": RecipeSpec(small_loss),
+    "plain_plus": RecipeSpec(plain_plus, strong_views=("strong_augment",)),
+    "l2r_gce": RecipeSpec(l2r_gce),
+}
+
 
 def method_names() -> list[str]:
     """Every name ``build`` accepts."""
-    return [*RECIPES, *(f"ieg-{n}" for n in TABLE7), *BASELINES]
+    return list(SPECS)
+
+
+def required_options(method: str) -> list[str]:
+    """The options ``build(method, ...)`` needs beyond the model, the optimizer and the run's
+    length (GLC's ``transition``; small-loss selection's ``noise_rate`` and ``steps_per_epoch``)."""
+    spec = SPECS[method]
+    return [name for name, default in spec.defaults.items()
+            if default is REQUIRED and name not in spec.run_length]
 
 
 def build(
@@ -549,37 +620,21 @@ def build(
     seed: int = 0,
     **options,
 ) -> Pipeline:
-    """A recipe by name, with the defaults the applications (demo, CLI, benchmarks) share.
-
-    ``total_steps`` is the length of the run. For the methods with pseudo labels (EG, IEG, IEG-n),
-    p and k ramp up linearly over the whole run unless ``rampup_steps`` is passed: from a random
-    initialisation the pseudo labels point to one class and, at full weight from step 0, the MixUp
-    term locks the model there (docs/results.md); the official code has no ramp-up. ``strong_augment``
-    is the strong view for every method that uses one (with or without AutoAugment). ``options`` go
-    to the recipe unchanged.
-    """
+    """A recipe by name (``SPECS``), with the defaults the applications (demo, CLI, benchmarks)
+    share: the run's length fills the options of ``RecipeSpec.run_length`` and ``strong_augment``
+    those of ``RecipeSpec.strong_views``, unless passed. ``options`` go to the recipe unchanged."""
     if not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
-    name = method.lower()
-    if name not in method_names():
+    spec = SPECS.get(method.lower())
+    if spec is None:
         raise ValueError(f"method: unknown {method!r}; choose from {method_names()}")
-    if name.startswith("robust_") and name != "robust_eg" and strong_augment is not None:
-        options.setdefault("plain_strong_augment", strong_augment)
-    if name in ("eg", "ieg") or name.startswith("ieg-"):
-        options.setdefault("rampup_steps", total_steps)
-        if strong_augment is not None:
-            options.setdefault("strong_augment", strong_augment)
-            if name != "eg":
-                options.setdefault("plain_strong_augment", strong_augment)
-    if name.startswith("robust_"):
-        return RECIPES[name](model, optimizer, total_steps=total_steps,
-                             strong_augment=strong_augment, seed=seed, **options)
-    if name.startswith("ieg-"):
-        return ablation(int(name.split("-", 1)[1]), model, optimizer, seed=seed, **options)
-    if name in BASELINES:
-        if name == "plain_plus" and strong_augment is not None:
-            options.setdefault("strong_augment", strong_augment)
-        if name == "forward_online":
-            options.setdefault("total_steps", total_steps)
-        return BASELINES[name](model, optimizer, seed=seed, **options)
-    return RECIPES[name](model, optimizer, seed=seed, **options)
+    fixed = set(options) & set(spec.fixed)
+    if fixed:
+        raise ValueError(f"{sorted(fixed)[0]}: fixed by the method {method!r}; use 'ieg' to "
+                         "choose it")
+    for name in spec.run_length:
+        options.setdefault(name, total_steps)
+    if strong_augment is not None:
+        for name in spec.strong_views:
+            options.setdefault(name, strong_augment)
+    return spec.make(model, optimizer, seed=seed, **spec.fixed, **options)

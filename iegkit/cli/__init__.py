@@ -197,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                        "uniform-exclusive:0.4, asymmetric:0.4, pairflip:0.45, instance:0.4, "
                        "file:labels.txt, none [uniform:0.8]")
     train.add_argument("--trusted-per-class", type=int, default=10)
-    train.add_argument("--recipe", choices=list(recipes.RECIPES), default="ieg")
+    train.add_argument("--recipe", default="ieg",
+                       choices=[m for m in recipes.method_names() if not recipes.required_options(m)])
     train.add_argument("--epochs", type=int, help="training epochs [30]; with --resume, extends "
                        "the run")
     train.add_argument("--batch-size", type=int, default=100)
