@@ -189,100 +189,137 @@ def fit(
                          f"{batch_size}, {checkpoint_every}")
     if resume and checkpoint is None:
         raise ValueError("resume: needs checkpoint=PATH")
-    state = dict(state or {})
-    n = data.train_inputs.shape[0]
-    per_epoch = steps_per_epoch(n, batch_size)
-    total_steps = epochs * per_epoch
-    if "lr" in pipeline.provides:
-        if scheduler is not None:
-            raise ValueError("scheduler: a part of the pipeline already sets the lr ('lr' in "
-                             "pipeline.provides); pass scheduler=None")
-        lr_scheduler = None
-    else:
-        lr_scheduler = (scheduler or CosineAnnealingLR)(optimizer, total_steps)
-    generators = {"order": torch.Generator().manual_seed(seed),
-                  "augment": torch.Generator().manual_seed(seed + 1)}
-    probe = ProbeSampler(data.trusted_inputs, data.trusted_labels, batch_size, seed=seed)
-
-    history: list[dict] = []
-    start_epoch = 0
-    if resume:
-        extra = load_checkpoint(checkpoint, model=model, optimizer=optimizer, pipeline=pipeline,
-                                generators=generators)["extra"]
-        needed = ["epoch", "history", "probe_sampler", *state,
-                  *(["scheduler"] if lr_scheduler is not None else [])]
-        missing = [key for key in needed if key not in extra]
-        if missing:
-            raise ValueError(f"checkpoint: {checkpoint} holds no state for {missing} (written by "
-                             "another loop or version)")
-        start_epoch, history = int(extra["epoch"]), list(extra["history"])
-        probe.load_state_dict(extra["probe_sampler"])
-        if lr_scheduler is not None:
-            lr_scheduler.load_state_dict(extra["scheduler"])
-        for name, obj in state.items():
-            obj.load_state_dict(extra[name])
-
-    def save(epoch: int, step: int) -> None:
-        extra: dict[str, Any] = {"epoch": epoch, "history": history,
-                                 "probe_sampler": probe.state_dict()}
-        if lr_scheduler is not None:
-            extra["scheduler"] = lr_scheduler.state_dict()
-        extra.update({name: obj.state_dict() for name, obj in state.items()})
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, pipeline=pipeline,
-                        step=step, generators=generators, extra=extra)
-
+    per_epoch = steps_per_epoch(data.train_inputs.shape[0], batch_size)
+    loop = _Loop(pipeline, model, optimizer, data, batch_size, weak_augment, views, on_step,
+                 _lr_scheduler(pipeline, optimizer, scheduler, epochs * per_epoch),
+                 seed=seed, state=dict(state or {}), checkpoint=checkpoint)
+    start_epoch = loop.restore() if resume else 0
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     step = start_epoch * per_epoch
     end_step = last_epoch * per_epoch if max_steps is None else min(max_steps, last_epoch * per_epoch)
-    interactive = sys.stderr.isatty()
     bar = tqdm(total=end_step, initial=step, desc=desc, disable=not progress, leave=False,
-               mininterval=0.1 if interactive else 30.0)
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     started = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, last_epoch):
         if step >= end_step:
             break
-        order = torch.randperm(n, generator=generators["order"])
-        loss_sum, count = 0.0, 0
-        for b in range(per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            probe_inputs, probe_labels = next(probe)
-            out = pipeline(weak_augment(data.train_inputs[idx], generator=generators["augment"]),
-                           data.train_labels[idx],
-                           weak_augment(probe_inputs, generator=generators["augment"]),
-                           probe_labels, step=step,
-                           views=views(step, idx) if views is not None else None)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            if on_step is not None:
-                on_step(step, idx, out)
-            if lr_scheduler is not None:
-                lr_scheduler.step()
-            step += 1
-            loss = float(out.loss.detach())
-            loss_sum, count = loss_sum + loss, count + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            if step >= end_step:
-                break
+        step, losses = loop.run_epoch(step, end_step, bar)
         last = step >= end_step
-        entry: dict = {"epoch": epoch + 1, "step": step, "loss": loss_sum / count}
+        entry: dict = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses)}
         if evaluate is not None and (evaluate_every_epoch or last):
-            entry.update(evaluate(model))
-            if evaluate_average:
-                with evaluation_weights(pipeline) as average:
-                    if average is not None:
-                        entry.update({f"average_{k}": v for k, v in evaluate(model).items()})
+            entry.update(_evaluation(pipeline, model, evaluate, evaluate_average))
         if on_epoch is not None:
             on_epoch(entry)
-        history.append(entry)
+        loop.history.append(entry)
         bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if isinstance(v, float)})
-        if checkpoint is not None and count == per_epoch and ((epoch + 1) % checkpoint_every == 0
-                                                              or last):
-            save(epoch + 1, step)
+        whole_epoch = len(losses) == per_epoch  # a partial epoch (max_steps) is not checkpointed
+        if checkpoint is not None and whole_epoch and ((epoch + 1) % checkpoint_every == 0 or last):
+            loop.save(epoch + 1, step)
     bar.close()
-    return FitResult(history, step, time.perf_counter() - started, model, lr_scheduler)
+    return FitResult(loop.history, step, time.perf_counter() - started, model, loop.lr_scheduler)
+
+
+def _lr_scheduler(pipeline: Pipeline, optimizer: torch.optim.Optimizer,
+                  scheduler: SchedulerFactory | None, total_steps: int) -> LRScheduler | None:
+    """The loop's schedule: none where a part sets the lr, else the factory's (cosine default)."""
+    if "lr" not in pipeline.provides:
+        return (scheduler or CosineAnnealingLR)(optimizer, total_steps)
+    if scheduler is not None:
+        raise ValueError("scheduler: a part of the pipeline already sets the lr ('lr' in "
+                         "pipeline.provides); pass scheduler=None")
+    return None
+
+
+def _evaluation(pipeline: Pipeline, model: torch.nn.Module,
+                evaluate: Callable[[torch.nn.Module], Mapping[str, float]],
+                evaluate_average: bool) -> dict[str, float]:
+    """``evaluate(model)``, and of the pipeline's weight average (prefixed) when asked and kept."""
+    values = dict(evaluate(model))
+    if evaluate_average:
+        with evaluation_weights(pipeline) as average:
+            if average is not None:
+                values.update({f"average_{k}": v for k, v in evaluate(model).items()})
+    return values
+
+
+class _Loop:
+    """What ``fit`` carries from step to step and checkpoints: the bound pipeline, the loop's
+    generators (data order, augmentation), the probe sampler, the schedule, the history."""
+
+    def __init__(self, pipeline: Pipeline, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int,
+                 weak_augment: Augment, views: ViewsCallback | None,
+                 on_step: StepCallback | None, lr_scheduler: LRScheduler | None, *, seed: int,
+                 state: dict[str, Stateful], checkpoint: str | os.PathLike | None) -> None:
+        self.pipeline, self.model, self.optimizer, self.data = pipeline, model, optimizer, data
+        self.batch_size, self.weak_augment, self.views = batch_size, weak_augment, views
+        self.on_step, self.lr_scheduler = on_step, lr_scheduler
+        self.state, self.checkpoint = state, checkpoint
+        self.generators = {"order": torch.Generator().manual_seed(seed),
+                           "augment": torch.Generator().manual_seed(seed + 1)}
+        self.probe = ProbeSampler(data.trusted_inputs, data.trusted_labels, batch_size, seed=seed)
+        self.history: list[dict] = []
+
+    def run_epoch(self, step: int, end_step: int, bar: Any) -> tuple[int, list[float]]:
+        """One epoch of full batches in a fresh order (or up to ``end_step``); its losses."""
+        n = self.data.train_inputs.shape[0]
+        order = torch.randperm(n, generator=self.generators["order"])
+        losses: list[float] = []
+        for b in range(steps_per_epoch(n, self.batch_size)):
+            losses.append(self.run_step(step, order[b * self.batch_size:(b + 1) * self.batch_size]))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if step >= end_step:
+                break
+        return step, losses
+
+    def run_step(self, step: int, idx: Tensor) -> float:
+        """The README's loop: the pipeline's loss, backward, the user's optimizer step."""
+        augment = self.generators["augment"]
+        probe_inputs, probe_labels = next(self.probe)
+        out = self.pipeline(self.weak_augment(self.data.train_inputs[idx], generator=augment),
+                            self.data.train_labels[idx],
+                            self.weak_augment(probe_inputs, generator=augment),
+                            probe_labels, step=step,
+                            views=self.views(step, idx) if self.views is not None else None)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        if self.on_step is not None:
+            self.on_step(step, idx, out)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return float(out.loss.detach())
+
+    def restore(self) -> int:
+        """Load the checkpoint into everything; the epoch it holds."""
+        extra = load_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer,
+                                pipeline=self.pipeline, generators=self.generators)["extra"]
+        needed = ["epoch", "history", "probe_sampler", *self.state,
+                  *(["scheduler"] if self.lr_scheduler is not None else [])]
+        missing = [key for key in needed if key not in extra]
+        if missing:
+            raise ValueError(f"checkpoint: {self.checkpoint} holds no state for {missing} "
+                             "(written by another loop or version)")
+        self.history = list(extra["history"])
+        self.probe.load_state_dict(extra["probe_sampler"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(extra["scheduler"])
+        for name, obj in self.state.items():
+            obj.load_state_dict(extra[name])
+        return int(extra["epoch"])
+
+    def save(self, epoch: int, step: int) -> None:
+        extra: dict[str, Any] = {"epoch": epoch, "history": self.history,
+                                 "probe_sampler": self.probe.state_dict()}
+        if self.lr_scheduler is not None:
+            extra["scheduler"] = self.lr_scheduler.state_dict()
+        extra.update({name: obj.state_dict() for name, obj in self.state.items()})
+        save_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer,
+                        pipeline=self.pipeline, step=step, generators=self.generators,
+                        extra=extra)
 
 
 def train(
