@@ -7,8 +7,8 @@ lambda = MetaRelabeler, AA = AutoAugment in the strong view. Digits are 8x8 gray
 kornia's CIFAR-10 AutoAugment applied to the image repeated on 3 channels and averaged back, then
 the crop and 4x4 cutout of the strong view; without AA the strong view is crop + cutout.
 
-    .venv/bin/python benchmarks/ablations.py --write docs/results.md
-    .venv/bin/python benchmarks/ablations.py --robust --threads 1 --write docs/results.md
+    .venv/bin/python -m benchmarks.ablations --write docs/results.md
+    .venv/bin/python -m benchmarks.ablations --robust --threads 1 --write docs/results.md
 
 ``--robust``: the same components with robust_ieg's safeguards on (EMA teacher, distribution
 alignment, ramp over the run: ``recipes.robust_ieg(components=TABLE7[n])``); each run is stored in
@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results_io import RunStore, command, machine, now, write_section  # noqa: E402
+from benchmarks.results_io import RunStore, command, machine, now, write_section
 
-from iegkit.augment import strong_augment  # noqa: E402
-from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit import recipes  # noqa: E402
-from iegkit.recipes import ROBUST_META_SHRINKAGE, TABLE7  # noqa: E402
-from iegkit.training import default_augmentations, steps_per_epoch, train  # noqa: E402
+from iegkit.augment import strong_augment
+from iegkit.data import make_noisy_digits
+from iegkit import recipes
+from iegkit.recipes import ROBUST_META_SHRINKAGE, TABLE7
+from iegkit.training import default_augmentations, steps_per_epoch, train
 
 #: Paper Table 7 (CIFAR-100, WRN-28-10): test accuracy at noise 0.4 and 0.8.
 PAPER = {1: (64.43, 33.52), 2: (66.14, 36.04), 3: (67.82, 37.01), 4: (78.06, 61.81),

@@ -36,11 +36,11 @@ it finishes and skipped on restart; a run checkpoints every epoch
 ``--shard i/n`` takes whole (setting, seed) groups, so plain runs before glc and small_loss in the
 same process.
 
-    .venv/bin/python benchmarks/baselines.py --list-runs
-    nohup .venv/bin/python benchmarks/baselines.py --shard 0/2 --no-progress > runs/baselines_0.log 2>&1 &
-    nohup .venv/bin/python benchmarks/baselines.py --shard 1/2 --no-progress > runs/baselines_1.log 2>&1 &
-    .venv/bin/python benchmarks/baselines.py --report-only          # -> docs/results.md, docs/figures/
-    .venv/bin/python benchmarks/baselines.py --dry-run              # the smoke test (tests/)
+    .venv/bin/python -m benchmarks.baselines --list-runs
+    nohup .venv/bin/python -m benchmarks.baselines --shard 0/2 --no-progress > runs/baselines_0.log 2>&1 &
+    nohup .venv/bin/python -m benchmarks.baselines --shard 1/2 --no-progress > runs/baselines_1.log 2>&1 &
+    .venv/bin/python -m benchmarks.baselines --report-only          # -> docs/results.md, docs/figures/
+    .venv/bin/python -m benchmarks.baselines --dry-run              # the smoke test (tests/)
 """
 
 from __future__ import annotations
@@ -60,17 +60,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import noisy_cifar10 as nc  # noqa: E402
-from results_io import command, load_average, now, write_section  # noqa: E402
-from results_io import machine as results_machine  # noqa: E402
+from benchmarks import noisy_cifar10 as nc
+from benchmarks.results_io import command, load_average, now, write_section
+from benchmarks.results_io import machine as results_machine
 
-from iegkit import evaluation_weights, recipes, training  # noqa: E402
-from iegkit.augment import strong_augment, weak_augment  # noqa: E402
-from iegkit.data import NoisyDataset, split_trusted  # noqa: E402
-from iegkit.functional import noise_rate_from_transition  # noqa: E402
-from iegkit.models import SmallCNN  # noqa: E402
+from iegkit import recipes, training
+from iegkit.augment import strong_augment, weak_augment
+from iegkit.data import NoisyDataset, split_trusted
+from iegkit.functional import noise_rate_from_transition
+from iegkit.models import SmallCNN
 
 HEADING = "Baselines where noise hurts, --config cpumem (benchmarks/baselines.py)"
 STORE = REPO / "benchmarks" / "results" / "baselines_cpumem.jsonl"
@@ -394,8 +393,8 @@ def last3(record: dict, key: str = "test") -> float:
 
 
 def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Path) -> str:
-    lines = ["Reprint: `.venv/bin/python benchmarks/baselines.py --report-only`; runs: "
-             "`.venv/bin/python benchmarks/baselines.py --shard i/2 --no-progress` (i = 0, 1; add "
+    lines = ["Reprint: `.venv/bin/python -m benchmarks.baselines --report-only`; runs: "
+             "`.venv/bin/python -m benchmarks.baselines --shard i/2 --no-progress` (i = 0, 1; add "
              "`--seeds N`, `--candidates`, `--ablations`).", "",
              f"Stored runs: `{store.path.name}` in `benchmarks/results/` (configuration `{label}`). Selection: each "
              "method's candidate with the best final accuracy on the **noisy** validation labels "
@@ -444,7 +443,7 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
         lines.append("")
     lines[4:4] = summary(store, settings, label)
     plot_memorisation(store, label, figure_dir / "baselines_cpumem_plain.png")
-    lines.append(f"Plain's curves (seed 0): `docs/figures/baselines_cpumem_plain.png`.")
+    lines.append("Plain's curves (seed 0): `docs/figures/baselines_cpumem_plain.png`.")
     return "\n".join(lines)
 
 

@@ -12,27 +12,24 @@ block for ``--rounds`` rounds; the median block, in ms per step, and its ratio t
 glc, small_loss and robust_ieg_glc get a fixed C_hat (uniform noise 0.4); trusted_only runs plain's
 step and is not timed apart.
 
-    .venv/bin/python benchmarks/baselines_cost.py --write docs/results.md
+    .venv/bin/python -m benchmarks.baselines_cost --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import types
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import baselines as bl  # noqa: E402
-from results_io import load_average, provenance, write_section  # noqa: E402
+from benchmarks import baselines as bl
+from benchmarks.results_io import load_average, provenance, write_section
 
-from iegkit.augment import strong_augment  # noqa: E402
-from iegkit.models import SmallCNN  # noqa: E402
+from iegkit.augment import strong_augment
+from iegkit.models import SmallCNN
 
 HEADING = "Baselines: cost per step, side by side (benchmarks/baselines_cost.py)"
 TIMED = tuple(m for m in bl.METHODS if m != "trusted_only")
@@ -126,7 +123,7 @@ def main(argv=None) -> int:
     times = measure(cfg, steps, rounds, methods)
     body = "\n".join([
         "Reprint (measures again: a benchmark, not stored runs): "
-        "`.venv/bin/python benchmarks/baselines_cost.py --write docs/results.md`.", "",
+        "`.venv/bin/python -m benchmarks.baselines_cost --write docs/results.md`.", "",
         f"{provenance()}; load average before/after: {before} / {load_average()}. "
         f"{rounds} rounds of {steps}-step blocks per method, interleaved; cpumem sizes "
         f"(batch {cfg.batch_size} + probe 100, {cfg.resolution}x{cfg.resolution}, "

@@ -5,25 +5,22 @@ cosine, 30 epochs, 10 trusted per class, the final model on the test split), for
 plain+ and GLC (its first stage is the plain run of the same seed: C_hat from that final model)
 at uniform 0.4 and 0.8, seeds 0..2. Prints and writes the table with paired differences to plain:
 
-    .venv/bin/python benchmarks/baselines_digits.py --write docs/results.md
+    .venv/bin/python -m benchmarks.baselines_digits --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results_io import command, machine, now, write_section  # noqa: E402
+from benchmarks.results_io import command, machine, now, write_section
 
-from iegkit import recipes  # noqa: E402
-from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit.training import accuracy, default_augmentations, train  # noqa: E402
+from iegkit import recipes
+from iegkit.data import make_noisy_digits
+from iegkit.training import accuracy, default_augmentations, train
 
 HEADING = "Baselines on digits (benchmarks/baselines_digits.py)"
 METHODS = ("plain", "gce", "sce", "plain_plus", "glc")

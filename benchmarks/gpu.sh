@@ -179,7 +179,7 @@ if [ "${GPU_SH_NO_COMPILE:-0}" = 1 ] || [ "$DRY_RUN" = 1 ]; then
     VARIANTS="plain,iegkit_l2r,double_backward,plain_bf16,iegkit_l2r_bf16"
 fi
 meta_step() {  # meta_step STAGE MODELS BATCH_SIZES REPEATS PROBE
-    run_stage "$1" "$6" "$PYTHON" benchmarks/meta_step.py --devices "$DEVICE" --threads 1 \
+    run_stage "$1" "$6" "$PYTHON" -m benchmarks.meta_step --devices "$DEVICE" --threads 1 \
         --models "$2" --batch-sizes "$3" --repeats "$4" --cpu-repeats "$4" --probe-batch "$5" \
         --variants "$VARIANTS" --write "$RESULTS" --section "meta_step.py on $DEVICE: $2"
 }
@@ -204,9 +204,8 @@ from pathlib import Path
 import torch
 
 device, results, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.path.insert(0, "benchmarks")
-import recipe_steps  # noqa: E402
-from results_io import write_section  # noqa: E402
+from benchmarks import recipe_steps  # the repository root is on PYTHONPATH
+from benchmarks.results_io import write_section
 
 if device != "cpu":
     torch.backends.cudnn.benchmark = True
@@ -248,7 +247,7 @@ elif [ -z "$DATA" ] || [ ! -f "$DATA/train.tar.gz" ]; then
 else
     STORE="$OUT_DIR/cifar/cifar10.jsonl"
     rm -f "$STORE"
-    CIFAR=(benchmarks/noisy_cifar10.py --config cpu10k --data "$DATA" --store "$STORE"
+    CIFAR=(-m benchmarks.noisy_cifar10 --config cpu10k --data "$DATA" --store "$STORE"
            --methods plain,l2r,robust_ieg --variants small_loss,robust_ieg_glc --settings uniform:0.8 --seeds 1
            --no-progress)
     if [ "$CIFAR_FULL" = 1 ]; then
@@ -293,7 +292,7 @@ if [ "$TANGENTS" = 1 ]; then
     else
         TANGENT_ARGS=(--models small_cnn,resnet29 --batch-sizes small_cnn:128,resnet29:64 --repeats 10)
     fi
-    run_stage tangents 120 "$PYTHON" benchmarks/meta_step.py --compare-tangents --devices "$DEVICE" \
+    run_stage tangents 120 "$PYTHON" -m benchmarks.meta_step --compare-tangents --devices "$DEVICE" \
         --threads 1 "${TANGENT_ARGS[@]}" --write "$RESULTS"
 fi
 

@@ -2,12 +2,12 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/meta_step.py                       # CPU (+ CUDA when available)
-    .venv/bin/python benchmarks/meta_step.py --write docs/results.md
-    .venv/bin/python benchmarks/meta_step.py --models small_cnn --batch-sizes 256 --repeats 11
-    .venv/bin/python benchmarks/meta_step.py --models small_cnn --profile iegkit_l2r
-    .venv/bin/python benchmarks/meta_step.py --variants plain,iegkit_l2r,iegkit_l2r_compiled,double_backward
-    .venv/bin/python benchmarks/meta_step.py --devices cuda --models small_cnn,resnet29,wrn28_10 \
+    .venv/bin/python -m benchmarks.meta_step                       # CPU (+ CUDA when available)
+    .venv/bin/python -m benchmarks.meta_step --write docs/results.md
+    .venv/bin/python -m benchmarks.meta_step --models small_cnn --batch-sizes 256 --repeats 11
+    .venv/bin/python -m benchmarks.meta_step --models small_cnn --profile iegkit_l2r
+    .venv/bin/python -m benchmarks.meta_step --variants plain,iegkit_l2r,iegkit_l2r_compiled,double_backward
+    .venv/bin/python -m benchmarks.meta_step --devices cuda --models small_cnn,resnet29,wrn28_10 \
         --variants plain,iegkit_l2r,iegkit_l2r_compiled,double_backward,plain_bf16,iegkit_l2r_bf16
 
 Defaults: SmallCNN(in_channels=3, num_classes=10, width=32) at B=128 and ResNet29(num_classes=10) at
@@ -96,13 +96,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "benchmarks")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
-import iegkit  # noqa: E402
-import iegkit.models  # noqa: E402
-from results_io import command, machine, now, write_section  # noqa: E402
+import iegkit
+import iegkit.models
+from benchmarks import wrn
+from benchmarks.results_io import command, machine, now, write_section
 
 SECTION = "Meta-step overhead (benchmarks/meta_step.py)"
 TANGENT_SECTION = "Compiled tangent pass vs float64 (benchmarks/meta_step.py --compare-tangents)"
@@ -113,7 +111,7 @@ NORMALIZER_EPS = 1e-5
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "small_cnn": lambda: iegkit.models.SmallCNN(in_channels=3, num_classes=10, width=32),
     "resnet29": lambda: iegkit.models.ResNet29(num_classes=10),
-    "wrn28_10": lambda: __import__("wrn").wrn28_10(num_classes=10),  # benchmarks/wrn.py; GPU-sized
+    "wrn28_10": lambda: wrn.wrn28_10(num_classes=10),  # benchmarks/wrn.py; GPU-sized
 }
 NUM_CLASSES = 10
 
@@ -814,7 +812,7 @@ def main(argv: list[str] | None = None) -> None:
             result,
             "",
             notes(rows),
-        ] + ([f"- Same weights check (one identical state; weights = relu(-grad)/(sum + 1e-5)): "
+        ] + (["- Same weights check (one identical state; weights = relu(-grad)/(sum + 1e-5)): "
               + " | ".join(checks)] if checks else []))
         write_section(args.write, args.section, body)
         print(f"wrote section '## {args.section}' to {args.write}")

@@ -106,15 +106,15 @@ move these by up to 50%: two measurements of width 26 at different loads):
 (* 3843, a load spike.) One run of robust IEG is 1,560 steps: about 50-80 min with its evaluations;
 the priority list (20 runs) about 8 h on two processes.
 
-    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --time-steps 5
+    .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --time-steps 5
     # two processes, in the background (the second with --shard 1/2 > runs/cifar10_cpu10k_1.log):
-    nohup .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --shard 0/2 > runs/cifar10_cpu10k_0.log 2>&1 &
-    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --list-runs   # what is done
-    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --report-only   # -> docs/
+    nohup .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --shard 0/2 > runs/cifar10_cpu10k_0.log 2>&1 &
+    .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --list-runs   # what is done
+    .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --report-only   # -> docs/
 
-    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu --time-steps 5   # measure first
-    .venv/bin/python benchmarks/noisy_cifar10.py --config cpu --write docs/results.md
-    python benchmarks/noisy_cifar10.py --config paper --device cuda --write docs/results.md
+    .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu --time-steps 5   # measure first
+    .venv/bin/python -m benchmarks.noisy_cifar10 --config cpu --write docs/results.md
+    python -m benchmarks.noisy_cifar10 --config paper --device cuda --write docs/results.md
 
 Runs are saved one by one to ``--results`` (JSON); ``--resume`` skips finished runs and
 ``--report-only`` rebuilds the table, figure and section from that file.
@@ -141,18 +141,17 @@ import torch
 from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from results_io import RunStore, command, load_average, now, provenance, write_section  # noqa: E402
-from results_io import machine as results_machine  # noqa: E402
+from benchmarks.results_io import RunStore, command, load_average, now, provenance, write_section
+from benchmarks.results_io import machine as results_machine
 
-from iegkit import WeightEMA, recipes, training  # noqa: E402
-from iegkit.augment import strong_augment, weak_augment  # noqa: E402
-from iegkit.data import NoisyDataset, ProbeSampler, split_trusted  # noqa: E402
-from iegkit.functional import noise_rate_from_transition  # noqa: E402
-from iegkit.functional.schedule import sgdr_restarts  # noqa: E402
-from iegkit.noise import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise  # noqa: E402
-from iegkit.parts import SGDRSchedule  # noqa: E402
+from iegkit import WeightEMA, recipes, training
+from iegkit.augment import strong_augment, weak_augment
+from iegkit.data import NoisyDataset, ProbeSampler, split_trusted
+from iegkit.functional import noise_rate_from_transition
+from iegkit.functional.schedule import sgdr_restarts
+from iegkit.noise import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise
+from iegkit.parts import SGDRSchedule
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 HEADING = "Noisy CIFAR-10 (benchmarks/noisy_cifar10.py)"
@@ -271,7 +270,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
         from iegkit.models import ResNet29
 
         return ResNet29(num_classes=NUM_CLASSES, base_width=cfg.width)
-    import wrn
+    from benchmarks import wrn
 
     if cfg.model == "wrn28_10":
         return wrn.wrn28_10(NUM_CLASSES)
@@ -641,7 +640,7 @@ def report(store: dict, args, settings, methods, device: torch.device) -> str:
                         f"training images, {cfg['epochs']} epochs")
     details = (
         f"{model_desc}; {n_train} noisy training images"
-        + (f" (stratified subset of the 49,900)" if cfg["train_subset"] else "")
+        + (" (stratified subset of the 49,900)" if cfg["train_subset"] else "")
         + f"; {cfg['epochs']} epochs of {n_train // cfg['batch_size']} steps, batch {cfg['batch_size']} "
         f"+ {cfg['batch_size']} probe; SGD lr {cfg['lr']} momentum 0.9 wd 5e-4; "
         + ("one cosine decay to 0 over the run" if cfg["schedule"] == "cosine"
@@ -1329,7 +1328,7 @@ def ablation_tables(group) -> list[str]:
     table7 = {n: [r for r in group(where, "robust_ieg" if n == 5 else f"robust_ieg-{n}")
                   if r["seed"] == 0] for n in recipes.TABLE7}
     if any(table7[n] for n in recipes.TABLE7 if n != 5):
-        from ablations import PAPER as PAPER_TABLE7  # the paper's Table 7, for the ordering
+        from benchmarks.ablations import PAPER as PAPER_TABLE7  # the paper's Table 7, for the ordering
 
         lines += ["IEG-1..8 (paper Table 7) with the safeguards, uniform 0.8 (seed 0; "
                   "`robust_ieg(components=TABLE7[n])`; UC: KL consistency, MC: MixUp "

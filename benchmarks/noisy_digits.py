@@ -7,25 +7,23 @@ paper's hyper-parameters (p = 5, k = 20, tau = 0.5, lambda0 = 0.9, omega0 = 1/B)
 ramp-up of p and k over the run (the demo's choice, see docs/results.md). The loop is
 ``iegkit.training.train``, the demo's.
 
-    .venv/bin/python benchmarks/noisy_digits.py --write docs/results.md
+    .venv/bin/python -m benchmarks.noisy_digits --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results_io import command, machine, now, write_section  # noqa: E402
+from benchmarks.results_io import command, machine, now, write_section
 
-from iegkit import recipes  # noqa: E402
-from iegkit.data import make_noisy_digits  # noqa: E402
-from iegkit.training import train  # noqa: E402
+from iegkit import recipes
+from iegkit.data import make_noisy_digits
+from iegkit.training import train
 
 SETTINGS = [("uniform", 0.0), ("uniform", 0.4), ("uniform", 0.8), ("uniform", 0.95),
             ("asymmetric", 0.4)]

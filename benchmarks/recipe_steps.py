@@ -3,24 +3,21 @@ look-ahead through the pseudo labels), interleaved in one process, median of rep
 passes each step runs. Strong views use a cheap fixed augmentation so that the timing is the
 step's, not kornia's.
 
-    .venv/bin/python benchmarks/recipe_steps.py --write docs/results.md
+    .venv/bin/python -m benchmarks.recipe_steps --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results_io import load_average, provenance, write_section  # noqa: E402
+from benchmarks.results_io import load_average, provenance, write_section
 
-from iegkit import recipes  # noqa: E402
-from iegkit.models import ResNet29, SmallCNN  # noqa: E402
+from iegkit import recipes
+from iegkit.models import ResNet29, SmallCNN
 
 
 def flip_view(images, generator=None):

@@ -31,7 +31,11 @@ def machine(*, details: bool = False) -> str:
 
 def command(argv: Sequence[str] | None = None) -> str:
     """The command line of this run; ``argv`` replaces ``sys.argv[1:]`` (a ``main(argv)`` call)."""
-    args = sys.argv if argv is None else [sys.argv[0], *argv]
+    script = Path(sys.argv[0])
+    # python -m benchmarks.<name> (argv[0] is then the module's file)
+    head = (["-m", f"benchmarks.{script.stem}"] if script.parent.name == "benchmarks"
+            else [sys.argv[0]])
+    args = [*head, *(sys.argv[1:] if argv is None else argv)]
     return ".venv/bin/python " + " ".join(shlex.quote(a) for a in args)
 
 

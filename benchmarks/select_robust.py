@@ -6,8 +6,8 @@ per class. ``--split test`` (the final table, after selection): the whole traini
 split, the chosen defaults. Each (config, noise, seed, epochs, split) run is stored as it finishes
 in benchmarks/results/select_robust.jsonl (tracked) and skipped on restart.
 
-    .venv/bin/python benchmarks/select_robust.py --threads 1 --write docs/results.md
-    .venv/bin/python benchmarks/select_robust.py --split test --seeds 3 \
+    .venv/bin/python -m benchmarks.select_robust --threads 1 --write docs/results.md
+    .venv/bin/python -m benchmarks.select_robust --split test --seeds 3 \
         --configs "plain;ieg (official, no ramp);ieg (ramp over the run);robust_ieg;robust_eg" \
         --write docs/results.md
 """
@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results_io import RunStore, provenance, write_section  # noqa: E402
+from benchmarks.results_io import RunStore, provenance, write_section
 
-from iegkit.data import NoisyDataset, make_noisy_digits, stratified_split  # noqa: E402
-from iegkit.demo import digits_augmentations  # noqa: E402
-from iegkit.training import train  # noqa: E402
+from iegkit.data import NoisyDataset, make_noisy_digits, stratified_split
+from iegkit.demo import digits_augmentations
+from iegkit.training import train
 
 #: The rows measured before robust_ieg had meta shrinkage (and the label posterior) keep the
 #: setting they ran with.

@@ -7,8 +7,8 @@ with --res 16; --pad 0 is a flip-only weak view, --pad 1 adds a 1-pixel pad-crop
 its per-epoch history (accuracy on the noisy and clean training labels, and on the test split) to
 benchmarks/results/baselines_cpumem_sizing.jsonl:
 
-    .venv/bin/python benchmarks/size_cpumem.py --n 8000 --res 16 --epochs 40 --pad 0
-    .venv/bin/python benchmarks/size_cpumem.py --n 8000 --res 16 --epochs 40 --pad 1
+    .venv/bin/python -m benchmarks.size_cpumem --n 8000 --res 16 --epochs 40 --pad 0
+    .venv/bin/python -m benchmarks.size_cpumem --n 8000 --res 16 --epochs 40 --pad 1
 """
 import argparse
 import json
@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from iegkit.datasets import load_cifar10_jpeg
-from iegkit import recipes, training  # noqa: E402
-from iegkit.augment import weak_augment  # noqa: E402
-from iegkit.data import NoisyDataset, split_trusted  # noqa: E402
-from iegkit.datasets import load_cifar10_jpeg  # noqa: E402
-from iegkit.models import SmallCNN  # noqa: E402
-from iegkit.noise import uniform_noise  # noqa: E402
+from iegkit import recipes, training
+from iegkit.augment import weak_augment
+from iegkit.data import NoisyDataset, split_trusted
+from iegkit.models import SmallCNN
+from iegkit.noise import uniform_noise
 
 DATA = "../shared/data/cifar10-jpeg"
 

@@ -9,7 +9,6 @@ import torch
 from conftest import flip, make_problem
 from torch import nn
 
-import iegkit
 from iegkit import recipes
 
 ACCUMULATION = "normalised over the batch the look-ahead sees; gradient accumulation splits it"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("baselines")
+    return importlib.import_module("benchmarks.baselines")
 
 
 def fake_cifar(n_per_class=60):
@@ -47,8 +45,7 @@ def test_split_trusted_first_then_a_noisy_validation_split_from_the_pool(bench):
 
 
 def test_downsample_averages_squares():
-    sys.path.insert(0, str(BENCHMARKS))
-    from baselines import downsample
+    from benchmarks.baselines import downsample
 
     images = torch.tensor([[[[0, 2, 10, 10], [4, 6, 10, 10], [0, 0, 1, 1], [0, 0, 1, 2]]]],
                           dtype=torch.uint8)
@@ -116,7 +113,7 @@ def test_dry_run_stores_every_method_and_reports(bench, tmp_path):
 
 
 def test_cost_benchmark_times_every_method_side_by_side(bench):
-    cost = importlib.import_module("baselines_cost")
+    cost = importlib.import_module("benchmarks.baselines_cost")
     cfg = bench.dataclasses.replace(bench.CONFIG, width=4, blocks=3, resolution=8)
     times = cost.measure(cfg, steps=1, rounds=2, methods=("plain", "gce", "small_loss", "glc"))
     assert set(times) == {"plain", "gce", "small_loss", "glc"}

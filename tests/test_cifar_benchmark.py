@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("noisy_cifar10")
+    return importlib.import_module("benchmarks.noisy_cifar10")
 
 
 def test_the_model_is_a_small_bn_cnn_with_its_parameters_at_low_resolution(bench):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ieg_meta_reference, make_problem, take_real_step
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import iegkit
