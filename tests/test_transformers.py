@@ -189,6 +189,37 @@ def test_meta_dropout_off_also_switches_off_multihead_attention_dropout():
     assert not torch.equal(first, second)  # dropout=True keeps it (the check is not vacuous)
 
 
+class TimmStyleAttention(nn.Module):
+    """timm's ``Attention`` with ``fused_attn``: the attention dropout's rate is read from its
+    module (``self.attn_drop.p if self.training``) and passed to scaled_dot_product_attention,
+    so putting the dropout module in eval mode alone does not switch it off."""
+
+    def __init__(self, dim=4, attn_drop=0.5):
+        super().__init__()
+        self.qkv, self.attn_drop, self.head = nn.Linear(dim, 3 * dim), nn.Dropout(attn_drop), \
+            nn.Linear(dim, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        drop = self.attn_drop.p if self.training else 0.0
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.head(out.mean(1))
+
+
+def test_meta_dropout_off_also_switches_off_timm_style_fused_attention_dropout():
+    model = TimmStyleAttention().double()
+    x = torch.randn(6, 5, 4, dtype=torch.float64)
+    tangents = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    first, second = (logit_tangent(model, tangents, x, dropout=False)[1] for _ in range(2))
+    without = copy.deepcopy(model)
+    without.attn_drop.p = 0.0
+    assert torch.equal(first, second)
+    assert torch.equal(first, logit_tangent(without, tangents, x, dropout=True)[1])
+    assert model.attn_drop.p == 0.5 and model.attn_drop.training and model.training  # restored
+    first, second = (logit_tangent(model, tangents, x, dropout=True)[1] for _ in range(2))
+    assert not torch.equal(first, second)  # dropout=True keeps it (the check is not vacuous)
+
+
 def test_math_attention_without_torch_nn_attention_uses_the_cuda_flags(monkeypatch):
     # torch 2.1-2.2 have no torch.nn.attention: the legacy flags' context manager is used instead
     with monkeypatch.context() as patch:  # only while resolving: the legacy one imports it itself

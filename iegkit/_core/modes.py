@@ -22,13 +22,17 @@ def train_mode(model: torch.nn.Module, *, dropout: bool = True) -> Iterator[None
     # rather than put in eval mode (which would enable its fast path, which has no JVP formula).
     attention = [] if dropout else [(m, m.dropout) for m in model.modules()
                                     if isinstance(m, torch.nn.MultiheadAttention)]
+    # A dropout module's rate is zeroed too, not only put in eval mode: timm's fused attention
+    # reads ``self.attn_drop.p if self.training`` (its own mode, which stays train) and passes it
+    # to scaled_dot_product_attention without calling the module.
+    rates = [] if dropout else [(m, m.p) for m in model.modules()
+                                if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
     model.train()
-    if not dropout:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
-                m.eval()
-        for m, _ in attention:
-            m.dropout = 0.0
+    for m, _ in rates:
+        m.eval()
+        m.p = 0.0
+    for m, _ in attention:
+        m.dropout = 0.0
     try:
         yield
     finally:
@@ -36,6 +40,8 @@ def train_mode(model: torch.nn.Module, *, dropout: bool = True) -> Iterator[None
             m.training = was_training
         for m, rate in attention:
             m.dropout = rate
+        for m, rate in rates:
+            m.p = rate
 
 
 def _math_attention_factory() -> Callable[[], contextlib.AbstractContextManager]:
