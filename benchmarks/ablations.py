@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.results_io import RunStore, command, machine, now, write_section
-
+from iegkit import recipes
 from iegkit.augment import strong_augment
 from iegkit.data import make_noisy_digits
-from iegkit import recipes
 from iegkit.recipes import ROBUST_META_SHRINKAGE, TABLE7
 from iegkit.training import default_augmentations, steps_per_epoch, train
 

@@ -61,10 +61,9 @@ from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
 
-from benchmarks import noisy_cifar10 as nc
+from benchmarks import cifar_runs as cifar
 from benchmarks.results_io import command, load_average, now, write_section
 from benchmarks.results_io import machine as results_machine
-
 from iegkit import recipes, training
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.data import NoisyDataset, split_trusted
@@ -177,8 +176,8 @@ def prepare_split(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], cfg
     the pool is the validation split. Depends on the seed only, not on the noise setting."""
     images, labels = train
     generator = torch.Generator().manual_seed(seed)
-    trusted_idx, rest = split_trusted(labels, nc.TRUSTED_PER_CLASS, nc.NUM_CLASSES, generator)
-    pool, _ = nc._take_stratified(rest, labels, cfg.pool, generator)
+    trusted_idx, rest = split_trusted(labels, cifar.TRUSTED_PER_CLASS, cifar.NUM_CLASSES, generator)
+    pool, _ = cifar.take_stratified(rest, labels, cfg.pool, generator)
     pool = pool[torch.randperm(pool.numel(), generator=generator)]
     val_idx, train_idx = pool[:cfg.val_size], pool[cfg.val_size:]
     small = lambda x: downsample(x, cfg.resolution)  # noqa: E731
@@ -188,8 +187,8 @@ def prepare_split(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], cfg
 
 
 def noisy_pool_labels(split: Split, setting: str, seed: int) -> tuple[Tensor, Tensor]:
-    kind, rate = nc.parse_settings(setting)[0]
-    noisy = nc.noisy_labels(split.pool_clean, kind, rate, seed)
+    kind, rate = cifar.parse_settings(setting)[0]
+    noisy = cifar.noisy_labels(split.pool_clean, kind, rate, seed)
     n = split.train_images.shape[0]
     return noisy[:n], noisy[n:]
 
@@ -198,7 +197,7 @@ def noisy_pool_labels(split: Split, setting: str, seed: int) -> tuple[Tensor, Te
 
 
 def build_pipeline(run: Run, model, optimizer, cfg: Config, total_steps: int, per_epoch: int,
-                   strong, store: nc.Store, label: str):
+                   strong, store: cifar.Store, label: str):
     method, options = VARIANTS[run.variant]
     options = dict(options)
     if method in NEEDS_PLAIN:
@@ -222,11 +221,11 @@ def build_pipeline(run: Run, model, optimizer, cfg: Config, total_steps: int, pe
 
 
 def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cfg: Config,
-              store: nc.Store, label: str, *, checkpoint: Path | None, max_steps: int | None,
+              store: cifar.Store, label: str, *, checkpoint: Path | None, max_steps: int | None,
               progress: bool) -> dict:
     device = torch.device("cpu")
     torch.manual_seed(run.seed)
-    model = SmallCNN(in_channels=3, num_classes=nc.NUM_CLASSES, width=cfg.width, blocks=cfg.blocks)
+    model = SmallCNN(in_channels=3, num_classes=cifar.NUM_CLASSES, width=cfg.width, blocks=cfg.blocks)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
                                 weight_decay=cfg.weight_decay)
     n = split.train_images.shape[0]
@@ -240,33 +239,33 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         reps = math.ceil(n / split.trusted_images.shape[0])
         train_images = split.trusted_images.repeat(reps, 1, 1, 1)[:n]
         train_labels = split.trusted_labels.repeat(reps)[:n]
-    views = (nc.StrongViews(train_images, strong, run.seed, per_epoch, device)
+    views = (cifar.StrongViews(train_images, strong, run.seed, per_epoch, device)
              if "strong" in pipeline.plan.views else None)
     weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
     data = NoisyDataset(train_images, train_labels, split.train_clean, split.trusted_images,
-                        split.trusted_labels, split.test_images, split.test_labels, nc.NUM_CLASSES)
+                        split.trusted_labels, split.test_images, split.test_labels, cifar.NUM_CLASSES)
     eval_seconds: list[float] = []
     steps_run = [0]
 
     fit_n = min(cfg.fit_sample, n)  # the pool is shuffled: its first images are a random sample
 
     def accuracies(m: torch.nn.Module) -> dict[str, float]:
-        train_pred = nc.predict(m, split.train_images[:fit_n], device)
-        val_pred = nc.predict(m, split.val_images, device)
-        test_pred = nc.predict(m, split.test_images, device)
+        train_pred = cifar.predict(m, split.train_images[:fit_n], device)
+        val_pred = cifar.predict(m, split.val_images, device)
+        test_pred = cifar.predict(m, split.test_images, device)
         return {"fit_noisy": float((train_pred == noisy_train[:fit_n]).float().mean()),
                 "fit_clean": float((train_pred == split.train_clean[:fit_n]).float().mean()),
                 "val_noisy": float((val_pred == noisy_val).float().mean()),
                 "val_clean": float((val_pred == split.val_clean).float().mean()),
                 "test": float((test_pred == split.test_labels).float().mean()),
-                "test_top_share": nc.top_share(test_pred)}
+                "test_top_share": cifar.top_share(test_pred)}
 
     def evaluate(m: torch.nn.Module) -> dict:
         started = time.perf_counter()
         out: dict = accuracies(m)
         if run.method == "plain":  # GLC's C_hat after every epoch (in the checkpointed history)
             out["transition"] = recipes.glc_transition(
-                m, nc.to_input(split.trusted_images, device), split.trusted_labels).tolist()
+                m, cifar.to_input(split.trusted_images, device), split.trusted_labels).tolist()
         eval_seconds.append(time.perf_counter() - started)
         return out
 
@@ -291,7 +290,7 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
 
     result = training.fit(
         pipeline, model, optimizer, data, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        weak_augment=lambda images, generator=None: weak(nc.to_input(images, device),
+        weak_augment=lambda images, generator=None: weak(cifar.to_input(images, device),
                                                          generator=generator),
         seed=run.seed, evaluate=evaluate, evaluate_average=True, on_epoch=on_epoch,
         on_step=on_step, views=views,
@@ -328,7 +327,7 @@ def config_label(cfg: Config, dry_run: bool) -> str:
     return ",".join([cfg.name, *diff, *(["dry_run"] if dry_run else [])])
 
 
-def selected_variant(store: nc.Store, method: str, setting: str, label: str) -> str | None:
+def selected_variant(store: cifar.Store, method: str, setting: str, label: str) -> str | None:
     """The candidate with the best final accuracy on the noisy validation labels at seed 0, once
     every candidate of the method has its seed-0 run; None before."""
     names = list(CANDIDATES[method])
@@ -338,7 +337,7 @@ def selected_variant(store: nc.Store, method: str, setting: str, label: str) -> 
     return max(zip(names, records), key=lambda nr: nr[1]["final"]["val_noisy"])[0]
 
 
-def run_list(store: nc.Store, settings: Sequence[str], methods: Sequence[str], seeds: int,
+def run_list(store: cifar.Store, settings: Sequence[str], methods: Sequence[str], seeds: int,
              label: str, candidates: bool, ablations: bool = False) -> list[Run]:
     """Seed 0 of every method's default, (with ``candidates``) its other candidates, (with
     ``ablations``) the ABLATIONS, then seeds 1.. of each method's selected candidate (the default
@@ -392,7 +391,7 @@ def last3(record: dict, key: str = "test") -> float:
     return statistics.mean(h[key] for h in record["history"][-3:])
 
 
-def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Path) -> str:
+def report(store: cifar.Store, settings: Sequence[str], label: str, figure_dir: Path) -> str:
     lines = ["Reprint: `.venv/bin/python -m benchmarks.baselines --report-only`; runs: "
              "`.venv/bin/python -m benchmarks.baselines --shard i/2 --no-progress` (i = 0, 1; add "
              "`--seeds N`, `--candidates`, `--ablations`).", "",
@@ -447,7 +446,7 @@ def report(store: nc.Store, settings: Sequence[str], label: str, figure_dir: Pat
     return "\n".join(lines)
 
 
-def summary(store: nc.Store, settings: Sequence[str], label: str) -> list[str]:
+def summary(store: cifar.Store, settings: Sequence[str], label: str) -> list[str]:
     """One line per method: its selected candidate's final test accuracy per setting (mean over
     seeds, the seed count in brackets)."""
     lines = ["| method | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
@@ -511,7 +510,7 @@ def comparisons(rows: list, finals: dict) -> list[str]:
     return out
 
 
-def plot_memorisation(store: nc.Store, label: str, path: Path) -> None:
+def plot_memorisation(store: cifar.Store, label: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -544,7 +543,7 @@ def plot_memorisation(store: nc.Store, label: str, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(nc.DEFAULT_DATA))
+    parser.add_argument("--data", default=str(cifar.DEFAULT_DATA))
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=1)
@@ -570,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     for setting in settings:
-        nc.parse_settings(setting)
+        cifar.parse_settings(setting)
     if not re.fullmatch(r"\d+/\d+", args.shard):
         parser.error(f"--shard: expected I/N, got {args.shard!r}")
     shard, shards = (int(x) for x in args.shard.split("/"))
@@ -588,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = config_label(cfg, args.dry_run)
     store_path = Path(args.store) if args.store else (
         REPO / "runs" / "baselines_dry.jsonl" if args.dry_run else STORE)
-    store = nc.Store(store_path)
+    store = cifar.Store(store_path)
     if args.report_only:
         body = report(store, settings, label, Path(args.figures_dir))
         print(body)
@@ -608,8 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     torch.set_num_threads(cfg.threads)
     if args.dry_run:
-        train = nc.load_cifar10_head(data_dir, "train", nc.TRUSTED_PER_CLASS + cfg.pool // 10)
-        test = nc.load_cifar10_head(data_dir, "test", 20)
+        train = cifar.load_cifar10_head(data_dir, "train", cifar.TRUSTED_PER_CLASS + cfg.pool // 10)
+        test = cifar.load_cifar10_head(data_dir, "test", 20)
     else:
         from iegkit.datasets import load_cifar10_jpeg
 

@@ -24,10 +24,8 @@ import types
 
 import torch
 
-
 from benchmarks import baselines as bl
 from benchmarks.results_io import load_average, provenance, write_section
-
 from iegkit.augment import strong_augment
 from iegkit.models import SmallCNN
 

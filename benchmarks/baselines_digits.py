@@ -17,7 +17,6 @@ import time
 import torch
 
 from benchmarks.results_io import command, machine, now, write_section
-
 from iegkit import recipes
 from iegkit.data import make_noisy_digits
 from iegkit.training import accuracy, default_augmentations, train

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.results_io import command, machine, now, write_section
-
 from iegkit import recipes
 from iegkit.data import make_noisy_digits
 from iegkit.training import train

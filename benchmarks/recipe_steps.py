@@ -15,7 +15,6 @@ import time
 import torch
 
 from benchmarks.results_io import load_average, provenance, write_section
-
 from iegkit import recipes
 from iegkit.models import ResNet29, SmallCNN
 

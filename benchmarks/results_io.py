@@ -39,6 +39,12 @@ def command(argv: Sequence[str] | None = None) -> str:
     return ".venv/bin/python " + " ".join(shlex.quote(a) for a in args)
 
 
+def rerunnable(recorded: str) -> str:
+    """A stored run's command as it reruns today: runs recorded before the benchmarks became a
+    package (``python benchmarks/<name>.py``) rerun as ``python -m benchmarks.<name>``."""
+    return re.sub(r"(python[0-9.]*) benchmarks/([a-z_0-9]+)\.py\b", r"\1 -m benchmarks.\2", recorded)
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

@@ -21,7 +21,6 @@ import statistics
 import torch
 
 from benchmarks.results_io import RunStore, provenance, write_section
-
 from iegkit.data import NoisyDataset, make_noisy_digits, stratified_split
 from iegkit.demo import digits_augmentations
 from iegkit.training import train

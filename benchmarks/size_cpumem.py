@@ -17,10 +17,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from iegkit.datasets import load_cifar10_jpeg
 from iegkit import recipes, training
 from iegkit.augment import weak_augment
 from iegkit.data import NoisyDataset, split_trusted
+from iegkit.datasets import load_cifar10_jpeg
 from iegkit.models import SmallCNN
 from iegkit.noise import uniform_noise
 

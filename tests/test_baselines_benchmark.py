@@ -53,7 +53,7 @@ def test_downsample_averages_squares():
 
 
 def test_selection_reads_only_the_noisy_validation_accuracy(bench, tmp_path):
-    store = bench.nc.Store(tmp_path / "s.jsonl")
+    store = bench.cifar.Store(tmp_path / "s.jsonl")
     label = "cpumem"
     for name, val_noisy, test in (("gce", 0.30, 0.90), ("gce/q=0.4", 0.35, 0.10),
                                   ("gce/q=0.9", 0.20, 0.95)):
@@ -67,7 +67,7 @@ def test_selection_reads_only_the_noisy_validation_accuracy(bench, tmp_path):
 
 
 def test_shards_keep_plain_with_glc_and_balance(bench, tmp_path):
-    store = bench.nc.Store(tmp_path / "s.jsonl")
+    store = bench.cifar.Store(tmp_path / "s.jsonl")
     runs = bench.run_list(store, list(bench.SETTINGS), list(bench.METHODS), 2, "cpumem", False)
     owner = bench.shard_of(runs, 2)
     for run in runs:

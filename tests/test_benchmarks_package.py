@@ -50,3 +50,12 @@ def test_the_recorded_command_reruns_the_module(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "baselines.py"), "--report-only"])
     assert command() == ".venv/bin/python -m benchmarks.baselines --report-only"
     assert command(["--seeds", "3"]) == ".venv/bin/python -m benchmarks.baselines --seeds 3"
+
+
+def test_a_command_recorded_before_the_package_reruns_as_a_module():
+    from benchmarks.results_io import rerunnable
+
+    old = ".venv/bin/python benchmarks/noisy_cifar10.py --config cpu10k --shard 0/2"
+    assert rerunnable(old) == ".venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --shard 0/2"
+    assert rerunnable(rerunnable(old)) == rerunnable(old)
+    assert rerunnable("bash benchmarks/gpu.sh --dry-run") == "bash benchmarks/gpu.sh --dry-run"
