@@ -82,30 +82,8 @@ def ablation_tables(group) -> list[str]:
     return lines
 
 
-def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cpu10kRun]) -> str:
-    """The tables, the figures and the body of the docs/results.md section, from the store."""
-    records = [r for r in store.runs.values()
-               if r.get("config") == label and r.get("cfg") == dataclasses.asdict(cfg)]
-    settings = [setting_key(*s) for s in args.settings]
-    by: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        by.setdefault((r["setting"], r["method"]), []).append(r)
-    for group in by.values():
-        group.sort(key=lambda r: r["seed"])
-
-    def group(setting: str, method: str) -> list[dict]:
-        return by.get((ANY_SETTING if method in LABEL_FREE else setting, method), [])
-
-    methods = [m for m in METHODS if any(group(s, m) for s in settings)]
-    figures = Path(args.figures_dir)
-    base = Path(args.write).resolve().parent if args.write else REPO / "docs"
-    figure_paths = plot_cpu10k(group, settings, methods, figures)
-    wrong = {s: next((r["wrong_labels"] for r in records if r["setting"] == s), None)
-             for s in settings}
-
-    head = "| method | " + " | ".join(
-        f"{s.replace(':', ' ')} ({'n/a' if wrong[s] is None else f'{100 * wrong[s]:.0f}% wrong'})"
-        for s in settings) + " |"
+def _accuracy_table(group, settings: Sequence[str], methods: Sequence[str], head: str) -> str:
+    """Final test accuracy per method and setting (bold: the best of a column)."""
     lines = [head, "|" + " --- |" * (len(settings) + 1)]
     best = {s: max((statistics.mean(r["test_accuracy"] for r in group(s, m)) for m in methods
                     if group(s, m)), default=None) for s in settings}
@@ -123,10 +101,12 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                          f"top {max(r['max_test_top_share'] for r in g):.2f}")
         lines.append(f"| {m}{' (labels unused)' if m in LABEL_FREE else ''} | " + " | ".join(cells)
                      + " |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
 
-    # the evaluation EMA (EVAL_EMA_DECAY), recorded beside the trained weights since it was added:
-    # only the runs made or re-run since then
+
+def _ema_table(group, settings: Sequence[str], methods: Sequence[str], head: str) -> list[str]:
+    """The evaluation EMA (EVAL_EMA_DECAY), recorded beside the trained weights since it was
+    added: only the runs made or re-run since then."""
     ema_lines = []
     for m in methods:
         cells = []
@@ -144,6 +124,11 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
     if ema_lines:
         ema_lines = [head, "|" + " --- |" * (len(settings) + 1), *ema_lines]
 
+    return ema_lines
+
+
+def _target_checks(group, settings: Sequence[str]) -> list[str]:
+    """robust IEG against plain and the collapse bound, as the targets state them."""
     checks = []
     for s, margin in (("uniform:0.4", 5.0), ("uniform:0.8", 10.0)):
         p, r = group(s, "plain"), group(s, "robust_ieg")
@@ -172,8 +157,11 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                               f"{len({id(r) for r in g})} runs recorded with it: {top:.2f} ("
                               f"{'<= 0.25 in these runs' if top <= 0.25 else 'above 0.25'})")
 
-    ablation_lines = ablation_tables(group)
+    return checks
 
+
+def _shrinkage_selection(group, settings: Sequence[str]) -> list[str]:
+    """The selection of robust_ieg's defaults on the validation split, where its runs exist."""
     shrink_lines = []
     candidates = [(v, m) for v, m in ((v, selection_method(v)) for v in SELECTION_CANDIDATES)
                   if any(group(st, m) for st in settings)]
@@ -202,6 +190,11 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
             f" ({max(h['val_top_share'] for h in g[0]['history']):.2f})" if g else "-"
             for g in (sorted(g, key=lambda r: r["seed"]) for g in plain)) + " |")
 
+    return shrink_lines
+
+
+def _warmup_selection(group) -> list[str]:
+    """The selection of robust_eg's lr warm-up, where both runs exist."""
     warmup_lines = []
     warmup_runs = [(v, [r for r in group(ANY_SETTING, v) if r["seed"] == 0])
                    for v in ("robust_eg/no_warmup", "robust_eg")]
@@ -225,6 +218,10 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                 f" | {first} | {worst} | {100 * r['val_accuracy']:.1f} | "
                 f"{100 * r['test_accuracy']:.1f} |")
 
+    return warmup_lines
+
+
+def _cost_table(records: Sequence[dict], methods: Sequence[str]) -> list[str]:
     cost = ["| method | ms/step (mean over runs) | strong view s/epoch | evaluation s/epoch | "
             "min/run |", "| --- | --- | --- | --- | --- |"]
     for m in methods:
@@ -234,9 +231,12 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                     f"{statistics.mean(r['precompute_seconds_per_epoch'] for r in g):.1f} | "
                     f"{statistics.mean(r['eval_seconds'] / max(1, e) for r, e in zip(g, epochs)):.1f} | "
                     f"{statistics.mean(r['seconds'] for r in g) / 60:.1f} |")
-    done = sum(store.done(run.key(label), cfg) for run in runs)
+    return cost
+
+
+def _details(cfg: Config, records: Sequence[dict]) -> str:
+    """The configuration, in words."""
     any_r = records[0] if records else {}
-    commands = sorted({rerunnable(r["command"]) for r in records})
     model_desc = {"small_cnn4": f"SmallCNN(in_channels=3, width={cfg.width}, blocks=4)",
                   "wrn28_2": "WRN-28-2 (benchmarks/wrn.py)",
                   "wrn28_10": "WRN-28-10 (benchmarks/wrn.py)"}.get(
@@ -265,6 +265,43 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
         f"the first {100 * recipes.ROBUST_EG_WARMUP_FRACTION:g}% of the run); probe diagnostics every "
         f"{cfg.probe_diagnostics_every} steps. EG and robust EG never read the noisy labels: one "
         f"run per seed, shown in every column. Nothing was selected on the test split.")
+    return details
+
+
+def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cpu10kRun]) -> str:
+    """The tables, the figures and the body of the docs/results.md section, from the store."""
+    records = [r for r in store.runs.values()
+               if r.get("config") == label and r.get("cfg") == dataclasses.asdict(cfg)]
+    settings = [setting_key(*s) for s in args.settings]
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        by.setdefault((r["setting"], r["method"]), []).append(r)
+    for group in by.values():
+        group.sort(key=lambda r: r["seed"])
+
+    def group(setting: str, method: str) -> list[dict]:
+        return by.get((ANY_SETTING if method in LABEL_FREE else setting, method), [])
+
+    methods = [m for m in METHODS if any(group(s, m) for s in settings)]
+    figures = Path(args.figures_dir)
+    base = Path(args.write).resolve().parent if args.write else REPO / "docs"
+    figure_paths = plot_cpu10k(group, settings, methods, figures)
+    wrong = {s: next((r["wrong_labels"] for r in records if r["setting"] == s), None)
+             for s in settings}
+
+    head = "| method | " + " | ".join(
+        f"{s.replace(':', ' ')} ({'n/a' if wrong[s] is None else f'{100 * wrong[s]:.0f}% wrong'})"
+        for s in settings) + " |"
+    table = _accuracy_table(group, settings, methods, head)
+    ema_lines = _ema_table(group, settings, methods, head)
+    checks = _target_checks(group, settings)
+    ablation_lines = ablation_tables(group)
+    shrink_lines = _shrinkage_selection(group, settings)
+    warmup_lines = _warmup_selection(group)
+    cost = _cost_table(records, methods)
+    done = sum(store.done(run.key(label), cfg) for run in runs)
+    commands = sorted({rerunnable(r["command"]) for r in records})
+    details = _details(cfg, records)
     head = provenance(f"; {done} of {len(runs)} listed runs in the store.")
     body = [head.replace(command(), command(args.argv), 1), "",
             "Training commands (runs stored one by one in "
