@@ -245,7 +245,7 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
     data = NoisyDataset(train_images, train_labels, split.train_clean, split.trusted_images,
                         split.trusted_labels, split.test_images, split.test_labels, cifar.NUM_CLASSES)
     eval_seconds: list[float] = []
-    steps_run = [0]
+    metrics = cifar.EpochMetrics()
 
     fit_n = min(cfg.fit_sample, n)  # the pool is shuffled: its first images are a random sample
 
@@ -269,20 +269,8 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         eval_seconds.append(time.perf_counter() - started)
         return out
 
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def on_step(step: int, indices: Tensor, out) -> None:
-        steps_run[0] += 1
-        for name, value in out.metrics.items():  # the parts' diagnostics, averaged per epoch
-            if value.numel() == 1:
-                sums[name] = sums.get(name, 0.0) + float(value)
-                counts[name] = counts.get(name, 0) + 1
-
     def on_epoch(entry: dict) -> None:
-        entry["metrics"] = {name: sums[name] / counts[name] for name in sorted(sums)}
-        sums.clear()
-        counts.clear()
+        metrics.close_epoch(entry)
         text = ", ".join(f"{k} {100 * v:.1f}" for k, v in entry.items()
                          if isinstance(v, float) and k != "loss")
         print(f"    {run.key(label)} epoch {entry['epoch']}/{cfg.epochs}: loss {entry['loss']:.3f}, "
@@ -293,18 +281,17 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         weak_augment=lambda images, generator=None: weak(cifar.to_input(images, device),
                                                          generator=generator),
         seed=run.seed, evaluate=evaluate, evaluate_average=True, on_epoch=on_epoch,
-        on_step=on_step, views=views,
+        on_step=lambda step, indices, out: metrics.on_step(out), views=views,
         checkpoint=None if max_steps is not None else checkpoint,
         resume=max_steps is None and checkpoint is not None and checkpoint.exists(),
         max_steps=max_steps, progress=progress, desc=run.variant)
     pipeline.close()
-    precompute = sum(views.seconds) if views is not None else 0.0
-    train_seconds = result.seconds - sum(eval_seconds) - precompute
+    timing = cifar.run_timing(result.seconds, eval_seconds, views, metrics.steps_run)
     record = {
         "setting": run.setting, "variant": run.variant, "method": run.method, "seed": run.seed,
         "history": result.history, "final": result.history[-1],
-        "ms_per_step": 1000 * train_seconds / max(1, steps_run[0]), "steps": result.steps,
-        "steps_this_session": steps_run[0], "seconds": result.seconds,
+        "ms_per_step": timing["ms_per_step"], "steps": result.steps,
+        "steps_this_session": metrics.steps_run, "seconds": result.seconds,
         "wrong_labels": float((noisy_train != split.train_clean).float().mean()),
         "n_train": n, "n_val": int(split.val_images.shape[0]),
         "n_trusted": int(split.trusted_images.shape[0]),

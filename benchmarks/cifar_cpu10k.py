@@ -21,6 +21,7 @@ from benchmarks.cifar_runs import (
     REPO,
     TRUSTED_PER_CLASS,
     Config,
+    EpochMetrics,
     Split,
     Store,
     StrongViews,
@@ -33,6 +34,7 @@ from benchmarks.cifar_runs import (
     parse_settings,
     predict,
     prepare_cpu10k_split,
+    run_timing,
     time_steps,
     to_input,
     top_share,
@@ -308,23 +310,15 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
                 "ema_val_accuracy": float((ema_val == split.val_labels).float().mean()),
                 "ema_val_top_share": top_share(ema_val), "ema_test_top_share": top_share(ema_test)}
 
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    steps_run = [0]  # in this session (a resumed run restores the earlier epochs)
+    epoch_metrics = EpochMetrics()
     started = time.perf_counter()
 
     def on_step(step: int, idx: Tensor, out) -> None:
-        steps_run[0] += 1
         eval_ema.update(step)
-        for name, value in out.metrics.items():
-            if value.numel() == 1:
-                sums[name] = sums.get(name, 0.0) + float(value)
-                counts[name] = counts.get(name, 0) + 1
+        epoch_metrics.on_step(out)
 
     def on_epoch(entry: dict) -> None:
-        entry["metrics"] = {name: sums[name] / counts[name] for name in sorted(sums)}
-        sums.clear()
-        counts.clear()
+        epoch_metrics.close_epoch(entry)
         entry["seconds"] = time.perf_counter() - started
         metrics = entry["metrics"]
         parts = [f"loss {entry['loss']:.3f}", f"val {100 * entry['val_accuracy']:.1f}%",
@@ -353,8 +347,8 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
     pipeline.close()
     if "test_accuracy" not in final:  # the checkpoint already held every epoch
         evaluate_fn(model)
-    precompute = sum(views.seconds) if views is not None else 0.0
-    train_seconds = result.seconds - sum(eval_seconds) - precompute
+    timing = run_timing(result.seconds, eval_seconds, views, epoch_metrics.steps_run)
+    precompute = timing["precompute_seconds"]
     history = result.history
     return {
         "setting": run.setting, "method": run.method, "recipe": recipe, "seed": run.seed,
@@ -369,11 +363,11 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         "max_ema_test_top_share": max((h["ema_test_top_share"] for h in history
                                        if "ema_test_top_share" in h), default=None),
         "history": history, "steps": result.steps, "seconds": result.seconds,
-        "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, steps_run[0]),
+        "train_seconds": timing["train_seconds"], "ms_per_step": timing["ms_per_step"],
         # seconds, train_seconds, eval_seconds, precompute_seconds: this session's (the last, for
         # a run resumed from its checkpoint), over steps_this_session and evaluated_epochs
-        "steps_this_session": steps_run[0], "evaluated_epochs": len(eval_seconds),
-        "eval_seconds": sum(eval_seconds), "precompute_seconds": precompute,
+        "steps_this_session": epoch_metrics.steps_run, "evaluated_epochs": len(eval_seconds),
+        "eval_seconds": timing["eval_seconds"], "precompute_seconds": precompute,
         "precompute_seconds_per_epoch": precompute / len(views.seconds) if views is not None else 0.0,
         "n_train": int(split.train_images.shape[0]), "n_val": int(split.val_images.shape[0]),
         "n_test": int(split.test_images.shape[0]), "n_trusted": int(split.trusted_images.shape[0]),

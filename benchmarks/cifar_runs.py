@@ -389,6 +389,38 @@ def top_share(predictions: Tensor) -> float:
     return float(torch.bincount(predictions, minlength=NUM_CLASSES).max()) / max(1, predictions.numel())
 
 
+class EpochMetrics:
+    """The parts' scalar diagnostics of a run, averaged per epoch: ``on_step`` sums them after
+    every step, ``close_epoch(entry)`` writes the means into the epoch's history entry. Counts the
+    steps this session ran (a resumed run restores the earlier epochs)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps_run = 0
+
+    def on_step(self, out) -> None:
+        self.steps_run += 1
+        for name, value in out.metrics.items():
+            if value.numel() == 1:
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def close_epoch(self, entry: dict) -> None:
+        entry["metrics"] = {name: self.sums[name] / self.counts[name] for name in sorted(self.sums)}
+        self.sums.clear()
+        self.counts.clear()
+
+
+def run_timing(seconds: float, eval_seconds: Sequence[float], views, steps_run: int) -> dict:
+    """Where a run's time went: the step (``ms_per_step``, this session's steps), the
+    evaluations and the strong views made outside the step."""
+    precompute = sum(views.seconds) if views is not None else 0.0
+    train_seconds = seconds - sum(eval_seconds) - precompute
+    return {"train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / max(1, steps_run),
+            "eval_seconds": sum(eval_seconds), "precompute_seconds": precompute}
+
+
 class StrongViews:
     """``training.fit``'s ``views`` hook: the strong view of every training image, made once per
     epoch outside the step (per-image AutoAugment draw on the raw images in [-1, 1]; own generator,
