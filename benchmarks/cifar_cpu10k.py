@@ -379,6 +379,106 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
     }
 
 
+def _finished(store: Store, args, cfg: Config):
+    """Whether a run is stored (and, with --rerun-without-ema, has its evaluation EMA)."""
+    def finished(key: str) -> bool:
+        return store.done(key, cfg) and not (args.rerun_without_ema
+                                             and not has_ema(store.runs[key]))
+    return finished
+
+
+def _report(args, store: Store, cfg: Config, label: str, runs: list[Cpu10kRun]) -> int:
+    from benchmarks.cifar_report import cpu10k_report  # the report reads this protocol
+
+    args.write = args.write or str(REPO / "docs" / "results.md")
+    body = cpu10k_report(store, args, cfg, label, runs)
+    print(body)
+    if args.write:
+        write_section(args.write, CPU10K_HEADING, body)
+        print(f"wrote the section '## {CPU10K_HEADING}' into {args.write}")
+    return 0
+
+
+def _load_cifar(args, cfg: Config):
+    """The training and test images and labels (None where the archives are absent)."""
+    data_dir = Path(args.data)
+    if not ((data_dir / "train.tar.gz").is_file() and (data_dir / "test.tar.gz").is_file()):
+        print(f"noisy_cifar10: CIFAR-10 JPEG archives not found in {data_dir} (expected train.tar.gz "
+              f"and test.tar.gz, see shared/data/cifar10-jpeg/README.md); skipping.")
+        return None
+    t0 = time.perf_counter()
+    if args.dry_run:
+        train = load_cifar10_head(data_dir, "train", TRUSTED_PER_CLASS
+                                  + (cfg.val_size + (cfg.train_subset or 0)) // NUM_CLASSES)
+        test = load_cifar10_head(data_dir, "test", 20)
+    else:
+        from iegkit.datasets import load_cifar10_jpeg
+
+        train = load_cifar10_jpeg(data_dir, "train", cache_dir=args.cache_dir, verbose=True)[:2]
+        test = load_cifar10_jpeg(data_dir, "test", cache_dir=args.cache_dir, verbose=True)[:2]
+    print(f"CIFAR-10 loaded in {time.perf_counter() - t0:.1f} s: train {tuple(train[0].shape)}, "
+          f"test {tuple(test[0].shape)}", flush=True)
+    return train, test
+
+
+def _time_steps(args, cfg: Config, train, test, methods: list[str]) -> int:
+    """--time-steps: the strong view of the training images and N steps of each method."""
+    device = torch.device(cfg.device)
+    split = prepare_cpu10k_split(train, test, cfg, 0)
+    model = build_model(cfg)
+    print(f"timing --config {cfg.name}: {cfg.model} width {cfg.width} "
+          f"({sum(p.numel() for p in model.parameters()):,} parameters), "
+          f"{split.train_images.shape[0]} training images, batch {cfg.batch_size} + probe "
+          f"{min(cfg.batch_size, split.trusted_images.shape[0])}, {torch.get_num_threads()} "
+          f"threads, device {device}", flush=True)
+    strong = strong_augment("cifar10", value_range=(-1.0, 1.0), per_image_policy=True)
+    # timed on at most 5,000 images (the full set can take minutes) and scaled to all
+    total_images = split.train_images.shape[0]
+    sample = split.train_images[:5000]
+    started = time.perf_counter()
+    StrongViews(sample, strong, 0, 1, device).refresh(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) * total_images / sample.shape[0]
+    print(f"strong view of all {total_images} training images (per-image AutoAugment, outside "
+          f"the step; timed on {sample.shape[0]}): {seconds:.1f} s per epoch", flush=True)
+    time_steps(cfg, split, 0, device, args.time_steps,
+               [m for m in methods if m in METHODS], args.settings, False, tuple(LABEL_FREE))
+    return 0
+
+
+def _run_one(run: Cpu10kRun, args, cfg: Config, label: str, store: Store, store_path: Path,
+             split: Split, wall: float) -> None:
+    """Train one run and store its record (its checkpoint removed once stored)."""
+    key = run.key(label)
+    device = torch.device(cfg.device)
+    kind, rate = ("uniform", 0.8) if run.setting == ANY_SETTING else parse_settings(run.setting)[0]
+    labels = noisy_labels(split.train_clean, kind, rate, run.seed)
+    wrong = float((labels != split.train_clean).float().mean())
+    desc = f"{run.setting} {run.method} s{run.seed}"
+    print(f"{desc}: {split.train_images.shape[0]} training images "
+          + ("(labels unused)" if run.method in LABEL_FREE else f"{100 * wrong:.1f}% wrong labels")
+          + f", {split.val_images.shape[0]} validation, {split.test_images.shape[0]} test",
+          flush=True)
+    checkpoint = (Path(store_path).with_suffix("") / "checkpoints"
+                  / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".pt"))
+    plain = store.runs.get(Cpu10kRun(run.setting, "plain", run.seed).key(label), {})
+    record = train_cpu10k(run, split, labels, cfg, device, max_steps=args.max_steps,
+                          progress=not args.no_progress and sys.stderr.isatty(), desc=desc,
+                          checkpoint=checkpoint, plain_transition=plain.get("transition"))
+    record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
+                   "command": command(args.argv), "machine": results_machine(),
+                   "load_average": load_average(), "date": now()})
+    store.add(key, record)
+    checkpoint.unlink(missing_ok=True)
+    print(f"{desc}: final test accuracy {100 * record['test_accuracy']:.2f}%, val "
+          f"{100 * record['val_accuracy']:.2f}%, max test top-class share "
+          f"{record['max_test_top_share']:.2f}; {record['ms_per_step']:.0f} ms/step, "
+          f"{record['seconds'] / 60:.1f} min (evaluation {record['eval_seconds']:.0f} s, strong "
+          f"view {record['precompute_seconds']:.0f} s); shard total "
+          f"{(time.perf_counter() - wall) / 60:.1f} min", flush=True)
+
+
 def main_cpu10k(args, cfg: Config) -> int:
     """--config cpu10k: every (setting, method, seed) run stored as it finishes in --store (JSON
     lines) and skipped on restart; --shard i/n runs one disjoint part; --report-only builds the
@@ -402,19 +502,8 @@ def main_cpu10k(args, cfg: Config) -> int:
     owner = assign_shards(runs, shards, cfg)
     store = Store(store_path)
     if args.report_only:
-        args.write = args.write or str(REPO / "docs" / "results.md")
-        from benchmarks.cifar_report import cpu10k_report  # the report reads this protocol
-
-        body = cpu10k_report(store, args, cfg, label, runs)
-        print(body)
-        if args.write:
-            write_section(args.write, CPU10K_HEADING, body)
-            print(f"wrote the section '## {CPU10K_HEADING}' into {args.write}")
-        return 0
-    def finished(key: str) -> bool:
-        return store.done(key, cfg) and not (args.rerun_without_ema
-                                             and not has_ema(store.runs[key]))
-
+        return _report(args, store, cfg, label, runs)
+    finished = _finished(store, args, cfg)
     if args.list_runs:
         for run, s in zip(runs, owner):
             state = "done" if finished(run.key(label)) else "todo"
@@ -428,46 +517,12 @@ def main_cpu10k(args, cfg: Config) -> int:
         return 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    data_dir = Path(args.data)
-    if not ((data_dir / "train.tar.gz").is_file() and (data_dir / "test.tar.gz").is_file()):
-        print(f"noisy_cifar10: CIFAR-10 JPEG archives not found in {data_dir} (expected train.tar.gz "
-              f"and test.tar.gz, see shared/data/cifar10-jpeg/README.md); skipping.")
+    loaded = _load_cifar(args, cfg)
+    if loaded is None:
         return 0
-    t0 = time.perf_counter()
-    if args.dry_run:
-        train = load_cifar10_head(data_dir, "train", TRUSTED_PER_CLASS
-                                  + (cfg.val_size + (cfg.train_subset or 0)) // NUM_CLASSES)
-        test = load_cifar10_head(data_dir, "test", 20)
-    else:
-        from iegkit.datasets import load_cifar10_jpeg
-
-        train = load_cifar10_jpeg(data_dir, "train", cache_dir=args.cache_dir, verbose=True)[:2]
-        test = load_cifar10_jpeg(data_dir, "test", cache_dir=args.cache_dir, verbose=True)[:2]
-    print(f"CIFAR-10 loaded in {time.perf_counter() - t0:.1f} s: train {tuple(train[0].shape)}, "
-          f"test {tuple(test[0].shape)}", flush=True)
+    train, test = loaded
     if args.time_steps:
-        split = prepare_cpu10k_split(train, test, cfg, 0)
-        model = build_model(cfg)
-        print(f"timing --config {cfg.name}: {cfg.model} width {cfg.width} "
-              f"({sum(p.numel() for p in model.parameters()):,} parameters), "
-              f"{split.train_images.shape[0]} training images, batch {cfg.batch_size} + probe "
-              f"{min(cfg.batch_size, split.trusted_images.shape[0])}, {torch.get_num_threads()} "
-              f"threads, device {device}", flush=True)
-        strong = strong_augment("cifar10", value_range=(-1.0, 1.0), per_image_policy=True)
-        # timed on at most 5,000 images (the full set can take minutes) and scaled to all
-        total_images = split.train_images.shape[0]
-        sample = split.train_images[:5000]
-        started = time.perf_counter()
-        StrongViews(sample, strong, 0, 1, device).refresh(0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - started) * total_images / sample.shape[0]
-        print(f"strong view of all {total_images} training images (per-image AutoAugment, outside "
-              f"the step; timed on {sample.shape[0]}): {seconds:.1f} s per epoch", flush=True)
-        time_steps(cfg, split, 0, device, args.time_steps,
-                   [m for m in methods if m in METHODS], args.settings, False, tuple(LABEL_FREE))
-        return 0
+        return _time_steps(args, cfg, train, test, methods)
 
     print(f"--config {label}: {dataclasses.asdict(cfg)}; store {store_path}; shard {shard}/{shards}: "
           f"{len(mine)} of {len(runs)} runs, {sum(finished(r.key(label)) for r in mine)} done",
@@ -475,37 +530,11 @@ def main_cpu10k(args, cfg: Config) -> int:
     splits: dict[int, Split] = {}
     wall = time.perf_counter()
     for run in mine:
-        key = run.key(label)
         store.reload()
-        if finished(key):
+        if finished(run.key(label)):
             continue
         if run.seed not in splits:
             splits[run.seed] = prepare_cpu10k_split(train, test, cfg, run.seed)
-        split = splits[run.seed]
-        kind, rate = ("uniform", 0.8) if run.setting == ANY_SETTING else parse_settings(run.setting)[0]
-        labels = noisy_labels(split.train_clean, kind, rate, run.seed)
-        wrong = float((labels != split.train_clean).float().mean())
-        desc = f"{run.setting} {run.method} s{run.seed}"
-        print(f"{desc}: {split.train_images.shape[0]} training images "
-              + ("(labels unused)" if run.method in LABEL_FREE else f"{100 * wrong:.1f}% wrong labels")
-              + f", {split.val_images.shape[0]} validation, {split.test_images.shape[0]} test",
-              flush=True)
-        checkpoint = (Path(store_path).with_suffix("") / "checkpoints"
-                      / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".pt"))
-        plain = store.runs.get(Cpu10kRun(run.setting, "plain", run.seed).key(label), {})
-        record = train_cpu10k(run, split, labels, cfg, device, max_steps=args.max_steps,
-                              progress=not args.no_progress and sys.stderr.isatty(), desc=desc,
-                              checkpoint=checkpoint, plain_transition=plain.get("transition"))
-        record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
-                       "command": command(args.argv), "machine": results_machine(),
-                       "load_average": load_average(), "date": now()})
-        store.add(key, record)
-        checkpoint.unlink(missing_ok=True)
-        print(f"{desc}: final test accuracy {100 * record['test_accuracy']:.2f}%, val "
-              f"{100 * record['val_accuracy']:.2f}%, max test top-class share "
-              f"{record['max_test_top_share']:.2f}; {record['ms_per_step']:.0f} ms/step, "
-              f"{record['seconds'] / 60:.1f} min (evaluation {record['eval_seconds']:.0f} s, strong "
-              f"view {record['precompute_seconds']:.0f} s); shard total "
-              f"{(time.perf_counter() - wall) / 60:.1f} min", flush=True)
+        _run_one(run, args, cfg, label, store, store_path, splits[run.seed], wall)
     print(f"shard {shard}/{shards} done; store {store_path}", flush=True)
     return 0
