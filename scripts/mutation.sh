@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of iegkit/functional and iegkit/parts with mutmut 3 (a dev tool, not a project
+# Mutation testing of iegkit/functional, iegkit/parts, the look-ahead and the EMA with mutmut 3 (a dev tool, not a project
 # dependency). Results and the list of equivalent mutants: docs/mutation.md.
 #
 #   bash scripts/mutation.sh              # fresh run: deletes ./mutants/, mutates, tests, reports
@@ -7,8 +7,8 @@
 #   bash scripts/mutation.sh --report     # only print the counts (and survivors) of the last run
 #   bash scripts/mutation.sh --resume 'iegkit.parts.probe_mixup*'   # (re)test the named mutants
 #
-# The configuration is [tool.mutmut] in pyproject.toml: mutate iegkit/functional/* and
-# iegkit/parts/*; mutmut copies the project into ./mutants/ (git-ignored), records which default
+# The configuration is [tool.mutmut] in pyproject.toml: mutate iegkit/functional/*,
+# iegkit/parts/*, _core/meta_step.py, _core/tangent.py and ema.py; mutmut copies the project into ./mutants/ (git-ignored), records which default
 # tests (`pytest -x -q`; the project's addopts exclude slow tests) cover each function, and runs
 # only those for each mutant. It runs under `nice -n 19`, one worker and one thread per process,
 # so it can share the machine with benchmarks (about 1-2 h on 2 free cores; MUTMUT_CHILDREN=n for
@@ -55,7 +55,7 @@ from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
 
-folders = ["iegkit/functional", "iegkit/parts"]
+folders = ["iegkit/functional", "iegkit/parts", "iegkit/_core", "iegkit"]  # the last two: only the files mutated
 shown = ["killed", "survived", "equivalent", "timeout", "no tests", "suspicious", "segfault",
          "not checked"]
 equivalent = {}
