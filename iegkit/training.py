@@ -69,13 +69,15 @@ class FitResult:
     """history: one dict per epoch, ``{"epoch", "step", "loss" (mean over the epoch's steps),
     **evaluate(model)}`` plus what ``on_epoch`` added, restored epochs included; steps: optimizer
     steps done in all (sessions included); seconds: this call's wall time; scheduler: the lr
-    scheduler ``fit`` stepped (None when a part set the lr)."""
+    scheduler ``fit`` stepped (None when a part set the lr); pipeline: the one trained with (for
+    ``iegkit.evaluation_weights(result.pipeline)``: the weights to deploy)."""
 
     history: list[dict]
     steps: int
     seconds: float
     model: torch.nn.Module
     scheduler: LRScheduler | None
+    pipeline: Pipeline | None = None
 
     @property
     def final(self) -> dict:
@@ -217,7 +219,8 @@ def fit(
         if checkpoint is not None and whole_epoch and ((epoch + 1) % checkpoint_every == 0 or last):
             loop.save(epoch + 1, step)
     bar.close()
-    return FitResult(loop.history, step, time.perf_counter() - started, model, loop.lr_scheduler)
+    return FitResult(loop.history, step, time.perf_counter() - started, model, loop.lr_scheduler,
+                     pipeline)
 
 
 def _lr_scheduler(pipeline: Pipeline, optimizer: torch.optim.Optimizer,

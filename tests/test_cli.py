@@ -119,3 +119,62 @@ def test_the_cli_warns_when_pseudo_labels_stay_concentrated(tmp_path, capsys, mo
     assert 0.0 <= final["average_test_accuracy"] <= 1.0  # robust_ieg's teacher, evaluated too
     assert f"weight average, to evaluate and deploy: {100 * final['average_test_accuracy']:.1f}%" \
         in captured.out
+
+
+def test_out_refuses_an_existing_run_and_overwrite_replaces_it_whole(tmp_path, capsys):
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    first = ["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
+             str(out), *ARGS]
+    assert main(first) == 0
+    before = {name: (out / name).read_bytes() for name in ("config.json", "checkpoint.pt")}
+    assert (out / "collapse.png").exists()  # robust IEG makes pseudo labels
+    capsys.readouterr()
+    plain = ["train", "--data", str(data), "--recipe", "plain", "--epochs", "1", "--out", str(out),
+             *ARGS]
+    assert main(plain) == 2
+    assert f"--out: {out} already holds a run" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
+    assert main([*plain, "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["recipe"] == "plain"
+    assert not (out / "collapse.png").exists()  # the old run's plots do not stay behind
+
+
+def test_model_pt_holds_the_weights_to_deploy(tmp_path):
+    """robust IEG's teacher (its evaluation_weights), as a plain state dict that loads with
+    weights_only=True into the user's model."""
+    from iegkit.models import SmallCNN
+
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
+                 str(out), *ARGS]) == 0
+    deployed = torch.load(out / "model.pt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    teacher = checkpoint["pipeline"]["parts"]["pseudo_labeler"]["teacher"]["shadow"]
+    model = SmallCNN(in_channels=3, num_classes=3, width=8)
+    model.load_state_dict(deployed)
+    for name, value in teacher.items():
+        assert torch.equal(deployed[name], value), name
+    trained = checkpoint["model"]
+    assert any(not torch.equal(deployed[name], trained[name]) for name in teacher)
+
+
+def test_version_and_the_missing_extra_message(monkeypatch, capsys, tmp_path):
+    import iegkit
+    import iegkit.cli as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"iegkit {iegkit.__version__}"
+
+    def no_sklearn():
+        raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+
+    monkeypatch.setattr(cli, "load_digits", no_sklearn)
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("iegkit: error: the default data (scikit-learn's digits) needs sklearn: pip "
+                   "install 'iegkit[demo]', or pass --data DIR")
+    assert not (tmp_path / "run").exists()  # refused before the folder is made

@@ -5,6 +5,11 @@ synthetic or supplied noise, checkpoint, resume, and write a report and plots.
     iegkit train --resume RUN/
     python -m iegkit.cli train ...
 
+A run folder keeps ``config.json``, ``checkpoint.pt``, ``model.pt`` (the weights to deploy: the
+recipe's weight average where it keeps one, ``iegkit.evaluation_weights``; a plain state dict,
+``model.load_state_dict(torch.load("RUN/model.pt", weights_only=True))``), ``summary.json``, the
+report and the plots. ``--out`` refuses a folder that already holds a run unless ``--overwrite``.
+
 The loop is ``iegkit.training``; the noise specs are parsed in ``iegkit.cli.noise_specs``.
 
 Exit codes: 0 success; 2 invalid arguments (including the noise spec); 3 a data problem (missing
@@ -80,7 +85,11 @@ def build_splits(config: RunConfig) -> NoisyDataset:
         raise UsageError(str(error)) from error
     generator = torch.Generator().manual_seed(config.seed)
     if config.data is None:
-        images, labels = load_digits()
+        try:
+            images, labels = load_digits()
+        except ModuleNotFoundError as error:
+            raise UsageError(f"the default data (scikit-learn's digits) needs {error.name}: pip "
+                             "install 'iegkit[demo]', or pass --data DIR") from None
         names = [str(d) for d in range(10)]
         train_root = None
     else:
@@ -181,35 +190,79 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         plot_weight_histogram(recorder, None, out / "weights.png")
     if recorder.has_weights or recorder.has_relabel:
         plot_lambda_curves(recorder, None, out / "lambda.png")
+    save_deployable(result, out / "model.pt")
     summary = {"final": result.final, "epochs": len(history),
                "realised_noise": float(is_noisy.float().mean())}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+#: the files a run writes into its folder (``--overwrite`` removes them first)
+RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "report.md",
+             "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png")
+
+
+def save_deployable(result: training.FitResult, path: Path) -> None:
+    """The weights to deploy as a plain state dict: the pipeline's weight average where it keeps
+    one (``evaluation_weights``: robust IEG's teacher), else the trained weights."""
+    from iegkit.ema import evaluation_weights
+
+    with evaluation_weights(result.pipeline):
+        state = {name: value.detach().cpu().clone() for name, value in
+                 result.model.state_dict().items()}
+    torch.save(state, path)
+
+
+def _claim_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a run (its checkpoint would be replaced) unless ``overwrite``,
+    which removes the old run's files so that none stays beside the new ones."""
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"--out: {out} already holds a run ({', '.join(existing[:3])}); pass "
+                         f"--resume {out} to continue it or --overwrite to replace it")
+    for name in existing:
+        (out / name).unlink()
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default in --help, except "None" and "False" (an option not given, a flag off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from iegkit import __version__
+
     parser = argparse.ArgumentParser(prog="iegkit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"iegkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a recipe with a tiny trusted set")
+    train = sub.add_parser("train", help="train a recipe with a tiny trusted set",
+                           formatter_class=_DefaultsShown)
     train.add_argument("--data", help="image-folder root (DIR/<class>/*.png, or DIR/train and "
                        "DIR/test); default: scikit-learn's digits")
     train.add_argument("--noise", default="uniform:0.8", help="noise spec, e.g. uniform:0.8, "
                        "uniform-exclusive:0.4, asymmetric:0.4, pairflip:0.45, instance:0.4, "
-                       "file:labels.txt, none [uniform:0.8]")
-    train.add_argument("--trusted-per-class", type=int, default=10)
-    train.add_argument("--recipe", default="ieg",
+                       "file:labels.txt, none")
+    train.add_argument("--trusted-per-class", type=int, default=10,
+                       help="clean trusted images per class (the probe set)")
+    train.add_argument("--recipe", default="ieg", help="the method (recipes.SPECS)",
                        choices=[m for m in recipes.method_names() if not recipes.required_options(m)])
-    train.add_argument("--epochs", type=int, help="training epochs [30]; with --resume, extends "
-                       "the run")
-    train.add_argument("--batch-size", type=int, default=100)
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, help="training epochs (30 for a new run); with "
+                       "--resume, extends the run")
+    train.add_argument("--batch-size", type=int, default=100, help="training and probe batch")
+    train.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    train.add_argument("--seed", type=int, default=0, help="seeds the split, the noise and training")
     train.add_argument("--test-fraction", type=float, default=0.3,
-                       help="held-out fraction when DIR has no train/test folders [0.3]")
+                       help="held-out fraction when DIR has no train/test folders")
     train.add_argument("--image-size", type=int, help="resize images to this square size")
-    train.add_argument("--width", type=int, default=32, help="SmallCNN width [32]")
+    train.add_argument("--width", type=int, default=32, help="SmallCNN width")
     train.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
-    train.add_argument("--out", help="run folder (config, checkpoint, report, plots)")
+    train.add_argument("--out", help="run folder (config, checkpoint, model.pt, report, plots)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its files are removed first)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in RUN/")
     train.add_argument("--stop-after", type=int, metavar="EPOCHS",
                        help="end this session after EPOCHS epochs (continue with --resume)")
@@ -244,8 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.test_fraction, args.image_size, args.checkpoint_every,
                                args.width)
             out = Path(args.out)
+            build_splits(config)  # fail early, before touching the folder
             out.mkdir(parents=True, exist_ok=True)
-            build_splits(config)  # fail early, before writing the config
+            _claim_run_folder(out, args.overwrite)
             (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
         if args.stop_after is not None and args.stop_after < 1:
             raise UsageError("--stop-after: expected >= 1")
