@@ -1,5 +1,5 @@
 """Loaders for real image data already on disk (nothing is downloaded): image folders, the CIFAR-10
-JPEG archives of ``shared/data/cifar10-jpeg``, and the standard CIFAR python-pickle layout.
+JPEG archives (``train.tar.gz``, ``test.tar.gz``), and the standard CIFAR python-pickle layout.
 
 Every loader returns ``(images, labels, class_names)``:
 
@@ -196,7 +196,7 @@ def _marker(cache_dir: Path, split: str) -> Path:
 
 def extract_cifar10_jpeg(src_dir: str | os.PathLike, cache_dir: str | os.PathLike, *,
                          splits: Sequence[str] = ("train", "test")) -> Path:
-    """Extract ``src_dir/{train,test}.tar.gz`` (``shared/data/cifar10-jpeg``) into ``cache_dir``.
+    """Extract ``src_dir/{train,test}.tar.gz`` (the CIFAR-10 JPEG archives) into ``cache_dir``.
 
     The archives hold ``<split>/<class>/NNNN.jpg``; they end up as ``cache_dir/<split>/<class>/``.
     Idempotent: a split is extracted once (into a temporary folder, then renamed, so an interrupted

@@ -183,7 +183,7 @@ def evaluation_weights(pipeline: Any) -> Iterator[WeightEMA | None]:
             accuracy = evaluate(model)
 
     The average a pipeline keeps, with the raw model's BatchNorm statistics, as the official code
-    evaluates (an EMA of the weights, docs/ieg-official-code.md section 9): a ``WeightEMA`` part if
+    evaluates (an EMA of the weights, docs/method.md, spec §9): a ``WeightEMA`` part if
     the pipeline has one, else the pseudo labeler's EMA teacher (``robust_ieg``, ``robust_eg``); the
     model's own weights, untouched, where it keeps neither. Yields that average (or None).
 

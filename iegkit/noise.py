@@ -46,7 +46,7 @@ __all__ = [
 ROW_SUM_TOLERANCE = 1e-6
 
 #: The CIFAR-10 asymmetric map of IEG/DivideMix: truck->automobile, bird->airplane, cat<->dog,
-#: deer->horse (ieg-official-code.md section 7.1); other classes stay clean.
+#: deer->horse (the official code; docs/method.md, spec §7.1); other classes stay clean.
 CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
 
 #: A digits analogue (our choice, look-alike digits, five transitions as in CIFAR-10's map):

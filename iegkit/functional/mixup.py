@@ -13,7 +13,7 @@ def mix_coefficients(n: int, generator: torch.Generator | None = None, *, kind: 
     """Per-sample mixing factors m, shape (n,).
 
     kind="official": m = 1 - U^2/2 with U ~ U(0, 1), so m in [0.5, 1] and the anchor dominates
-    (1 - m = Beta(0.5, 1)/2; ieg-official-code.md section 4.2).
+    (1 - m = Beta(0.5, 1)/2; the official code; docs/method.md, spec §4.2).
     kind="beta": m ~ Beta(alpha, alpha) as the paper writes (alpha = 0.5); the anchor can lose.
     kind="beta_max": max(b, 1 - b) with b ~ Beta(alpha, alpha), MixMatch's variant.
     """

@@ -9,7 +9,7 @@ from iegkit.functional.distributed import all_reduce_sum
 
 __all__ = ["normalize_meta_weights", "weighted_loss"]
 
-#: The official IEG/L2R code divides by sum + 1e-5 (ieg-official-code.md section 1.6).
+#: The official IEG/L2R code divides by sum + 1e-5 (docs/method.md, spec §1.6).
 OFFICIAL_NORMALIZER_EPS = 1e-5
 
 

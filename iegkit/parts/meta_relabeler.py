@@ -29,7 +29,7 @@ class MetaRelabeler(PartBase):
         lambda meta-gradient is exactly 0 there).
       loss_weight: factor on L_lambda* (the official code sums 1/2 (L_lambda* + L_omega*)).
       through_pseudo_labels: the official code's look-ahead differentiates through the pseudo
-        labels (ieg-official-code.md section 1.2); True reproduces it exactly at the cost of one
+        labels (docs/method.md, spec §1.2); True reproduces it exactly at the cost of one
         more JVP per extra view; it needs a pseudo labeler that provides ``keys.PSEUDO_LABELER``
         (not an EMA teacher, whose labels do not depend on the weights). False (default) treats
         them as constants.
