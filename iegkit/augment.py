@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["StrongAugment", "WeakAugment", "cutout", "strong_augment", "weak_augment"]
+__all__ = ["FittedStrongAugment", "StrongAugment", "WeakAugment", "cutout", "strong_augment",
+           "weak_augment"]
 
 _POLICIES = ("cifar10", "imagenet", "svhn")
 
@@ -630,6 +631,46 @@ class StrongAugment:
             f"fill={self.fill}, pad_fill={self.pad_fill}, value_range={self.value_range}, "
             f"per_image_policy={self.per_image_policy})"
         )
+
+
+class FittedStrongAugment:
+    """The recipes' default strong view: :class:`StrongAugment` with sizes and policy that follow
+    the images it is given, so one default serves grayscale and RGB, 8 or 224 pixels.
+
+    For images of C channels and S pixels: AutoAugment's CIFAR-10 policy only for RGB (it needs
+    three channels; ``autoaugment=False`` never), a flip only for RGB (grayscale datasets such as
+    digits are not mirror-symmetric), a pad-crop of ``max(1, S // 8)`` and a cutout of
+    ``max(1, S // 2)``; for 32x32 RGB that is exactly ``strong_augment("cifar10")``. One view is
+    built per (C, S) and reused.
+    """
+
+    def __init__(self, *, autoaugment: bool = True, value_range: Sequence[float] = (0.0, 1.0),
+                 per_image_policy: bool = True) -> None:
+        self.autoaugment = bool(autoaugment)
+        self.value_range = _check_value_range(value_range)
+        self.per_image_policy = per_image_policy
+        self._views: dict[tuple[int, int], StrongAugment] = {}
+
+    def view_for(self, channels: int, size: int) -> StrongAugment:
+        """The strong view this default uses for images of ``channels`` x ``size`` x ``size``."""
+        key = (channels, size)
+        if key not in self._views:
+            rgb = channels == 3
+            self._views[key] = StrongAugment(
+                "cifar10" if rgb and self.autoaugment else None, pad=max(1, size // 8),
+                cutout=max(1, size // 2), flip=rgb, value_range=self.value_range,
+                per_image_policy=self.per_image_policy)
+        return self._views[key]
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            raise ValueError(f"images: expected a (B, C, H, W) tensor, got "
+                             f"{getattr(images, 'shape', type(images))}")
+        return self.view_for(images.shape[1], images.shape[-1])(images, generator=generator)
+
+    def __repr__(self) -> str:
+        return (f"FittedStrongAugment(autoaugment={self.autoaugment}, "
+                f"value_range={self.value_range}, per_image_policy={self.per_image_policy})")
 
 
 def strong_augment(

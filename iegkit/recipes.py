@@ -87,9 +87,12 @@ def _warmup_steps(total_steps: int, warmup_fraction: float) -> int:
 
 
 def _default_strong(policy: str | None) -> Augment:
-    from iegkit.augment import strong_augment
+    """The strong view when the user passes none: it follows the images it is given (channels,
+    size; ``augment.FittedStrongAugment``), AutoAugment's CIFAR-10 policy for RGB where ``policy``
+    asks for it. Images in [0, 1]; other ranges pass their own view."""
+    from iegkit.augment import FittedStrongAugment
 
-    return strong_augment(policy=policy)
+    return FittedStrongAugment(autoaugment=policy is not None)
 
 
 def _check_components(components: Collection[str]) -> frozenset[str]:
