@@ -338,12 +338,14 @@ def train(
     strong_augment: Augment | None = None,
     recipe_options: Mapping[str, Any] | None = None,
     evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
+    model_factory: Callable[[int, int], torch.nn.Module] | None = None,
     **fit_options: Any,
 ) -> FitResult:
     """SmallCNN, SGD (momentum 0.9, weight decay 5e-4) and ``recipes.build(method, ...)`` on
     ``data`` (an ``iegkit.data.NoisyDataset``), then ``fit``.
 
-    ``torch.manual_seed(seed)`` is set before the model is built. The views default to
+    ``torch.manual_seed(seed)`` is set before the model is built: ``model_factory(in_channels,
+    num_classes)`` (the user's network), by default ``SmallCNN(width=width)``. The views default to
     ``default_augmentations`` of the data's shape; ``recipe_options`` go to ``recipes.build`` (a
     ``strong_augment`` there overrides the argument). ``evaluate`` defaults to the test accuracy
     (``{"test_accuracy": ...}``). ``fit_options``: the other arguments of ``fit``.
@@ -352,7 +354,8 @@ def train(
 
     torch.manual_seed(seed)
     channels, size = data.train_inputs.shape[1], data.train_inputs.shape[-1]
-    model = SmallCNN(in_channels=channels, num_classes=data.num_classes, width=width)
+    model = (model_factory(channels, data.num_classes) if model_factory is not None
+             else SmallCNN(in_channels=channels, num_classes=data.num_classes, width=width))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     total_steps = epochs * steps_per_epoch(data.train_inputs.shape[0], batch_size)
     default_weak, default_strong = default_augmentations(channels, size)

@@ -178,3 +178,42 @@ def test_version_and_the_missing_extra_message(monkeypatch, capsys, tmp_path):
     assert err == ("iegkit: error: the default data (scikit-learn's digits) needs sklearn: pip "
                    "install 'iegkit[demo]', or pass --data DIR")
     assert not (tmp_path / "run").exists()  # refused before the folder is made
+
+
+def test_model_takes_your_network_or_a_timm_name(tmp_path, monkeypatch, capsys):
+    """MODULE:FACTORY is called as FACTORY(in_channels=C, num_classes=K); timm:NAME goes to
+    timm.create_model without pretrained weights (a stand-in timm here: timm is an extra)."""
+    import sys
+    import types
+
+    from iegkit.models import SmallCNN
+
+    data = write_folder(tmp_path / "data")
+    common = ["train", "--data", str(data), "--recipe", "plain", "--epochs", "1", *ARGS]
+    assert main([*common, "--out", str(tmp_path / "own"), "--model", "iegkit.models:SmallCNN"]) == 0
+    state = torch.load(tmp_path / "own" / "model.pt", weights_only=True)
+    SmallCNN(in_channels=3, num_classes=3).load_state_dict(state)  # width 32: the factory's default
+    assert json.loads((tmp_path / "own" / "config.json").read_text())["model"] == "iegkit.models:SmallCNN"
+
+    calls = []
+    fake = types.ModuleType("timm")
+    fake.list_models = lambda: ["tiny"]
+
+    def create_model(name, pretrained, num_classes, in_chans):
+        calls.append((name, pretrained, num_classes, in_chans))
+        return SmallCNN(in_channels=in_chans, num_classes=num_classes, width=4)
+
+    fake.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    assert main([*common, "--out", str(tmp_path / "timm"), "--model", "timm:tiny"]) == 0
+    assert calls == [("tiny", False, 3, 3)]
+    capsys.readouterr()
+    for spec, message in (("timm:nope", "timm has no model 'nope'"),
+                          ("no_such_module:f", "No module named 'no_such_module'"),
+                          ("iegkit.models:nope", "nope"), ("resnet", "expected small_cnn")):
+        assert main([*common, "--out", str(tmp_path / "bad"), "--model", spec]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    monkeypatch.setitem(sys.modules, "timm", None)  # not installed
+    assert main([*common, "--out", str(tmp_path / "bad"), "--model", "timm:tiny"]) == 2
+    assert "pip install 'iegkit[timm]'" in capsys.readouterr().err

@@ -59,6 +59,7 @@ class RunConfig:
     image_size: int | None
     checkpoint_every: int
     width: int
+    model: str = "small_cnn"  # runs written before --model existed have none: SmallCNN
 
 
 def _load_folder(root: Path, image_size: int | None) -> tuple[Tensor, Tensor, list[str]]:
@@ -124,6 +125,38 @@ def build_splits(config: RunConfig) -> NoisyDataset:
                         test_labels, num_classes, tuple(names))
 
 
+def model_factory(spec: str, width: int):
+    """``--model``: "small_cnn" (SmallCNN of ``width``), "timm:NAME" (``timm.create_model``, no
+    pretrained weights; the ``timm`` extra) or "MODULE:FACTORY", the user's own network, called as
+    ``FACTORY(in_channels=C, num_classes=K)``. Returns ``(in_channels, num_classes) -> model``."""
+    import importlib
+
+    from iegkit.models import SmallCNN
+
+    if spec == "small_cnn":
+        return lambda channels, classes: SmallCNN(in_channels=channels, num_classes=classes,
+                                                  width=width)
+    source, sep, name = spec.partition(":")
+    if not (sep and source and name):
+        raise UsageError(f"--model: expected small_cnn, timm:NAME or MODULE:FACTORY, got {spec!r}")
+    if source == "timm":
+        try:
+            timm = importlib.import_module("timm")
+        except ModuleNotFoundError:
+            raise UsageError(f"--model {spec}: needs timm: pip install 'iegkit[timm]'") from None
+        if name not in timm.list_models():
+            raise UsageError(f"--model {spec}: timm has no model {name!r}")
+        return lambda channels, classes: timm.create_model(name, pretrained=False,
+                                                           num_classes=classes, in_chans=channels)
+    try:
+        factory = getattr(importlib.import_module(source), name)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"--model {spec}: {error}") from None
+    if not callable(factory):
+        raise UsageError(f"--model {spec}: {name} is not callable")
+    return lambda channels, classes: factory(in_channels=channels, num_classes=classes)
+
+
 def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True,
               stop_after: int | None = None) -> dict:
     """Train (or continue) a run in ``out``; returns the final summary. ``stop_after`` ends this
@@ -173,6 +206,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     result = training.train(
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
+        model_factory=model_factory(config.model, config.width),
         on_epoch=on_epoch, evaluate_average=True,
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
@@ -258,6 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.3,
                        help="held-out fraction when DIR has no train/test folders")
     train.add_argument("--image-size", type=int, help="resize images to this square size")
+    train.add_argument("--model", default="small_cnn",
+                       help="small_cnn, timm:NAME (the timm extra; no pretrained weights) or "
+                            "MODULE:FACTORY, your network: FACTORY(in_channels=C, num_classes=K)")
     train.add_argument("--width", type=int, default=32, help="SmallCNN width")
     train.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     train.add_argument("--out", help="run folder (config, checkpoint, model.pt, report, plots)")
@@ -295,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = RunConfig(args.data, args.noise, args.trusted_per_class, args.recipe,
                                args.epochs, args.batch_size, args.lr, args.seed,
                                args.test_fraction, args.image_size, args.checkpoint_every,
-                               args.width)
+                               args.width, args.model)
+            model_factory(config.model, config.width)  # an unknown --model fails here
             out = Path(args.out)
             build_splits(config)  # fail early, before touching the folder
             out.mkdir(parents=True, exist_ok=True)
