@@ -36,6 +36,8 @@ def test_train_on_an_image_folder_writes_report_and_plots(tmp_path):
     for name in ("config.json", "checkpoint.pt", "report.md", "report.json", "summary.json",
                  "curves.png", "weights.png", "lambda.png", "collapse.png"):
         assert (out / name).stat().st_size > 0, name
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,loss") and len(rows) == 1 + 1  # header + one epoch
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 1
     assert "Mislabeled-example detection" in (out / "report.md").read_text()

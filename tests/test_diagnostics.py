@@ -342,3 +342,21 @@ def test_recorder_on_the_demo_loop():
     assert set(report.detection) == {"down-weighted", "relabeled"}
     assert 0.0 <= report.detection["relabeled"]["auc"] <= 1.0
     json.loads(report.to_json())
+
+
+def test_epoch_axes_take_whole_numbers_and_legends_sit_beside_the_axes(monkeypatch, tmp_path):
+    from matplotlib.ticker import MaxNLocator
+
+    from iegkit.diagnostics import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+    history = [{"epoch": e, "loss": 1.0 / e, "test_accuracy": 0.2 * e} for e in (1, 2, 3)]
+    plots.plot_curves(history, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        locator = ax.xaxis.get_major_locator()
+        assert isinstance(locator, MaxNLocator) and locator._integer
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+        anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+        assert anchor.x0 > 1.0  # right of the axes, never over a curve

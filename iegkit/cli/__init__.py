@@ -5,7 +5,8 @@ synthetic or supplied noise, checkpoint, resume, and write a report and plots.
     iegkit train --resume RUN/
     python -m iegkit.cli train ...
 
-A run folder keeps ``config.json``, ``checkpoint.pt``, ``model.pt`` (the weights to deploy: the
+A run folder keeps ``config.json``, ``checkpoint.pt``, ``history.csv`` (per-epoch metrics),
+``model.pt`` (the weights to deploy: the
 recipe's weight average where it keeps one, ``iegkit.evaluation_weights``; a plain state dict,
 ``model.load_state_dict(torch.load("RUN/model.pt", weights_only=True))``), ``summary.json``, the
 report and the plots. ``--out`` refuses a folder that already holds a run unless ``--overwrite``.
@@ -225,6 +226,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     if recorder.has_weights or recorder.has_relabel:
         plot_lambda_curves(recorder, None, out / "lambda.png")
     save_deployable(result, out / "model.pt")
+    write_history_csv(history, out / "history.csv")
     summary = {"final": result.final, "epochs": len(history),
                "realised_noise": float(is_noisy.float().mean())}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -232,7 +234,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
 
 
 #: the files a run writes into its folder (``--overwrite`` removes them first)
-RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "report.md",
+RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "history.csv", "report.md",
              "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png")
 
 
@@ -245,6 +247,19 @@ def save_deployable(result: training.FitResult, path: Path) -> None:
         state = {name: value.detach().cpu().clone() for name, value in
                  result.model.state_dict().items()}
     torch.save(state, path)
+
+
+def write_history_csv(history: Sequence[dict], path: Path) -> None:
+    """One row per epoch, one column per scalar metric (in the order they first appear)."""
+    import csv
+
+    columns: list[str] = []
+    for entry in history:
+        columns += [k for k, v in entry.items() if isinstance(v, (int, float)) and k not in columns]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def _claim_run_folder(out: Path, overwrite: bool) -> None:

@@ -37,8 +37,21 @@ def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")  # keeps the legends beside the axes
     return path
+
+
+def _epoch_axis(ax: Any) -> None:
+    """An x axis of epochs: whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(ax: Any) -> None:
+    """The legend beside the axes, off the curves."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _resolve_noisy(recorder: StepRecorder, is_noisy: Tensor | None) -> Tensor | None:
@@ -74,11 +87,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50
                         else None, label=name)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize="small")
+            _legend(ax)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
@@ -109,12 +122,12 @@ def plot_lambda_curves(recorder: StepRecorder, is_noisy: Tensor | None, path: st
             ys = [c[f"{key}_mean_{group}"] for c in curves]
             ax.plot(x, ys, style, marker="." if len(x) < 50 else None,
                     label="clean" if group == "clean" else "mislabeled")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_title(title)
         if key == "lambda":
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _legend(ax)
     return _save(fig, path)
 
 
@@ -139,7 +152,7 @@ def plot_weight_histogram(recorder: StepRecorder, is_noisy: Tensor | None, path:
     ax.set_xlabel("average B*omega* (1 = uniform weight)")
     ax.set_ylabel("examples")
     ax.set_title("per-example weight")
-    ax.legend(fontsize="small")
+    _legend(ax)
     return _save(fig, path)
 
 
@@ -159,12 +172,12 @@ def plot_collapse(history: Sequence[Mapping[str, Any]], path: str | Path, *,
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle="--", label="warning threshold")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylim(0, 1)
     ax.set_title("pseudo-label collapse signals")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize="small")
+        _legend(ax)
     else:
         ax.text(0.5, 0.5, "no pseudo labels", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
