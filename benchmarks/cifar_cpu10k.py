@@ -26,6 +26,7 @@ from benchmarks.cifar_runs import (
     Store,
     StrongViews,
     build_model,
+    device_data,
     has_ema,
     load_cifar10_head,
     make_pipeline,
@@ -42,8 +43,7 @@ from benchmarks.cifar_runs import (
 from benchmarks.results_io import command, load_average, now, write_section
 from benchmarks.results_io import machine as results_machine
 from iegkit import WeightEMA, recipes, training
-from iegkit.augment import strong_augment, weak_augment
-from iegkit.data import NoisyDataset
+from iegkit.augment import strong_augment
 from iegkit.functional import noise_rate_from_transition
 
 # --------------------------------------------------------------------------- --config cpu10k
@@ -268,14 +268,7 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
                              extra=extra, strong=strong)
     views = (StrongViews(split.train_images, strong, run.seed, per_epoch, device)
              if cfg.precompute_strong and "strong" in pipeline.plan.views else None)
-    weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
-
-    def weak_view(images: Tensor, generator=None) -> Tensor:  # uint8 on the device -> [-1, 1]
-        return weak(to_input(images, device), generator=generator)
-
-    data = NoisyDataset(split.train_images.to(device), labels.to(device), split.train_clean,
-                        split.trusted_images.to(device), split.trusted_labels.to(device),
-                        split.test_images, split.test_labels, NUM_CLASSES)
+    data, weak_view = device_data(split, labels, cfg.weak_pad, device)
     eval_seconds: list[float] = []
     final: dict[str, float] = {}
     # evaluated beside the trained weights, never trained on: the official code reports an EMA of

@@ -21,11 +21,11 @@ from torch import Tensor
 
 from benchmarks.cifar_runs import (
     CONFIGS,
-    NUM_CLASSES,
     REPO,
     Config,
     Split,
     build_model,
+    device_data,
     evaluate,
     machine,
     make_pipeline,
@@ -35,12 +35,9 @@ from benchmarks.cifar_runs import (
     run_key,
     setting_name,
     time_steps,
-    to_input,
 )
 from benchmarks.results_io import rerunnable
 from iegkit import WeightEMA, training
-from iegkit.augment import weak_augment
-from iegkit.data import NoisyDataset
 from iegkit.functional.schedule import sgdr_restarts
 
 HEADING = "Noisy CIFAR-10 (benchmarks/noisy_cifar10.py)"
@@ -116,15 +113,7 @@ def train_one(method: str, split: Split, labels: Tensor, cfg: Config, seed: int,
         with ema.average_parameters():
             return {"test_accuracy": evaluate(model, split.test_images, split.test_labels, device)}
 
-    weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
-
-    def weak_view(images: Tensor, generator=None) -> Tensor:  # uint8 on the device -> [-1, 1]
-        return weak(to_input(images, device), generator=generator)
-
-    # uint8 images on the device, converted per batch by the weak view
-    data = NoisyDataset(split.train_images.to(device), labels.to(device), split.train_clean,
-                        split.trusted_images.to(device), split.trusted_labels.to(device),
-                        split.test_images, split.test_labels, NUM_CLASSES)
+    data, weak_view = device_data(split, labels, cfg.weak_pad, device)
     log = RunLog(cfg, per_epoch, accuracy, ema, desc)
     result = training.fit(pipeline, model, optimizer, data, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, weak_augment=weak_view, seed=seed,

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 from benchmarks.results_io import RunStore
 from iegkit import recipes, training
 from iegkit.augment import strong_augment, weak_augment
-from iegkit.data import ProbeSampler, split_trusted
+from iegkit.data import NoisyDataset, ProbeSampler, split_trusted
 from iegkit.noise import CIFAR10_ASYMMETRIC_MAP, asymmetric_noise, uniform_noise
 from iegkit.parts import SGDRSchedule
 
@@ -387,6 +387,21 @@ def predict(model: torch.nn.Module, images: Tensor, device: torch.device,
 def top_share(predictions: Tensor) -> float:
     """The share of the largest predicted class (1/C: balanced; 1: collapsed)."""
     return float(torch.bincount(predictions, minlength=NUM_CLASSES).max()) / max(1, predictions.numel())
+
+
+def device_data(split: Split, labels: Tensor, weak_pad: int, device: torch.device):
+    """The run's data as ``training.fit`` reads it (uint8 images on the device; the clean and test
+    labels stay where they are) and its weak view, which maps each uint8 batch to [-1, 1] on the
+    device before the pad-crop (``weak_pad``) and flip."""
+    weak = weak_augment(pad=weak_pad, value_range=(-1.0, 1.0))
+
+    def weak_view(images: Tensor, generator=None) -> Tensor:
+        return weak(to_input(images, device), generator=generator)
+
+    data = NoisyDataset(split.train_images.to(device), labels.to(device), split.train_clean,
+                        split.trusted_images.to(device), split.trusted_labels.to(device),
+                        split.test_images, split.test_labels, NUM_CLASSES)
+    return data, weak_view
 
 
 class EpochMetrics:
