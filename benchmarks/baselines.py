@@ -222,7 +222,9 @@ def build_pipeline(run: Run, model, optimizer, cfg: Config, total_steps: int, pe
 
 def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cfg: Config,
               store: cifar.Store, label: str, *, checkpoint: Path | None, max_steps: int | None,
-              progress: bool) -> dict:
+              progress: bool, on_step=None, finish=None) -> dict:
+    """One run; ``on_step(step, indices, out)`` also sees every step and ``finish(pipeline, model)``
+    the trained run before the pipeline closes (its dict joins the record)."""
     device = torch.device("cpu")
     torch.manual_seed(run.seed)
     model = SmallCNN(in_channels=3, num_classes=cifar.NUM_CLASSES, width=cfg.width, blocks=cfg.blocks)
@@ -276,15 +278,21 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         print(f"    {run.key(label)} epoch {entry['epoch']}/{cfg.epochs}: loss {entry['loss']:.3f}, "
               f"{text}", flush=True)
 
+    def step_hook(step: int, indices: Tensor, out) -> None:
+        metrics.on_step(out)
+        if on_step is not None:
+            on_step(step, indices, out)
+
     result = training.fit(
         pipeline, model, optimizer, data, epochs=cfg.epochs, batch_size=cfg.batch_size,
         weak_augment=lambda images, generator=None: weak(cifar.to_input(images, device),
                                                          generator=generator),
         seed=run.seed, evaluate=evaluate, evaluate_average=True, on_epoch=on_epoch,
-        on_step=lambda step, indices, out: metrics.on_step(out), views=views,
+        on_step=step_hook, views=views,
         checkpoint=None if max_steps is not None else checkpoint,
         resume=max_steps is None and checkpoint is not None and checkpoint.exists(),
         max_steps=max_steps, progress=progress, desc=run.variant)
+    extra = finish(pipeline, model) if finish is not None else {}
     pipeline.close()
     timing = cifar.run_timing(result.seconds, eval_seconds, views, metrics.steps_run)
     record = {
@@ -302,7 +310,19 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
         # errors with label noise: C_hat's noise rate was 0.62 where 0.36 of the labels are wrong)
         best = max(result.history, key=lambda entry: entry["val_noisy"])
         record.update(transition=best["transition"], transition_epoch=best["epoch"])
+    record.update(extra)
     return record
+
+
+def load_data(data_dir: Path, cfg: Config, dry_run: bool) -> tuple[tuple[Tensor, Tensor], ...]:
+    """(train, test) as (uint8 images, labels): all of CIFAR-10, or its head for a dry run."""
+    if dry_run:
+        return (cifar.load_cifar10_head(data_dir, "train", cifar.TRUSTED_PER_CLASS + cfg.pool // 10),
+                cifar.load_cifar10_head(data_dir, "test", 20))
+    from iegkit.datasets import load_cifar10_jpeg
+
+    return (load_cifar10_jpeg(data_dir, "train", verbose=True)[:2],
+            load_cifar10_jpeg(data_dir, "test", verbose=True)[:2])
 
 
 # --------------------------------------------------------------------------- run list
@@ -593,14 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"baselines: CIFAR-10 JPEG archives not found in {data_dir}; skipping.")
         return 0
     torch.set_num_threads(cfg.threads)
-    if args.dry_run:
-        train = cifar.load_cifar10_head(data_dir, "train", cifar.TRUSTED_PER_CLASS + cfg.pool // 10)
-        test = cifar.load_cifar10_head(data_dir, "test", 20)
-    else:
-        from iegkit.datasets import load_cifar10_jpeg
-
-        train = load_cifar10_jpeg(data_dir, "train", verbose=True)[:2]
-        test = load_cifar10_jpeg(data_dir, "test", verbose=True)[:2]
+    train, test = load_data(data_dir, cfg, args.dry_run)
     splits: dict[int, Split] = {}
     mine = [run for run in runs if owner[run] == shard]
     print(f"{label}: {dataclasses.asdict(cfg)}; shard {shard}/{shards}: {len(mine)} runs", flush=True)

@@ -15,12 +15,18 @@ label-issue list)::
     plot_weight_histogram(recorder, None, "weights.png")
 
 Modules: ``recorder`` (StepRecorder; its conventions), ``metrics`` (detection metrics),
-``report`` (noisy_label_report), ``plots`` (PNG figures; matplotlib imported lazily).
+``report`` (noisy_label_report), ``label_issues`` (find_label_issues: the label
+posterior's flags), ``plots`` (PNG figures; matplotlib imported lazily).
 """
 
 from __future__ import annotations
 
 from iegkit.diagnostics.collapse import CollapseMonitor
+from iegkit.diagnostics.label_issues import (
+    LabelIssueFlags,
+    find_label_issues,
+    predicted_probabilities,
+)
 from iegkit.diagnostics.metrics import detection_metrics, lambda_by_cleanliness
 from iegkit.diagnostics.plots import (
     plot_collapse,
@@ -34,13 +40,16 @@ from iegkit.diagnostics.report import LabelIssue, Report, noisy_label_report
 __all__ = [
     "CollapseMonitor",
     "LabelIssue",
+    "LabelIssueFlags",
     "Report",
     "StepRecorder",
     "detection_metrics",
+    "find_label_issues",
     "lambda_by_cleanliness",
     "noisy_label_report",
     "plot_collapse",
     "plot_curves",
     "plot_lambda_curves",
     "plot_weight_histogram",
+    "predicted_probabilities",
 ]

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from iegkit.functional.losses import check_targets
 
-__all__ = ["estimate_label_accuracy", "noisy_label_posterior", "transition_label_posterior"]
+__all__ = ["estimate_label_accuracy", "label_error_probability", "noisy_label_posterior",
+           "transition_label_posterior"]
 
 #: Halvings of [1/C, 1] in the maximum-likelihood solve: below float64 resolution.
 _BISECTIONS = 60
@@ -124,3 +125,26 @@ def transition_label_posterior(pseudo: Tensor, labels: Tensor, transition: Tenso
     weighted = pseudo * likelihood.clamp_min(0.0) ** (1.0 / temperature)
     total = weighted.sum(-1, keepdim=True)
     return torch.where(total > 0, weighted / torch.where(total > 0, total, 1.0), pseudo)
+
+
+def label_error_probability(probs: Tensor, labels: Tensor, *, transition: Tensor | None = None,
+                            label_accuracy: float | None = None) -> Tensor:
+    """P(true class != y_i | x_i, y_i) = 1 - g'_i[y_i], g' the posterior of the true class at
+    temperature 1 (Bayes' rule, no sharpening: a calibrated probability, not a training target).
+
+    ``probs`` (N, C): a model's estimate of the true class (e.g. the EMA teacher's softmax);
+    exactly one channel: ``transition`` T[c, j] = P(given j | true c) (GLC's C_hat from the
+    trusted set: ``transition_label_posterior``), or ``label_accuracy`` r, the symmetric channel
+    (``noisy_label_posterior``; r from ``estimate_label_accuracy`` needs no trusted set).
+    Returns (N,) in [0, 1], dtype of probs. Under T = identity (no noise) every label is right
+    (0); permuting the rows permutes the result.
+    """
+    if (transition is None) == (label_accuracy is None):
+        raise ValueError("transition, label_accuracy: expected exactly one of them, got "
+                         + ("both" if transition is not None else "neither"))
+    if transition is not None:
+        posterior = transition_label_posterior(probs, labels, transition, temperature=1.0)
+    else:
+        posterior = noisy_label_posterior(probs, labels, float(label_accuracy), temperature=1.0)
+    kept = posterior.gather(1, labels.long()[:, None]).squeeze(1)
+    return (1.0 - kept).clamp(0.0, 1.0)

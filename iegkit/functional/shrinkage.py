@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["shrink_toward_init"]
+__all__ = ["shrink_toward_init", "unshrink"]
 
 
 def shrink_toward_init(value: Tensor, init: Tensor | float, shrinkage: float) -> Tensor:
@@ -22,3 +22,16 @@ def shrink_toward_init(value: Tensor, init: Tensor | float, shrinkage: float) ->
     if shrinkage == 0.0:
         return value
     return (1.0 - shrinkage) * value + shrinkage * init
+
+
+def unshrink(shrunk: Tensor, init: Tensor | float, shrinkage: float) -> Tensor:
+    """The inverse of ``shrink_toward_init`` for beta < 1: (shrunk - beta init) / (1 - beta), the
+    meta decision before shrinkage (a recorded omega* or lambda* read back on its own scale, so
+    that "below half the uniform weight" means what it says). Affine, so averages over visits
+    unshrink too."""
+    if not 0.0 <= shrinkage < 1.0:
+        raise ValueError(f"shrinkage: expected a value in [0, 1) (1 keeps nothing to recover), "
+                         f"got {shrinkage}")
+    if shrinkage == 0.0:
+        return shrunk
+    return (shrunk - shrinkage * init) / (1.0 - shrinkage)
