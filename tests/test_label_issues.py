@@ -8,7 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iegkit.diagnostics import detection_metrics, find_label_issues, predicted_probabilities
+from iegkit.diagnostics import (
+    detection_metrics,
+    find_label_issues,
+    predicted_probabilities,
+)
 from iegkit.functional.label_posterior import label_error_probability
 from iegkit.functional.shrinkage import shrink_toward_init, unshrink
 
@@ -165,3 +169,53 @@ def test_predicted_probabilities_restores_the_mode():
     torch.testing.assert_close(probs.sum(-1), torch.ones(7, dtype=torch.float64))
     model.eval()
     torch.testing.assert_close(probs, torch.softmax(model(inputs).double(), -1))
+
+
+# --- the run report reads the flags and the un-shrunk decisions ------------------------------
+
+def shrunk_run(beta=0.75):
+    """Four examples, the last two mislabeled: raw B*omega* 1.6, 1.6, 0.4, 0.4 and lambda* 1, 1,
+    0, 0, recorded after shrinkage by beta toward 1 and 0.9 (robust_ieg's)."""
+    from types import SimpleNamespace
+
+    from iegkit.diagnostics import StepRecorder
+
+    recorder = StepRecorder(4)
+    raw_w = torch.tensor([0.4, 0.4, 0.1, 0.1])
+    raw_lam = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    out = SimpleNamespace(weights=shrink_toward_init(raw_w, 0.25, beta),
+                          relabel=shrink_toward_init(raw_lam, 0.9, beta), values={}, logits=None,
+                          loss=None, losses={})
+    recorder.record(0, torch.arange(4), out)
+    return recorder
+
+
+def test_report_unshrinks_so_that_shrunk_decisions_can_flag():
+    from iegkit.diagnostics import noisy_label_report
+
+    given_labels, clean = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 1, 2])
+    as_shrunk = noisy_label_report(shrunk_run(), given_labels, clean)
+    assert as_shrunk.down_weighted_fraction == 0 and as_shrunk.relabeled_fraction == 0
+    report = noisy_label_report(shrunk_run(), given_labels, clean, weight_shrinkage=0.75,
+                                relabel_shrinkage=0.75, label_init=0.9)
+    assert report.down_weighted_fraction == 0.5 and report.relabeled_fraction == 0.5
+    assert report.detection["relabeled"]["f1"] == 1.0
+
+
+def test_report_lists_the_posterior_flags_as_label_issues():
+    from iegkit.diagnostics import noisy_label_report
+
+    given_labels, clean = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 1, 2])
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]],
+                         dtype=torch.float64)
+    flags = find_label_issues(probs, given_labels, label_accuracy=0.6)
+    report = noisy_label_report(shrunk_run(), given_labels, clean, posterior=flags)
+    assert report.issue_source.startswith("label posterior")
+    # both P(wrong) = 1 - 0.06 / 0.24 = 0.75: ties go by lambda*, then index
+    assert [(i.index, i.suggested_label) for i in report.label_issues] == [(2, 1), (3, 2)]
+    assert report.label_issues[0].confidence == pytest.approx(0.75)
+    assert report.detection["label posterior"]["f1"] == 1.0
+    assert "| label posterior |" in report.to_markdown()
+    with pytest.raises(ValueError, match="posterior: expected flags for 4 examples"):
+        noisy_label_report(shrunk_run(), given_labels, clean,
+                           posterior=find_label_issues(probs[:3], given_labels[:3]))

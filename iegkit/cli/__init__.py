@@ -214,7 +214,10 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
         desc=config.recipe)
     history = result.history
-    report = noisy_label_report(recorder, splits.train_labels, splits.train_clean_labels)
+    report = noisy_label_report(recorder, splits.train_labels, splits.train_clean_labels,
+                                posterior=deployed_posterior(result, splits.train_inputs,
+                                                             splits.train_labels),
+                                **meta_shrinkage(result.pipeline))
     (out / "report.md").write_text(report.to_markdown())
     (out / "report.json").write_text(report.to_json())
     plot_curves(history, out / "curves.png")
@@ -236,6 +239,30 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
 #: the files a run writes into its folder (``--overwrite`` removes them first)
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "history.csv", "report.md",
              "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png")
+
+
+def deployed_posterior(result: training.FitResult, inputs: Tensor, labels: Tensor):
+    """The label posterior's flags (symmetric channel, r fitted to the model) on the softmax of the
+    weights to deploy: what the report lists as label issues."""
+    from iegkit.diagnostics import find_label_issues, predicted_probabilities
+    from iegkit.ema import evaluation_weights
+
+    with evaluation_weights(result.pipeline):
+        probs = predicted_probabilities(result.model, inputs)
+    return find_label_issues(probs, labels)
+
+
+def meta_shrinkage(pipeline) -> dict[str, float]:
+    """The shrinkage of the pipeline's meta parts, so that the report reads omega*, lambda* raw."""
+    from iegkit.parts import MetaRelabeler, MetaReweighter
+
+    out: dict[str, float] = {}
+    for part in pipeline.parts:
+        if isinstance(part, MetaReweighter):
+            out["weight_shrinkage"] = part.shrinkage
+        elif isinstance(part, MetaRelabeler):
+            out.update(relabel_shrinkage=part.shrinkage, label_init=part.label_init)
+    return out
 
 
 def save_deployable(result: training.FitResult, path: Path) -> None:

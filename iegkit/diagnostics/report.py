@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iegkit.diagnostics.label_issues import LabelIssueFlags
 from iegkit.diagnostics.metrics import _group_means, detection_metrics, lambda_by_cleanliness
 from iegkit.diagnostics.recorder import StepRecorder, _to_cpu
+from iegkit.functional.shrinkage import unshrink
 
 __all__ = ["LabelIssue", "Report", "noisy_label_report"]
 
@@ -142,8 +144,14 @@ class Report:
 
 def noisy_label_report(recorder: StepRecorder, given_labels: Tensor,
                        clean_labels: Tensor | None = None, *, top_k: int = 20,
-                       weight_threshold: float = 0.5, relabel_threshold: float = 0.5) -> Report:
+                       weight_threshold: float = 0.5, relabel_threshold: float = 0.5,
+                       posterior: LabelIssueFlags | None = None, weight_shrinkage: float = 0.0,
+                       relabel_shrinkage: float = 0.0, label_init: float = 0.9) -> Report:
     """Which examples the run down-weighted or relabeled, and which labels look wrong.
+
+    The recorded omega* and lambda* are read before shrinkage (``weight_shrinkage``,
+    ``relabel_shrinkage``: the parts' ``shrinkage``, with lambda0 = ``label_init``): shrunk by 0.75,
+    B*omega* never falls below 0.75 and no threshold of 1/2 could flag it.
 
     Detectors (when ``clean_labels`` is given; mislabeled = given != clean), over the examples the
     corresponding part saw:
@@ -154,7 +162,11 @@ def noisy_label_report(recorder: StepRecorder, given_labels: Tensor,
     * "relabeled": score = 1 - average lambda*; flagged when average lambda* <
       ``relabel_threshold`` (the pseudo label was used on most visits).
 
-    Label issues (cleanlab-style): the relabeled examples (else, without a relabeler, the
+    * "label posterior": ``posterior`` (``find_label_issues`` on the deployed weights' softmax),
+      score P(label wrong), flagged above its threshold.
+
+    Label issues (cleanlab-style): with ``posterior``, its flags, suggesting the posterior's argmax
+    with confidence P(label wrong); else the relabeled examples (else, without a relabeler, the
     down-weighted ones; else the examples whose prediction disagrees with the given label) whose
     suggested label (the last pseudo-label argmax, else the last prediction) differs from the
     given label, sorted by the suggestion's confidence (descending), then by average lambda*
@@ -164,6 +176,9 @@ def noisy_label_report(recorder: StepRecorder, given_labels: Tensor,
     given = _to_cpu(given_labels).long().flatten()
     if given.numel() != n:
         raise ValueError(f"given_labels: expected {n} labels, got {given.numel()}")
+    if posterior is not None and posterior.flagged.numel() != n:
+        raise ValueError(f"posterior: expected flags for {n} examples, got "
+                         f"{posterior.flagged.numel()}")
     clean = None
     is_noisy = None
     if clean_labels is not None:
@@ -172,7 +187,8 @@ def noisy_label_report(recorder: StepRecorder, given_labels: Tensor,
             raise ValueError(f"clean_labels: expected {n} labels, got {clean.numel()}")
         is_noisy = given != clean
     seen = recorder.seen_count > 0
-    w_avg, lam_avg = recorder.weight_rel_avg, recorder.relabel_avg
+    w_avg = unshrink(recorder.weight_rel_avg, 1.0, weight_shrinkage)
+    lam_avg = unshrink(recorder.relabel_avg, label_init, relabel_shrinkage)
     w_seen, lam_seen = recorder.weight_count > 0, recorder.relabel_count > 0
     has_w, has_lam = bool(w_seen.any()), bool(lam_seen.any())
     down = w_seen & (w_avg < weight_threshold)
@@ -192,12 +208,21 @@ def noisy_label_report(recorder: StepRecorder, given_labels: Tensor,
             detection["relabeled"] = detection_metrics(1 - lam_avg[lam_seen], is_noisy[lam_seen],
                                                        decision=relabeled[lam_seen])
             lam_clean, lam_noisy = lambda_by_cleanliness(lam_avg, is_noisy)
+        if posterior is not None:
+            detection["label posterior"] = detection_metrics(
+                _to_cpu(posterior.error_probability), is_noisy,
+                decision=_to_cpu(posterior.flagged))
 
     pseudo_ok = recorder.pseudo_label >= 0
     suggested = torch.where(pseudo_ok, recorder.pseudo_label, recorder.predicted_label)
     confidence = torch.where(pseudo_ok, recorder.pseudo_confidence,
                              recorder.predicted_confidence)
-    if has_lam:
+    if posterior is not None:
+        source = f"label posterior, P(label wrong) > 1/2, {posterior.channel} channel"
+        candidates = _to_cpu(posterior.flagged).bool()
+        suggested = _to_cpu(posterior.suggested).long()
+        confidence = _to_cpu(posterior.error_probability).double()
+    elif has_lam:
         source, candidates = "relabeled", relabeled
     elif has_w:
         source, candidates = "down-weighted", down
