@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -105,6 +105,11 @@ class NoisyDataset:
     def noise_rate(self) -> float:
         """The realised fraction of wrong training labels."""
         return float((self.train_labels != self.train_clean_labels).float().mean())
+
+    def to(self, device: torch.device | str) -> NoisyDataset:
+        """Every tensor on ``device`` (a copy; the labels keep their dtype)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
 
 
 def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_fraction: float = 0.3,

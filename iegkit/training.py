@@ -143,6 +143,7 @@ def fit(
     state: Mapping[str, Stateful] | None = None,
     stop_after: int | None = None,
     max_steps: int | None = None,
+    autocast: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "",
 ) -> FitResult:
@@ -183,6 +184,10 @@ def fit(
       stop_after: end this call after that many epochs (continue later with ``resume=True``).
       max_steps: stop after that many steps in all (smoke tests); the partial epoch is evaluated,
         not checkpointed.
+      autocast: run each pipeline call (forward, look-ahead, meta step) under ``torch.autocast``
+        of this dtype on the training inputs' device; backward and the optimizer step stay
+        outside, as torch's recipe has them. ``torch.bfloat16`` only: float16 needs loss scaling,
+        which the meta step has not been validated with.
     """
     from tqdm.auto import tqdm
 
@@ -191,10 +196,13 @@ def fit(
                          f"{batch_size}, {checkpoint_every}")
     if resume and checkpoint is None:
         raise ValueError("resume: needs checkpoint=PATH")
+    if autocast not in (None, torch.bfloat16):
+        raise ValueError(f"autocast: expected None or torch.bfloat16, got {autocast} (float16 "
+                         "needs loss scaling, which the meta step has not been validated with)")
     per_epoch = steps_per_epoch(data.train_inputs.shape[0], batch_size)
     loop = _Loop(pipeline, model, optimizer, data, batch_size, weak_augment, views, on_step,
                  _lr_scheduler(pipeline, optimizer, scheduler, epochs * per_epoch),
-                 seed=seed, state=dict(state or {}), checkpoint=checkpoint)
+                 seed=seed, state=dict(state or {}), checkpoint=checkpoint, autocast=autocast)
     start_epoch = loop.restore() if resume else 0
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     step = start_epoch * per_epoch
@@ -254,8 +262,10 @@ class _Loop:
                  optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int,
                  weak_augment: Augment, views: ViewsCallback | None,
                  on_step: StepCallback | None, lr_scheduler: LRScheduler | None, *, seed: int,
-                 state: dict[str, Stateful], checkpoint: str | os.PathLike | None) -> None:
+                 state: dict[str, Stateful], checkpoint: str | os.PathLike | None,
+                 autocast: torch.dtype | None = None) -> None:
         self.pipeline, self.model, self.optimizer, self.data = pipeline, model, optimizer, data
+        self.autocast = autocast
         self.batch_size, self.weak_augment, self.views = batch_size, weak_augment, views
         self.on_step, self.lr_scheduler = on_step, lr_scheduler
         self.state, self.checkpoint = state, checkpoint
@@ -282,11 +292,13 @@ class _Loop:
         """The README's loop: the pipeline's loss, backward, the user's optimizer step."""
         augment = self.generators["augment"]
         probe_inputs, probe_labels = next(self.probe)
-        out = self.pipeline(self.weak_augment(self.data.train_inputs[idx], generator=augment),
-                            self.data.train_labels[idx],
-                            self.weak_augment(probe_inputs, generator=augment),
-                            probe_labels, step=step,
-                            views=self.views(step, idx) if self.views is not None else None)
+        inputs = self.weak_augment(self.data.train_inputs[idx], generator=augment)
+        with torch.autocast(inputs.device.type, dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            out = self.pipeline(inputs, self.data.train_labels[idx],
+                                self.weak_augment(probe_inputs, generator=augment),
+                                probe_labels, step=step,
+                                views=self.views(step, idx) if self.views is not None else None)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -339,6 +351,7 @@ def train(
     recipe_options: Mapping[str, Any] | None = None,
     evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
     model_factory: Callable[[int, int], torch.nn.Module] | None = None,
+    device: torch.device | str | None = None,
     **fit_options: Any,
 ) -> FitResult:
     """SmallCNN, SGD (momentum 0.9, weight decay 5e-4) and ``recipes.build(method, ...)`` on
@@ -348,7 +361,8 @@ def train(
     num_classes)`` (the user's network), by default ``SmallCNN(width=width)``. The views default to
     ``default_augmentations`` of the data's shape; ``recipe_options`` go to ``recipes.build`` (a
     ``strong_augment`` there overrides the argument). ``evaluate`` defaults to the test accuracy
-    (``{"test_accuracy": ...}``). ``fit_options``: the other arguments of ``fit``.
+    (``{"test_accuracy": ...}``). ``device``: the model and every tensor of ``data`` move there
+    first (the result's model stays there). ``fit_options``: the other arguments of ``fit``.
     """
     from iegkit.models import SmallCNN
 
@@ -356,6 +370,8 @@ def train(
     channels, size = data.train_inputs.shape[1], data.train_inputs.shape[-1]
     model = (model_factory(channels, data.num_classes) if model_factory is not None
              else SmallCNN(in_channels=channels, num_classes=data.num_classes, width=width))
+    if device is not None:
+        model, data = model.to(device), data.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     total_steps = epochs * steps_per_epoch(data.train_inputs.shape[0], batch_size)
     default_weak, default_strong = default_augmentations(channels, size)

@@ -219,3 +219,23 @@ def test_model_takes_your_network_or_a_timm_name(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", None)  # not installed
     assert main([*common, "--out", str(tmp_path / "bad"), "--model", "timm:tiny"]) == 2
     assert "pip install 'iegkit[timm]'" in capsys.readouterr().err
+
+
+def test_device_and_amp(tmp_path, capsys):
+    """--amp bf16 trains under autocast on the CPU; a device or precision we cannot honour is a
+    usage error before any folder is made; the report's label issues come from the posterior."""
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--recipe", "robust_ieg", "--epochs", "1", "--out",
+                 str(out), "--device", "cpu", "--amp", "bf16", *ARGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["issue_source"] == "label posterior, P(label wrong) > 1/2, symmetric channel"
+    assert "label posterior" in report["detection"]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "fp16"), "--amp", "fp16",
+                 *ARGS]) == 2
+    assert "--amp fp16: not supported" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "gpu"), "--device",
+                     "cuda", *ARGS]) == 2
+        assert "--device cuda: no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists() and not (tmp_path / "gpu").exists()

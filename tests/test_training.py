@@ -220,3 +220,23 @@ def test_views_hook_passes_precomputed_views_to_the_pipeline(data):
     with pytest.raises(ValueError, match="no part declares a view named 'strong'"):
         fit(pipeline, model, optimizer, data, epochs=1, batch_size=20, weak_augment=weak,
             views=views, progress=False)
+
+
+def test_fit_refuses_float16_autocast_and_data_moves_whole():
+    from iegkit import recipes
+    from iegkit.data import make_noisy_digits
+    from iegkit.models import SmallCNN
+    from iegkit.training import default_augmentations, fit
+
+    data = make_noisy_digits(0.4, seed=0)
+    moved = data.to("cpu")
+    assert moved.num_classes == data.num_classes and moved.train_labels.dtype == data.train_labels.dtype
+    assert torch.equal(moved.train_inputs, data.train_inputs)
+    model = SmallCNN(1, 10, width=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = recipes.build("plain", model, optimizer, total_steps=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="autocast: expected None or torch.bfloat16"):
+        fit(pipeline, model, optimizer, data, epochs=1, batch_size=16,
+            weak_augment=default_augmentations(1, 8)[0], autocast=torch.float16, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

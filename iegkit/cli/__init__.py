@@ -158,10 +158,34 @@ def model_factory(spec: str, width: int):
     return lambda channels, classes: factory(in_channels=channels, num_classes=classes)
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device: auto is cuda when available, else cpu; cuda without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device cuda: no CUDA device (torch {torch.__version__}); use "
+                         "--device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_amp(name: str) -> torch.dtype | None:
+    """--amp: the autocast dtype of each step; fp16 is refused (it needs loss scaling)."""
+    if name == "fp16":
+        raise UsageError("--amp fp16: not supported (float16 needs loss scaling, which the meta "
+                         "step has not been validated with); use --amp bf16")
+    if name not in ("none", "bf16"):
+        raise UsageError(f"--amp: expected none, bf16 or fp16, got {name!r}")
+    return torch.bfloat16 if name == "bf16" else None
+
+
 def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, device: torch.device | None = None,
+              autocast: torch.dtype | None = None) -> dict:
     """Train (or continue) a run in ``out``; returns the final summary. ``stop_after`` ends this
-    session after that many epochs (checkpointed; continue with ``resume=True``)."""
+    session after that many epochs (checkpointed; continue with ``resume=True``). ``device`` (CPU
+    by default) holds the model and the data; ``autocast``: see ``training.fit``."""
     from iegkit.diagnostics import (
         CollapseMonitor,
         StepRecorder,
@@ -173,7 +197,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     )
     from iegkit.functional.collapse import collapse_threshold
 
-    splits = build_splits(config)
+    splits = build_splits(config).to(device or "cpu")
     per_epoch = training.steps_per_epoch(splits.train_inputs.shape[0], config.batch_size)
     is_noisy = splits.train_labels != splits.train_clean_labels
     recorder = StepRecorder(splits.train_inputs.shape[0], is_noisy=is_noisy,
@@ -207,8 +231,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     result = training.train(
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
-        model_factory=model_factory(config.model, config.width),
-        on_epoch=on_epoch, evaluate_average=True,
+        model_factory=model_factory(config.model, config.width), device=device,
+        autocast=autocast, on_epoch=on_epoch, evaluate_average=True,
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
@@ -339,6 +363,11 @@ def _parser() -> argparse.ArgumentParser:
                             "MODULE:FACTORY, your network: FACTORY(in_channels=C, num_classes=K)")
     train.add_argument("--width", type=int, default=32, help="SmallCNN width")
     train.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where to train; auto: cuda when available")
+    train.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                       help="mixed precision for each step (autocast); fp16 is refused: it needs "
+                            "loss scaling, not validated with the meta step")
     train.add_argument("--out", help="run folder (config, checkpoint, model.pt, report, plots)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (its files are removed first)")
@@ -353,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        resolve_device(args.device), resolve_amp(args.amp)  # fail before touching any folder
         if args.resume:
             out = Path(args.resume)
             config_path = out / "config.json"
@@ -384,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stop_after is not None and args.stop_after < 1:
             raise UsageError("--stop-after: expected >= 1")
         summary = train_run(config, out, resume=bool(args.resume), progress=not args.no_progress,
-                            stop_after=args.stop_after)
+                            stop_after=args.stop_after, device=resolve_device(args.device),
+                            autocast=resolve_amp(args.amp))
     except UsageError as error:
         print(f"iegkit: error: {error}", file=sys.stderr)
         return EXIT_USAGE
