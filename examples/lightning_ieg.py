@@ -68,11 +68,10 @@ def main(epochs: int = 30, batch_size: int = 100) -> float:
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module, loader)
-    module.model.eval()
-    with torch.no_grad():
-        accuracy = float((module.model(data.test_inputs).argmax(-1) == data.test_labels).float()
-                         .mean())
-    print(f"test accuracy {100 * accuracy:.1f}%")
+    # the weights to deploy: robust IEG's EMA teacher (evaluation_weights swaps them in and back)
+    with iegkit.evaluation_weights(module.pipeline):
+        accuracy = iegkit.training.accuracy(module.model, data.test_inputs, data.test_labels)
+    print(f"test accuracy {100 * accuracy:.1f}% (evaluation_weights: the EMA teacher, to deploy)")
     return accuracy
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from iegkit.noise import (
     CIFAR10_ASYMMETRIC_MAP,
@@ -162,15 +163,60 @@ def _check_batch_size(batch_size: object) -> int:
     return size
 
 
-class ProbeSampler:
-    """Cycles through the trusted set in reshuffled passes, with its own generator."""
+def _dataset_size(dataset: object) -> int:
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(f"inputs: expected a tensor or a map-style Dataset (__getitem__ and "
+                        f"__len__), got {type(dataset).__name__}")
+    size = len(dataset)
+    if size == 0:
+        raise ValueError("inputs: the trusted set is empty")
+    return size
 
-    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, *, seed: int = 0) -> None:
-        _check_trusted_set(inputs, labels)
+
+def _collate_pairs(dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """default_collate of the (input, label) items at ``idx``; labels must be integer classes."""
+    from torch.utils.data import default_collate
+
+    items = [dataset[i] for i in idx.tolist()]
+    if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+        raise TypeError("inputs: the Dataset's items must be (input, label) pairs")
+    inputs, labels = default_collate(items)
+    labels = torch.as_tensor(labels)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
+    return inputs, labels
+
+
+class ProbeSampler:
+    """Cycles through the trusted set in reshuffled passes, with its own generator.
+
+    The trusted set is either two tensors (``inputs``, ``labels``) or a map-style
+    ``torch.utils.data.Dataset`` of (input, label) pairs (``ProbeSampler(dataset,
+    batch_size=100)``): its drawn items are loaded one by one and stacked with torch's
+    ``default_collate``, so trusted images may stay on disk like the training set.
+    """
+
+    def __init__(self, inputs: Tensor | Dataset, labels: Tensor | None = None,
+                 batch_size: int | None = None, *, seed: int = 0) -> None:
+        self.dataset: Dataset | None = None
+        if isinstance(inputs, Tensor) or labels is not None:
+            if not isinstance(inputs, Tensor) and isinstance(labels, int):  # (dataset, 100)
+                raise TypeError("labels: not used with a Dataset (its items are (input, label) "
+                                "pairs); pass batch_size= by name")
+            if labels is None:
+                raise TypeError("labels: required with an inputs tensor (or pass a Dataset)")
+            _check_trusted_set(inputs, labels)
+            size = inputs.shape[0]
+        else:
+            size = _dataset_size(inputs)
+            self.dataset = inputs
+        if batch_size is None:
+            raise ValueError("batch_size: expected a positive int, got None")
         self.inputs, self.labels = inputs, labels
-        self.batch_size = min(_check_batch_size(batch_size), inputs.shape[0])
+        self.size = size
+        self.batch_size = min(_check_batch_size(batch_size), size)
         self.generator = torch.Generator().manual_seed(seed)
-        self._order = torch.randperm(inputs.shape[0], generator=self.generator)
+        self._order = torch.randperm(size, generator=self.generator)
         self._position = 0
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -178,9 +224,13 @@ class ProbeSampler:
 
     def __next__(self) -> tuple[Tensor, Tensor]:
         if self._position + self.batch_size > self._order.numel():
-            self._order = torch.randperm(self.inputs.shape[0], generator=self.generator)
+            self._order = torch.randperm(self.size, generator=self.generator)
             self._position = 0
         idx = self._order[self._position:self._position + self.batch_size]
+        if self.dataset is not None:
+            batch = _collate_pairs(self.dataset, idx)  # before moving on: a failed load keeps state
+            self._position += self.batch_size
+            return batch
         self._position += self.batch_size
         return self.inputs[idx], self.labels[idx]
 

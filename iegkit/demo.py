@@ -44,13 +44,17 @@ def train(method: str, data: NoisyDataset, *, epochs: int = 30, batch_size: int 
           recipe_kwargs: dict | None = None,
           on_step: Callable[[int, Tensor, object], None] | None = None) -> RunResult:
     """Train ``SmallCNN`` on ``data`` with ``recipes.build(method, ...)`` (``iegkit.training.train``);
-    report the final test accuracy (no model selection on the test split). ``recipe_kwargs`` go to
+    report the final test accuracy of the weights to deploy (``iegkit.evaluation_weights``: the
+    recipe's weight average where it keeps one, e.g. robust IEG's EMA teacher; else the trained
+    weights), with no model selection on the test split. ``recipe_kwargs`` go to
     the recipe; ``on_step(step, dataset_indices, step_output)`` sees every step (e.g. to record
     omega* and lambda* per example)."""
     result = training.train(method, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             width=width, recipe_options=recipe_kwargs, on_step=on_step,
-                            progress=progress)
-    return RunResult(method, seed, result.final["test_accuracy"], result.seconds, result.history)
+                            evaluate_average=True, progress=progress)
+    final = result.final
+    deployed = final.get("average_test_accuracy", final["test_accuracy"])
+    return RunResult(method, seed, deployed, result.seconds, result.history)
 
 
 def format_table(rows: Sequence[tuple[str, list[float]]]) -> str:
