@@ -84,3 +84,15 @@ def test_every_demo_method_trains_one_epoch(method):
 def test_demo_cli_prints_a_table(capsys):
     assert main(["--methods", "plain", "--epochs", "1", "--no-progress"]) == 0
     assert "| plain |" in capsys.readouterr().out
+
+
+def test_demo_reports_the_weights_to_deploy():
+    """robust IEG keeps an EMA teacher: the demo's figure is the teacher's accuracy
+    (evaluation_weights), the trained weights' stays in the history."""
+    data = make_noisy_digits(0.8, 10, seed=0)
+    result = train("robust_ieg", data, epochs=1, width=8, progress=False)
+    final = result.history[-1]
+    assert result.test_accuracy == final["average_test_accuracy"] != final["test_accuracy"]
+    plain = train("plain", data, epochs=1, width=8, progress=False)
+    assert plain.test_accuracy == plain.history[-1]["test_accuracy"]
+    assert "average_test_accuracy" not in plain.history[-1]
