@@ -239,3 +239,40 @@ def test_device_and_amp(tmp_path, capsys):
                      "cuda", *ARGS]) == 2
         assert "--device cuda: no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "fp16").exists() and not (tmp_path / "gpu").exists()
+
+
+def test_tensorboard_logs_every_epoch_where_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, folder):
+            calls.append(("init", folder))
+
+        def add_scalar(self, name, value, epoch):
+            calls.append((name, value, epoch))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    data = write_folder(tmp_path / "data")
+    common = ["train", "--data", str(data), "--recipe", "plain", "--epochs", "2", *ARGS]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=FakeWriter))
+    assert main([*common, "--out", str(tmp_path / "run")]) == 0
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    header, last = history[0].split(","), history[-1].split(",")
+    logged = {(name, epoch): value for name, value, epoch in
+              (c for c in calls if len(c) == 3)}
+    accuracy = float(last[header.index("test_accuracy")])
+    assert logged[("test_accuracy", 2)] == pytest.approx(accuracy)
+    assert ("loss", 1) in logged and calls[0] == ("init", str(tmp_path / "run" / "tensorboard"))
+    assert calls[-1] == ("close",)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain" / "history.csv").is_file()

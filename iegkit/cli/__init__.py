@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -214,9 +215,16 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         recorder.record(step, indices, out)
         monitor.record(out)
 
+    writer = tensorboard_writer(out / "tensorboard")
+
     def on_epoch(entry: dict) -> None:
         summary = monitor.epoch_summary()
         entry.update(summary)
+        if writer is not None:
+            for name, value in entry.items():
+                if isinstance(value, (int, float)) and name not in ("epoch", "step"):
+                    writer.add_scalar(name, value, entry["epoch"])
+            writer.flush()
         if monitor.should_warn():
             print(f"iegkit: warning: epoch {entry['epoch']}: {100 * summary['pseudo_top_share']:.0f}% "
                   f"of a batch's pseudo labels share one class on average, above "
@@ -237,6 +245,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
         desc=config.recipe)
+    if writer is not None:
+        writer.close()
     history = result.history
     report = noisy_label_report(recorder, splits.train_labels, splits.train_clean_labels,
                                 posterior=deployed_posterior(result, splits.train_inputs,
@@ -262,7 +272,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
 
 #: the files a run writes into its folder (``--overwrite`` removes them first)
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "history.csv", "report.md",
-             "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png")
+             "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png", "tensorboard")
 
 
 def deployed_posterior(result: training.FitResult, inputs: Tensor, labels: Tensor):
@@ -300,6 +310,16 @@ def save_deployable(result: training.FitResult, path: Path) -> None:
     torch.save(state, path)
 
 
+def tensorboard_writer(folder: Path):
+    """A ``SummaryWriter`` logging every epoch's scalars to ``RUN/tensorboard`` where TensorBoard
+    is installed (``pip install tensorboard``), else None: history.csv holds the same numbers."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
 def write_history_csv(history: Sequence[dict], path: Path) -> None:
     """One row per epoch, one column per scalar metric (in the order they first appear)."""
     import csv
@@ -321,7 +341,10 @@ def _claim_run_folder(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out: {out} already holds a run ({', '.join(existing[:3])}); pass "
                          f"--resume {out} to continue it or --overwrite to replace it")
     for name in existing:
-        (out / name).unlink()
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
 
 
 class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
