@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 __all__ = [
+    "ImageFiles",
+    "list_image_folder",
     "CIFAR10_CLASSES",
     "IMAGE_EXTENSIONS",
     "extract_cifar10_jpeg",
@@ -120,6 +123,68 @@ def _class_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir()
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=lambda p: p.name)
+
+
+def list_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | None = None
+                      ) -> tuple[list[Path], Tensor, list[str]]:
+    """The files of a ``root/<class_name>/*`` tree in ``load_image_folder``'s order, not decoded:
+    ``(paths, labels int64 (N,), class_names)``; for ``ImageFiles`` (folders larger than memory)."""
+    root = Path(root)
+    names = _list_classes(root, class_names)
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(names):
+        files = _class_files(root / name)
+        if not files:
+            raise ValueError(f"class {name!r}: folder {root / name} holds no "
+                             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images")
+        paths += files
+        labels += [index] * len(files)
+    return paths, torch.tensor(labels, dtype=torch.int64), names
+
+
+class ImageFiles(Dataset):
+    """Images decoded from disk at each access, as floats in [-1, 1]: a map-style Dataset (an
+    int gives one (3, H, W) image, for DataLoader workers) that also indexes like a tensor (a
+    slice, a list or an index tensor gives the stacked batch), so ``training.fit`` and
+    ``training.accuracy`` read it where they read an image tensor. ``shape`` is (N, 3, H, W),
+    from the first image (or ``image_size``); an image of another size is an error naming it."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *,
+                 image_size: int | Sequence[int] | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("paths: expected at least one image file")
+        self.size = _size_pair(image_size)
+        height, width = _decode(self.paths[0], self.size).shape[:2]
+        self.shape = torch.Size((len(self.paths), 3, height, width))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _image(self, i: int) -> Tensor:
+        array = _decode(self.paths[i], self.size)
+        if array.shape[:2] != tuple(self.shape[2:]):
+            raise ValueError(f"image {self.paths[i]} is {array.shape[1]}x{array.shape[0]} (WxH), "
+                             f"not {self.shape[3]}x{self.shape[2]}; pass image_size= to resize")
+        # as the CLI scales a loaded folder (x / 255 * 2 - 1), so both give the same floats
+        return torch.tensor(array).permute(2, 0, 1).float().div_(255.0) * 2.0 - 1.0
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Tensor:
+        if isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0):
+            return self._image(int(index))
+        rows = range(len(self))[index] if isinstance(index, slice) else [int(i) for i in index]
+        if not len(rows):
+            return torch.empty((0, *self.shape[1:]))
+        return torch.stack([self._image(i) for i in rows])
+
+    def subset(self, indices: Sequence[int] | Tensor) -> ImageFiles:
+        """The files at ``indices``, in that order (no decoding beyond the first image)."""
+        view = ImageFiles.__new__(ImageFiles)
+        view.paths = [self.paths[int(i)] for i in indices]
+        view.size = self.size
+        view.shape = torch.Size((len(view.paths), *self.shape[1:]))
+        return view
 
 
 def load_image_folder(root: str | os.PathLike, *, image_size: int | Sequence[int] | None = None,

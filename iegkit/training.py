@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from torch.utils.data import DataLoader
 
 from iegkit import recipes
 from iegkit._core.compose import Pipeline, StepOutput
@@ -99,11 +100,18 @@ def accuracy(model: torch.nn.Module, inputs: Tensor, labels: Tensor, *, batch_si
     correct = 0
     for start in range(0, inputs.shape[0], batch_size):
         batch = inputs[start:start + batch_size]
+        if not isinstance(inputs, Tensor):  # a Dataset read from disk (ImageFiles)
+            batch = batch.to(_model_device(model))
         logits = model(transform(batch) if transform is not None else batch)
         target = labels[start:start + batch_size].to(logits.device)
         correct += int((logits.argmax(-1) == target).sum())
     model.train(was_training)
     return correct / max(1, inputs.shape[0])
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def default_augmentations(channels: int, size: int) -> tuple[Augment, Augment]:
@@ -144,6 +152,7 @@ def fit(
     stop_after: int | None = None,
     max_steps: int | None = None,
     autocast: torch.dtype | None = None,
+    num_workers: int = 0,
     progress: bool = True,
     desc: str = "",
 ) -> FitResult:
@@ -188,6 +197,10 @@ def fit(
         of this dtype on the training inputs' device; backward and the optimizer step stay
         outside, as torch's recipe has them. ``torch.bfloat16`` only: float16 needs loss scaling,
         which the meta step has not been validated with.
+      num_workers: where ``data.train_inputs`` is a map-style Dataset rather than a tensor (images
+        read from disk, ``iegkit.datasets.ImageFiles``), a ``DataLoader`` with this many worker
+        processes loads each batch of the loop's order ahead of the step; batches move to the
+        model's device. 0 loads them in the loop's process.
     """
     from tqdm.auto import tqdm
 
@@ -196,13 +209,16 @@ def fit(
                          f"{batch_size}, {checkpoint_every}")
     if resume and checkpoint is None:
         raise ValueError("resume: needs checkpoint=PATH")
+    if num_workers < 0:
+        raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
     if autocast not in (None, torch.bfloat16):
         raise ValueError(f"autocast: expected None or torch.bfloat16, got {autocast} (float16 "
                          "needs loss scaling, which the meta step has not been validated with)")
     per_epoch = steps_per_epoch(data.train_inputs.shape[0], batch_size)
     loop = _Loop(pipeline, model, optimizer, data, batch_size, weak_augment, views, on_step,
                  _lr_scheduler(pipeline, optimizer, scheduler, epochs * per_epoch),
-                 seed=seed, state=dict(state or {}), checkpoint=checkpoint, autocast=autocast)
+                 seed=seed, state=dict(state or {}), checkpoint=checkpoint, autocast=autocast,
+                 num_workers=num_workers)
     start_epoch = loop.restore() if resume else 0
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     step = start_epoch * per_epoch
@@ -263,9 +279,9 @@ class _Loop:
                  weak_augment: Augment, views: ViewsCallback | None,
                  on_step: StepCallback | None, lr_scheduler: LRScheduler | None, *, seed: int,
                  state: dict[str, Stateful], checkpoint: str | os.PathLike | None,
-                 autocast: torch.dtype | None = None) -> None:
+                 autocast: torch.dtype | None = None, num_workers: int = 0) -> None:
         self.pipeline, self.model, self.optimizer, self.data = pipeline, model, optimizer, data
-        self.autocast = autocast
+        self.autocast, self.num_workers = autocast, num_workers
         self.batch_size, self.weak_augment, self.views = batch_size, weak_augment, views
         self.on_step, self.lr_scheduler = on_step, lr_scheduler
         self.state, self.checkpoint = state, checkpoint
@@ -279,8 +295,8 @@ class _Loop:
         n = self.data.train_inputs.shape[0]
         order = torch.randperm(n, generator=self.generators["order"])
         losses: list[float] = []
-        for b in range(steps_per_epoch(n, self.batch_size)):
-            losses.append(self.run_step(step, order[b * self.batch_size:(b + 1) * self.batch_size]))
+        for idx, images in self._batches(order, steps_per_epoch(n, self.batch_size)):
+            losses.append(self.run_step(step, idx, images))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
@@ -288,11 +304,25 @@ class _Loop:
                 break
         return step, losses
 
-    def run_step(self, step: int, idx: Tensor) -> float:
+    def _batches(self, order: Tensor, steps: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(dataset indices, their images or None to index in the step) for one epoch."""
+        chunks = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(steps)]
+        inputs = self.data.train_inputs
+        if self.num_workers == 0 or isinstance(inputs, Tensor):
+            return ((idx, None) for idx in chunks)
+        loader = DataLoader(inputs, batch_sampler=[idx.tolist() for idx in chunks],
+                            num_workers=self.num_workers)
+        return zip(chunks, loader)
+
+    def run_step(self, step: int, idx: Tensor, images: Tensor | None = None) -> float:
         """The README's loop: the pipeline's loss, backward, the user's optimizer step."""
         augment = self.generators["augment"]
         probe_inputs, probe_labels = next(self.probe)
-        inputs = self.weak_augment(self.data.train_inputs[idx], generator=augment)
+        if images is None:
+            images = self.data.train_inputs[idx]
+        if not isinstance(self.data.train_inputs, Tensor):  # read from disk: to the model
+            images = images.to(_model_device(self.model), non_blocking=True)
+        inputs = self.weak_augment(images, generator=augment)
         with torch.autocast(inputs.device.type, dtype=self.autocast or torch.bfloat16,
                             enabled=self.autocast is not None):
             out = self.pipeline(inputs, self.data.train_labels[idx],

@@ -276,3 +276,18 @@ def test_tensorboard_logs_every_epoch_where_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     assert (tmp_path / "plain" / "history.csv").is_file()
+
+
+def test_stream_reads_from_disk_and_trains_as_the_folder_in_memory(tmp_path):
+    """--stream (ImageFiles + DataLoader workers) sees the same images in the same order as the
+    folder loaded into memory: the run is identical."""
+    data = write_folder(tmp_path / "data")
+    common = ["train", "--data", str(data), "--recipe", "l2r", "--epochs", "2", *ARGS]
+    assert main([*common, "--out", str(tmp_path / "memory")]) == 0
+    assert main([*common, "--out", str(tmp_path / "stream"), "--stream", "--workers", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "inline"), "--stream", "--workers", "0"]) == 0
+    memory = (tmp_path / "memory" / "history.csv").read_text()
+    assert (tmp_path / "stream" / "history.csv").read_text() == memory
+    assert (tmp_path / "inline" / "history.csv").read_text() == memory
+    assert json.loads((tmp_path / "stream" / "config.json").read_text())["stream"] is True
+    assert main([*common, "--out", str(tmp_path / "bad"), "--stream", "--workers", "-1"]) == 2

@@ -105,3 +105,31 @@ def test_readme_loop_streams_from_a_dataloader_with_workers(tmp_path):
         seen += indices.tolist()
         assert torch.isfinite(out.loss) and out.weights.shape == (8,)
     assert sorted(seen) == list(range(24))
+
+
+def test_image_files_index_like_a_tensor_and_name_a_bad_file(tmp_path):
+    from iegkit.datasets import ImageFiles, list_image_folder, load_image_folder
+
+    for c in range(2):
+        write_pngs(_mk(tmp_path / "root", c), 3, c)
+    paths, labels, names = list_image_folder(tmp_path / "root")
+    loaded, loaded_labels, _ = load_image_folder(tmp_path / "root")
+    files = ImageFiles(paths)
+    assert files.shape == (6, 3, 8, 8) and names == ["class_0", "class_1"]
+    assert torch.equal(labels, loaded_labels)
+    torch.testing.assert_close(files[:], loaded * 2 - 1, rtol=0, atol=0)
+    torch.testing.assert_close(files[torch.tensor([4, 1])], files[:][[4, 1]], rtol=0, atol=0)
+    assert torch.equal(files[3], files[:][3]) and files[5:5].shape == (0, 3, 8, 8)
+    view = files.subset([5, 0])
+    assert view.shape == (2, 3, 8, 8) and torch.equal(view[0], files[5])
+    Image.new("RGB", (4, 4)).save(paths[2])
+    with pytest.raises(ValueError, match=f"image {paths[2]} is 4x4"):
+        files[2]
+    with pytest.raises(ValueError, match="paths: expected at least one image file"):
+        ImageFiles([])
+
+
+def _mk(root, c):
+    folder = root / f"class_{c}"
+    folder.parent.mkdir(exist_ok=True)
+    return folder

@@ -62,14 +62,20 @@ class RunConfig:
     checkpoint_every: int
     width: int
     model: str = "small_cnn"  # runs written before --model existed have none: SmallCNN
+    stream: bool = False  # read training and test images from disk at each step (ImageFiles)
 
 
-def _load_folder(root: Path, image_size: int | None) -> tuple[Tensor, Tensor, list[str]]:
-    from iegkit.datasets import load_image_folder
+def _load_folder(root: Path, image_size: int | None, stream: bool = False):
+    """(images, labels, class names): a [-1, 1] tensor, or with ``stream`` an ``ImageFiles``
+    that reads each image from disk when a step asks for it."""
+    from iegkit.datasets import ImageFiles, list_image_folder, load_image_folder
 
     if not root.is_dir():
         raise DataError(f"--data: no folder at {root}")
     try:
+        if stream:
+            paths, labels, names = list_image_folder(root)
+            return ImageFiles(paths, image_size=image_size), labels, list(names)
         images, labels, names = load_image_folder(root, image_size=image_size)
     except (OSError, ValueError) as error:
         raise DataError(f"--data: {error}") from error
@@ -100,19 +106,21 @@ def build_splits(config: RunConfig) -> NoisyDataset:
         train_root = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() \
             else None
         if train_root is not None:
-            images, labels, names = _load_folder(train_root, config.image_size)
-            test_images, test_labels, test_names = _load_folder(root / "test", config.image_size)
+            images, labels, names = _load_folder(train_root, config.image_size, config.stream)
+            test_images, test_labels, test_names = _load_folder(root / "test", config.image_size,
+                                                                config.stream)
             if test_names != names:
                 raise DataError(f"--data: {root}/test has classes {test_names}, {root}/train has "
                                 f"{names}")
         else:
-            images, labels, names = _load_folder(root, config.image_size)
+            images, labels, names = _load_folder(root, config.image_size, config.stream)
     num_classes = len(names)
+    take = (lambda x, idx: x.subset(idx)) if config.stream else (lambda x, idx: x[idx])
     if train_root is None:
         train_idx, test_idx = stratified_split(labels, config.test_fraction, num_classes,
                                                 generator)
-        test_images, test_labels = images[test_idx], labels[test_idx]
-        images, labels = images[train_idx], labels[train_idx]
+        test_images, test_labels = take(images, test_idx), labels[test_idx]
+        images, labels = take(images, train_idx), labels[train_idx]
     try:
         trusted, rest = split_trusted(labels, config.trusted_per_class, num_classes, generator)
     except ValueError as error:
@@ -120,11 +128,12 @@ def build_splits(config: RunConfig) -> NoisyDataset:
     clean = labels[rest]
     try:
         noisy = apply_noise(spec, clean, num_classes, generator,
-                            features=images[rest].flatten(1))
+                            features=None if config.stream else images[rest].flatten(1))
     except (ValueError, OSError) as error:
         raise UsageError(f"--noise: {error}") from error
-    return NoisyDataset(images[rest], noisy, clean, images[trusted], labels[trusted], test_images,
-                        test_labels, num_classes, tuple(names))
+    trusted_images = images[trusted]  # a stack in memory even when streaming: the probe set is small
+    return NoisyDataset(take(images, rest), noisy, clean, trusted_images, labels[trusted],
+                        test_images, test_labels, num_classes, tuple(names))
 
 
 def model_factory(spec: str, width: int):
@@ -183,7 +192,7 @@ def resolve_amp(name: str) -> torch.dtype | None:
 
 def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True,
               stop_after: int | None = None, device: torch.device | None = None,
-              autocast: torch.dtype | None = None) -> dict:
+              autocast: torch.dtype | None = None, workers: int = 0) -> dict:
     """Train (or continue) a run in ``out``; returns the final summary. ``stop_after`` ends this
     session after that many epochs (checkpointed; continue with ``resume=True``). ``device`` (CPU
     by default) holds the model and the data; ``autocast``: see ``training.fit``."""
@@ -240,7 +249,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
         model_factory=model_factory(config.model, config.width), device=device,
-        autocast=autocast, on_epoch=on_epoch, evaluate_average=True,
+        autocast=autocast, num_workers=workers if config.stream else 0, on_epoch=on_epoch,
+        evaluate_average=True,
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
@@ -381,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.3,
                        help="held-out fraction when DIR has no train/test folders")
     train.add_argument("--image-size", type=int, help="resize images to this square size")
+    train.add_argument("--stream", action="store_true",
+                       help="read the training and test images from disk at each step instead of "
+                            "loading the folder into memory (the trusted images stay in memory)")
+    train.add_argument("--workers", type=int, default=2,
+                       help="DataLoader worker processes that read the batches with --stream")
     train.add_argument("--model", default="small_cnn",
                        help="small_cnn, timm:NAME (the timm extra; no pretrained weights) or "
                             "MODULE:FACTORY, your network: FACTORY(in_channels=C, num_classes=K)")
@@ -427,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = RunConfig(args.data, args.noise, args.trusted_per_class, args.recipe,
                                args.epochs, args.batch_size, args.lr, args.seed,
                                args.test_fraction, args.image_size, args.checkpoint_every,
-                               args.width, args.model)
+                               args.width, args.model, args.stream)
             model_factory(config.model, config.width)  # an unknown --model fails here
             out = Path(args.out)
             build_splits(config)  # fail early, before touching the folder
@@ -436,9 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
         if args.stop_after is not None and args.stop_after < 1:
             raise UsageError("--stop-after: expected >= 1")
+        if args.workers < 0:
+            raise UsageError("--workers: expected >= 0")
         summary = train_run(config, out, resume=bool(args.resume), progress=not args.no_progress,
                             stop_after=args.stop_after, device=resolve_device(args.device),
-                            autocast=resolve_amp(args.amp))
+                            autocast=resolve_amp(args.amp), workers=args.workers)
     except UsageError as error:
         print(f"iegkit: error: {error}", file=sys.stderr)
         return EXIT_USAGE

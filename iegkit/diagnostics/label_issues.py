@@ -93,7 +93,8 @@ def predicted_probabilities(model: torch.nn.Module, inputs: Tensor, *,
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([torch.softmax(model(inputs[i:i + batch_size]).double(), -1).cpu()
-                          for i in range(0, inputs.shape[0], batch_size)])
+        device = next(model.parameters()).device  # inputs may be a Dataset read from disk
+        return torch.cat([torch.softmax(model(inputs[i:i + batch_size].to(device)).double(),
+                                        -1).cpu() for i in range(0, inputs.shape[0], batch_size)])
     finally:
         model.train(was_training)
