@@ -27,11 +27,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
-    "ImageFiles",
-    "list_image_folder",
     "CIFAR10_CLASSES",
     "IMAGE_EXTENSIONS",
+    "ImageFiles",
     "extract_cifar10_jpeg",
+    "list_image_folder",
     "load_cifar10_jpeg",
     "load_cifar_pickle",
     "load_image_folder",

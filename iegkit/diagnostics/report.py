@@ -12,7 +12,11 @@ import torch
 from torch import Tensor
 
 from iegkit.diagnostics.label_issues import LabelIssueFlags
-from iegkit.diagnostics.metrics import _group_means, detection_metrics, lambda_by_cleanliness
+from iegkit.diagnostics.metrics import (
+    _group_means,
+    detection_metrics,
+    lambda_by_cleanliness,
+)
 from iegkit.diagnostics.recorder import StepRecorder, _to_cpu
 from iegkit.functional.shrinkage import unshrink
 
