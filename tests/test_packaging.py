@@ -26,5 +26,5 @@ def test_the_metadata_names_the_license_and_the_optional_extras():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == {"text": "Apache-2.0"} and (ROOT / "LICENSE").is_file()
     assert "License :: OSI Approved :: Apache Software License" in project["classifiers"]
-    assert {"demo", "dev", "lightning", "timm"} <= set(project["optional-dependencies"])
+    assert {"demo", "dev", "lightning", "timm", "cleanlab"} <= set(project["optional-dependencies"])
     assert any(d.startswith("torch>=") for d in project["dependencies"])
