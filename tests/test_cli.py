@@ -291,3 +291,27 @@ def test_stream_reads_from_disk_and_trains_as_the_folder_in_memory(tmp_path):
     assert (tmp_path / "inline" / "history.csv").read_text() == memory
     assert json.loads((tmp_path / "stream" / "config.json").read_text())["stream"] is True
     assert main([*common, "--out", str(tmp_path / "bad"), "--stream", "--workers", "-1"]) == 2
+
+
+def test_a_plain_run_writes_c_hat_for_robust_ieg_and_its_report(tmp_path, capsys):
+    """Two stages, as the recommended recipe: plain writes GLC's C_hat; robust_ieg
+    --label-transition trains its posterior with it and the report's label issues use it."""
+    data = write_folder(tmp_path / "data")
+    common = ["train", "--data", str(data), "--epochs", "1", *ARGS]
+    assert main([*common, "--recipe", "plain", "--out", str(tmp_path / "plain")]) == 0
+    c_hat = tmp_path / "plain" / "transition.json"
+    matrix = torch.tensor(json.loads(c_hat.read_text()))
+    assert matrix.shape == (3, 3)
+    torch.testing.assert_close(matrix.sum(-1), torch.ones(3, dtype=matrix.dtype))
+    assert main([*common, "--recipe", "robust_ieg", "--label-transition", str(c_hat), "--out",
+                 str(tmp_path / "robust")]) == 0
+    report = json.loads((tmp_path / "robust" / "report.json").read_text())
+    assert report["issue_source"].endswith("transition channel")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[[1, 0], [0, 1]]")
+    for recipe, path, message in (("robust_ieg", bad, "must hold a 3x3 matrix"),
+                                  ("ieg", c_hat, "only --recipe robust_ieg")):
+        assert main([*common, "--recipe", recipe, "--label-transition", str(path), "--out",
+                     str(tmp_path / "no")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -63,6 +63,7 @@ class RunConfig:
     width: int
     model: str = "small_cnn"  # runs written before --model existed have none: SmallCNN
     stream: bool = False  # read training and test images from disk at each step (ImageFiles)
+    label_transition: str | None = None  # C_hat (JSON) for robust_ieg's posterior and the report
 
 
 def _load_folder(root: Path, image_size: int | None, stream: bool = False):
@@ -245,6 +246,7 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
 
     # SGDR (first cycle one epoch, t_mul 1.5, m_mul 0.9: the paper's) for every recipe, as a torch
     # scheduler: it has no fixed length, so a resumed run may be extended with --epochs.
+    transition = read_transition(config, splits.num_classes)
     result = training.train(
         config.recipe, splits, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, width=config.width, evaluate=evaluate, on_step=on_step,
@@ -254,13 +256,14 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
         scheduler=lambda optimizer, _total: SGDRSchedule(optimizer, per_epoch),
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, state={"recorder": recorder}, stop_after=stop_after, progress=progress,
-        desc=config.recipe)
+        desc=config.recipe,
+        recipe_options=None if transition is None else {"label_transition": transition})
     if writer is not None:
         writer.close()
     history = result.history
     report = noisy_label_report(recorder, splits.train_labels, splits.train_clean_labels,
                                 posterior=deployed_posterior(result, splits.train_inputs,
-                                                             splits.train_labels),
+                                                             splits.train_labels, transition),
                                 **meta_shrinkage(result.pipeline))
     (out / "report.md").write_text(report.to_markdown())
     (out / "report.json").write_text(report.to_json())
@@ -273,6 +276,8 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
     if recorder.has_weights or recorder.has_relabel:
         plot_lambda_curves(recorder, None, out / "lambda.png")
     save_deployable(result, out / "model.pt")
+    if config.recipe == "plain":
+        write_transition(result, splits, out / "transition.json")
     write_history_csv(history, out / "history.csv")
     summary = {"final": result.final, "epochs": len(history),
                "realised_noise": float(is_noisy.float().mean())}
@@ -282,18 +287,48 @@ def train_run(config: RunConfig, out: Path, *, resume: bool = False, progress: b
 
 #: the files a run writes into its folder (``--overwrite`` removes them first)
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "summary.json", "history.csv", "report.md",
-             "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png", "tensorboard")
+             "report.json", "curves.png", "collapse.png", "weights.png", "lambda.png", "tensorboard",
+             "transition.json")
 
 
-def deployed_posterior(result: training.FitResult, inputs: Tensor, labels: Tensor):
-    """The label posterior's flags (symmetric channel, r fitted to the model) on the softmax of the
-    weights to deploy: what the report lists as label issues."""
+def deployed_posterior(result: training.FitResult, inputs: Tensor, labels: Tensor,
+                       transition: Tensor | None = None):
+    """The label posterior's flags on the softmax of the weights to deploy, under C_hat when
+    given, else the symmetric channel with r fitted to the model: the report's label issues."""
     from iegkit.diagnostics import find_label_issues, predicted_probabilities
     from iegkit.ema import evaluation_weights
 
     with evaluation_weights(result.pipeline):
         probs = predicted_probabilities(result.model, inputs)
-    return find_label_issues(probs, labels)
+    return find_label_issues(probs, labels, transition=transition)
+
+
+def read_transition(config: RunConfig, num_classes: int) -> Tensor | None:
+    """--label-transition: a (C, C) row-stochastic C_hat from a JSON file (a plain run's
+    RUN/transition.json), for robust_ieg only."""
+    if config.label_transition is None:
+        return None
+    if config.recipe != "robust_ieg":
+        raise UsageError(f"--label-transition: only --recipe robust_ieg takes a noise channel, "
+                         f"not {config.recipe}")
+    path = Path(config.label_transition)
+    try:
+        matrix = torch.tensor(json.loads(path.read_text()), dtype=torch.float64)
+    except (OSError, ValueError, TypeError) as error:
+        raise UsageError(f"--label-transition: cannot read a matrix from {path}: {error}") from None
+    if matrix.shape != (num_classes, num_classes) or (matrix < 0).any() or not torch.allclose(
+            matrix.sum(-1), torch.ones(num_classes, dtype=torch.float64), atol=1e-4):
+        raise UsageError(f"--label-transition: {path} must hold a {num_classes}x{num_classes} "
+                         f"matrix with non-negative rows summing to 1, got shape "
+                         f"{tuple(matrix.shape)}")
+    return matrix
+
+
+def write_transition(result: training.FitResult, splits: NoisyDataset, path: Path) -> None:
+    """A plain run's GLC C_hat (``recipes.glc_transition`` of the final model on the trusted set),
+    for a second run with --recipe robust_ieg --label-transition (the recipe we recommend)."""
+    matrix = recipes.glc_transition(result.model, splits.trusted_inputs, splits.trusted_labels)
+    path.write_text(json.dumps(matrix.tolist()))
 
 
 def meta_shrinkage(pipeline) -> dict[str, float]:
@@ -391,6 +426,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.3,
                        help="held-out fraction when DIR has no train/test folders")
     train.add_argument("--image-size", type=int, help="resize images to this square size")
+    train.add_argument("--label-transition", metavar="JSON",
+                       help="robust_ieg only: GLC's C_hat, e.g. RUN/transition.json of an earlier "
+                            "--recipe plain run (stopped before it memorises the noise), as the "
+                            "label posterior's noise channel in training and in the report")
     train.add_argument("--stream", action="store_true",
                        help="read the training and test images from disk at each step instead of "
                             "loading the folder into memory (the trusted images stay in memory)")
@@ -442,10 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = RunConfig(args.data, args.noise, args.trusted_per_class, args.recipe,
                                args.epochs, args.batch_size, args.lr, args.seed,
                                args.test_fraction, args.image_size, args.checkpoint_every,
-                               args.width, args.model, args.stream)
+                               args.width, args.model, args.stream, args.label_transition)
             model_factory(config.model, config.width)  # an unknown --model fails here
             out = Path(args.out)
-            build_splits(config)  # fail early, before touching the folder
+            read_transition(config, build_splits(config).num_classes)  # fail before any write
             out.mkdir(parents=True, exist_ok=True)
             _claim_run_folder(out, args.overwrite)
             (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
