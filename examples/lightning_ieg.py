@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import iegkit
 from iegkit.data import make_noisy_digits
 from iegkit.models import SmallCNN
-from iegkit.training import default_augmentations
+from iegkit.training import accuracy, default_augmentations
 
 
 class IEGModule(L.LightningModule):
@@ -70,9 +70,10 @@ def main(epochs: int = 30, batch_size: int = 100) -> float:
     trainer.fit(module, loader)
     # the weights to deploy: robust IEG's EMA teacher (evaluation_weights swaps them in and back)
     with iegkit.evaluation_weights(module.pipeline):
-        accuracy = iegkit.training.accuracy(module.model, data.test_inputs, data.test_labels)
-    print(f"test accuracy {100 * accuracy:.1f}% (evaluation_weights: the EMA teacher, to deploy)")
-    return accuracy
+        test_accuracy = accuracy(module.model, data.test_inputs, data.test_labels)
+    print(f"test accuracy {100 * test_accuracy:.1f}% (evaluation_weights: the EMA teacher, to "
+          "deploy)")
+    return test_accuracy
 
 
 if __name__ == "__main__":
