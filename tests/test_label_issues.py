@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_label_posterior import labelled_batches
 
 from iegkit.diagnostics import (
     detection_metrics,
@@ -19,12 +20,9 @@ from iegkit.functional.shrinkage import shrink_toward_init, unshrink
 
 @st.composite
 def problems(draw):
-    rows, classes = draw(st.integers(1, 10)), draw(st.integers(2, 6))
-    logits = torch.tensor(draw(st.lists(st.floats(-4, 4), min_size=rows * classes,
-                                        max_size=rows * classes)), dtype=torch.float64)
-    probs = torch.softmax(logits.reshape(rows, classes), -1)
-    labels = torch.tensor(draw(st.lists(st.integers(0, classes - 1), min_size=rows,
-                                        max_size=rows)))
+    """A labelled batch of test_label_posterior's generator plus a row-stochastic transition."""
+    probs, labels = draw(labelled_batches())
+    classes = probs.shape[-1]
     raw = torch.tensor(draw(st.lists(st.floats(0.01, 1.0), min_size=classes * classes,
                                      max_size=classes * classes)), dtype=torch.float64)
     transition = raw.reshape(classes, classes)
