@@ -117,11 +117,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # baselines of benchmarks/baselines.py (docs/results.md), for --variants and benchmarks/gpu.sh:
     # plain+, GLC's second stage, small-loss selection (each after the plain run of the same seed)
     "plain_plus": ("plain_plus", {}),
+    "plain_plus/mixup_weight=5": ("plain_plus", {"mixup_weight": 5.0}),
     "glc": ("glc", {"transition": PLAIN_TRANSITION}),
+    "glc/trusted_weight=0.1": ("glc", {"transition": PLAIN_TRANSITION, "trusted_weight": 0.1}),
     "small_loss": ("small_loss", {"noise_rate": PLAIN_TRANSITION, "steps_per_epoch": STEPS_PER_EPOCH}),
     # the recommended composition: robust IEG's label posterior through GLC's C_hat
     "robust_ieg_glc": ("robust_ieg", {"label_transition": PLAIN_TRANSITION}),
 }
+#: the baselines of --baselines, cheapest first: each at the candidate that cpumem's selection chose
+#: for the same setting (on its noisy validation labels; cpu10k's clean split chooses nothing)
+BASELINES = ("glc", "small_loss", "plain_plus", "robust_ieg_glc")
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
 LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
                        if recipe in ("eg", "robust_eg"))
@@ -144,6 +149,16 @@ STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg
 EVAL_S_PER_EPOCH = 16.0
 #: decay of the weight average evaluated beside every cpu10k run (training never reads it)
 EVAL_EMA_DECAY = 0.99
+
+
+def cpumem_selection(method: str, setting: str) -> str:
+    """The variant of ``method`` that benchmarks/baselines.py selected for ``setting`` on cpumem's
+    noisy validation labels (its default while that selection is incomplete)."""
+    from benchmarks import baselines  # the cpumem protocol, read only for its selection
+
+    store = Store(baselines.STORE)
+    chosen = baselines.selected_variant(store, method, setting, baselines.CONFIG.name)
+    return chosen or next(iter(baselines.CANDIDATES[method]))
 
 
 def setting_key(kind: str, rate: float) -> str:
@@ -169,11 +184,14 @@ class Cpu10kRun:
 
 
 def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], seeds: int,
-                ablations: str = "none", variants: Sequence[str] = ()) -> list[Cpu10kRun]:
+                ablations: str = "none", variants: Sequence[str] = (),
+                baselines: bool = False) -> list[Cpu10kRun]:
     """Every run, by priority: (uniform 0.8, 0.4, asymmetric 0.4: plain s0, robust_ieg s0), then
     ieg s0 and robust_eg s0, then l2r and eg, then seeds 1.. of plain and robust_ieg; then, with
     ``ablations`` (safeguards | table7 | all), the safeguard ablations and IEG-1..8 with
-    safeguards at uniform 0.8 (seed 0). Label-free methods run once per seed (setting "any")."""
+    safeguards at uniform 0.8 (seed 0); the ``variants`` at every setting (seed 0); with
+    ``baselines``, BASELINES at cpumem's selection (seed 0). Label-free methods run once per seed
+    (setting "any")."""
     preferred = [("uniform", 0.8), ("uniform", 0.4), ("asymmetric", 0.4)]
     order = [s for s in preferred if s in settings] + [s for s in settings if s not in preferred]
     runs: list[Cpu10kRun] = []
@@ -202,6 +220,9 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
     for name in variants:
         for setting in order:
             add(setting, name, 0, variant=True)
+    for method in BASELINES if baselines else ():
+        for setting in order:
+            add(setting, cpumem_selection(method, setting_key(*setting)), 0, variant=True)
     return runs
 
 
@@ -373,10 +394,16 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
 
 
 def _finished(store: Store, args, cfg: Config):
-    """Whether a run is stored (and, with --rerun-without-ema, has its evaluation EMA)."""
+    """Whether a run is stored (and, with --rerun-without-ema, has its evaluation EMA; with
+    --baselines, a seed-0 plain run has GLC's C_hat, which the runs before it did not record: the
+    same training is repeated for it)."""
     def finished(key: str) -> bool:
-        return store.done(key, cfg) and not (args.rerun_without_ema
-                                             and not has_ema(store.runs[key]))
+        if not store.done(key, cfg):
+            return False
+        record = store.runs[key]
+        needs_transition = (args.baselines and record["method"] == "plain" and record["seed"] == 0
+                            and "transition" not in record)
+        return not (needs_transition or (args.rerun_without_ema and not has_ema(record)))
     return finished
 
 
@@ -488,7 +515,7 @@ def main_cpu10k(args, cfg: Config) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-    runs = cpu10k_runs(args.settings, methods, seeds, args.ablations, variants)
+    runs = cpu10k_runs(args.settings, methods, seeds, args.ablations, variants, args.baselines)
     shard, shards = 0, 1
     if args.shard:
         shard, shards = (int(x) for x in args.shard.split("/"))
