@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks.cifar_cpu10k import (
     ANY_SETTING,
+    BASELINES,
     EVAL_EMA_DECAY,
     HISTORICAL_VARIANTS,
     LABEL_FREE,
@@ -18,6 +19,7 @@ from benchmarks.cifar_cpu10k import (
     SELECTION_CANDIDATES,
     VARIANTS,
     Cpu10kRun,
+    cpumem_selection,
     selection_method,
     setting_key,
 )
@@ -193,6 +195,52 @@ def _shrinkage_selection(group, settings: Sequence[str]) -> list[str]:
     return shrink_lines
 
 
+#: the rows of the baselines table: what a user runs instead (plain, L2R and --baselines) and ours
+BASELINE_ROWS = ("plain", "l2r", *BASELINES[:-1], "robust_ieg", BASELINES[-1])
+OURS = ("robust_ieg", "robust_ieg_glc")
+
+
+def _baseline_table(group, settings: Sequence[str]) -> list[str]:
+    """Seed 0 of the baselines beside robust IEG (--baselines), each at cpumem's selection for the
+    setting, and ours minus the best baseline of the column; empty before any baseline run."""
+    def run(setting: str, method: str) -> dict | None:
+        variant = method if method in ("plain", "l2r", "robust_ieg") else cpumem_selection(method, setting)
+        return next((r for r in group(setting, variant) if r["seed"] == 0), None)
+
+    if not any(run(st, m) for st in settings for m in BASELINES):
+        return []
+    lines = ["Baselines (`--baselines`; seed 0, final epoch; each at the candidate that "
+             "`benchmarks/baselines.py` selected for the setting on cpumem's noisy validation labels, "
+             "named in brackets where not the default; nothing chosen on cpu10k's clean split). "
+             "Cell: test % · clean val % · ms/step:", "",
+             "| method | " + " | ".join(st.replace(":", " ") for st in settings) + " |",
+             "|" + " --- |" * (len(settings) + 1)]
+    for method in BASELINE_ROWS:
+        cells, names = [], set()
+        for st in settings:
+            r = run(st, method)
+            if r is not None and r["method"] != method:
+                names.add(r["method"].split("/", 1)[1])
+            cells.append("-" if r is None else f"{100 * r['test_accuracy']:.1f} · "
+                         f"{100 * r['val_accuracy']:.1f} · {r['ms_per_step']:.0f}")
+        label = method + (f" ({', '.join(sorted(names))})" if names else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    diffs = []
+    for st in settings:
+        accuracy = {m: r["test_accuracy"] for m, r in ((m, run(st, m)) for m in BASELINE_ROWS)
+                    if r is not None}
+        baselines = [m for m in accuracy if m not in OURS]
+        if not baselines:
+            continue
+        best = max(baselines, key=accuracy.get)
+        diffs += [f"{st.replace(':', ' ')}: {m} − {best} {100 * (accuracy[m] - accuracy[best]):+.1f}"
+                  for m in OURS if m in accuracy]
+    if diffs:
+        lines += ["", "Ours minus the best baseline of the column (one seed: no interval): "
+                  + "; ".join(diffs) + "."]
+    return lines + [""]
+
+
 def _warmup_selection(group) -> list[str]:
     """The selection of robust_eg's lr warm-up, where both runs exist."""
     warmup_lines = []
@@ -298,6 +346,7 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
     ablation_lines = ablation_tables(group)
     shrink_lines = _shrinkage_selection(group, settings)
     warmup_lines = _warmup_selection(group)
+    baseline_lines = _baseline_table(group, settings)
     cost = _cost_table(records, methods)
     done = sum(store.done(run.key(label), cfg) for run in runs)
     commands = sorted({rerunnable(r["command"]) for r in records})
@@ -320,6 +369,7 @@ def cpu10k_report(store: Store, args, cfg: Config, label: str, runs: Sequence[Cp
                  "(the same runs' trained weights in brackets):", "", *ema_lines, ""]
     if checks:
         body += ["Against the targets: " + "; ".join(checks) + ".", ""]
+    body += baseline_lines
     body += ablation_lines
     if shrink_lines:
         body += shrink_lines + [""]

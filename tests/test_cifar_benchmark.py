@@ -99,6 +99,73 @@ def test_run_list_priority_label_free_methods_and_shards(bench):
     assert bench.config_label(dataclasses.replace(cfg, epochs=30)) == "cpu10k,epochs=30"
 
 
+def test_baselines_run_after_the_rest_at_cpumems_selection(bench, monkeypatch):
+    chosen = {("glc", "uniform:0.4"): "glc/trusted_weight=0.1",
+              ("plain_plus", "uniform:0.4"): "plain_plus/mixup_weight=5"}
+    monkeypatch.setattr(bench._owner("cpumem_selection"), "cpumem_selection",
+                        lambda method, setting: chosen.get((method, setting), method))
+    settings = [("uniform", 0.8), ("uniform", 0.4)]
+    runs = bench.cpu10k_runs(settings, ["plain"], seeds=1, baselines=True)
+    assert [r.key("c") for r in runs] == [
+        "uniform:0.8|plain|0|c", "uniform:0.4|plain|0|c",
+        "uniform:0.8|glc|0|c", "uniform:0.4|glc/trusted_weight=0.1|0|c",
+        "uniform:0.8|small_loss|0|c", "uniform:0.4|small_loss|0|c",
+        "uniform:0.8|plain_plus|0|c", "uniform:0.4|plain_plus/mixup_weight=5|0|c",
+        "uniform:0.8|robust_ieg_glc|0|c", "uniform:0.4|robust_ieg_glc|0|c"]
+    assert all(r.method in bench.VARIANTS for r in runs)
+
+
+def test_cpumem_selection_is_a_stored_candidate_of_the_method(bench):
+    from benchmarks import baselines
+
+    for method in bench.BASELINES:
+        for setting in baselines.SETTINGS:
+            variant = bench.cpumem_selection(method, setting)
+            assert variant in baselines.CANDIDATES[method] and variant in bench.VARIANTS
+            assert bench.VARIANTS[variant][1].items() >= baselines.VARIANTS[variant][1].items()
+
+
+def test_a_seed_0_plain_run_without_its_c_hat_is_repeated_only_for_the_baselines(bench, tmp_path):
+    import argparse
+
+    cfg = bench.CONFIGS["cpu10k"]
+    store = bench.Store(tmp_path / "runs.jsonl")
+    base = {"cfg": dataclasses.asdict(cfg), "method": "plain", "history": [{"ema_val_accuracy": 0}]}
+    store.add("old", {**base, "seed": 0})
+    store.add("new", {**base, "seed": 0, "transition": [[1.0]]})
+    store.add("seed1", {**base, "seed": 1})
+    for baselines, expected in ((False, [True, True, True]), (True, [False, True, True])):
+        args = argparse.Namespace(baselines=baselines, rerun_without_ema=False)
+        finished = bench._owner("_finished")._finished(store, args, cfg)
+        assert [finished(k) for k in ("old", "new", "seed1")] == expected
+
+
+def test_baseline_table_takes_the_selected_variant_and_the_best_baseline(bench, monkeypatch):
+    report = bench._owner("_baseline_table")
+    monkeypatch.setattr(report, "cpumem_selection",
+                        lambda method, setting: "glc/trusted_weight=0.1" if method == "glc" else method)
+
+    def record(method, acc, seed=0):
+        return {"method": method, "seed": seed, "test_accuracy": acc, "val_accuracy": acc + 0.01,
+                "ms_per_step": 100.0}
+
+    runs = {"plain": [record("plain", 0.50), record("plain", 0.90, seed=1)],
+            "glc": [record("glc", 0.99)],  # the default, not cpumem's selection: not shown
+            "glc/trusted_weight=0.1": [record("glc/trusted_weight=0.1", 0.55)],
+            "robust_ieg": [record("robust_ieg", 0.60)]}
+
+    def group(setting, method):
+        return runs.get(method, [])
+
+    assert report._baseline_table(lambda s, m: runs.get(m, []) if m == "plain" else [],
+                                  ["uniform:0.4"]) == []
+    lines = report._baseline_table(group, ["uniform:0.4"])
+    assert "| plain | 50.0 · 51.0 · 100 |" in lines
+    assert "| glc (trusted_weight=0.1) | 55.0 · 56.0 · 100 |" in lines
+    assert "| small_loss | - |" in lines
+    assert lines[-2].endswith("uniform 0.4: robust_ieg − glc +5.0.")
+
+
 def test_store_skips_cut_lines_and_sees_the_other_process(bench, tmp_path):
     path = tmp_path / "runs.jsonl"
     a, b = bench.Store(path), bench.Store(path)
