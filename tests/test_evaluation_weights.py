@@ -87,6 +87,51 @@ def test_a_weight_ema_part_comes_before_the_teacher_and_two_are_refused():
     with pytest.raises(ValueError, match="pipeline: 2 WeightEMA parts \\(a, b\\)"):
         with iegkit.evaluation_weights(pipeline):
             pass
-    with pytest.raises(TypeError, match="pipeline: expected a composed Pipeline"):
+    with pytest.raises(TypeError, match="^pipeline: expected a composed Pipeline, got SmallCNN$"):
         with iegkit.evaluation_weights(model):
             pass
+
+
+# mutation testing (docs/mutation.md): WeightEMA's defaults, bounds, messages and loading
+
+
+def linear():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+
+
+def test_the_default_decay_caps_the_warm_up_at_0_999():
+    assert iegkit.ema.ema_decay(10**6) == 0.999 == iegkit.WeightEMA().decay
+
+
+def test_an_unbound_average_names_itself_and_saves_an_empty_state():
+    ema = iegkit.WeightEMA(decay=0.5)
+    assert ema.state_dict() == {"decay": 0.5, "shadow": {}}
+    message = "'weight_ema': no model; pass one or bind the pipeline first"
+    with pytest.raises(RuntimeError, match=f"^{message}$"):
+        ema.update(0)
+
+
+def test_decay_0_is_no_averaging_and_decay_1_is_refused():
+    model = linear()
+    ema = iegkit.WeightEMA(model, decay=0.0)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(100)
+    assert all(torch.equal(ema.shadow[n], p) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match=r"^decay: expected a value in \[0, 1\), got 1.0$"):
+        iegkit.WeightEMA(model, decay=1.0)
+
+
+def test_a_loaded_average_takes_its_parameters_dtype_and_bad_ones_say_what_to_load():
+    model = linear()
+    model[0].bias.requires_grad_(False)  # not averaged now: the load adds it
+    ema = iegkit.WeightEMA(model, decay=0.5)
+    saved = {n: torch.randn_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
+    ema.load_state_dict({"decay": 0.5, "shadow": saved})
+    for name, p in model.named_parameters():
+        assert ema.shadow[name].dtype == p.dtype, name
+        assert torch.equal(ema.shadow[name], saved[name].double()), name
+    with pytest.raises(ValueError, match=r"^state: the saved EMA's shapes differ from the model's "
+                                         r"for \['0.bias'\]; load a state saved from this model$"):
+        ema.load_state_dict({"decay": 0.5, "shadow": {"0.bias": torch.zeros(3)}})
