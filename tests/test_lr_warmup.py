@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,11 +45,11 @@ def test_linear_warmup_matches_torch_linear_lr(warmup_steps):
 
 def test_linear_warmup_off_and_errors():
     assert linear_warmup(0, 0) == 1.0 and linear_warmup(7, 0) == 1.0
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ValueError, match=r"^step: expected an integer >= 0, got -1$"):
         linear_warmup(-1, 3)
-    with pytest.raises(ValueError, match="warmup_steps"):
+    with pytest.raises(ValueError, match=r"^warmup_steps: expected an integer >= 0, got -1$"):
         linear_warmup(0, -1)
-    with pytest.raises(TypeError, match="warmup_steps"):
+    with pytest.raises(TypeError, match=r"^warmup_steps: expected an integer, got float$"):
         linear_warmup(0, 2.5)
 
 
@@ -212,17 +213,22 @@ def test_beside_sgdr_the_step_runs_at_sgdr_times_the_factor():
 
 
 def test_errors_and_state():
-    with pytest.raises(ValueError, match="warmup_steps"):
+    with pytest.raises(ValueError, match=r"^warmup_steps: expected an integer >= 1, got 0$"):
         iegkit.LRWarmup(0)
-    with pytest.raises(TypeError, match="warmup_steps"):
+    with pytest.raises(TypeError, match=r"^warmup_steps: expected an integer, got bool$"):
         iegkit.LRWarmup(True)
     part = iegkit.LRWarmup(7)
     assert part.state_dict() == {"warmup_steps": 7}
     twin = iegkit.LRWarmup(3)
     twin.load_state_dict(part.state_dict())
     assert twin.warmup_steps == 7
-    with pytest.raises(ValueError, match="warmup_steps"):
+    with pytest.raises(ValueError, match=r"^state: LRWarmup expects the key 'warmup_steps', "
+                                         r"got \['steps'\]$"):
         twin.load_state_dict({"steps": 3})
+    with pytest.raises(ValueError, match=r"^warmup_steps: expected an integer >= 1, got 0$"):
+        twin.load_state_dict({"warmup_steps": 0})
+    twin.load_state_dict({"warmup_steps": 1})  # a one-step warm-up (no scaling) is a valid state
+    assert twin.warmup_steps == 1
 
 
 # -- the recipes ------------------------------------------------------------------------------------
@@ -262,3 +268,48 @@ def test_robust_ieg_has_no_warmup_unless_asked():
                                       warmup_fraction=0.1)
     assert [p.warmup_steps for p in _parts(asked, iegkit.LRWarmup)] == [20]
     asked.close()
+
+
+# -- mutation testing (docs/mutation.md): the factor's precision from a one-step warm-up up, an
+# unbound part's hooks, and an lr left alone once the warm-up is over.
+
+@pytest.mark.parametrize("warmup_steps", [1, 3, 7])
+def test_the_factor_is_provided_exactly_in_float64(warmup_steps):
+    """LR_SCALE is (step + 1) / W in float64 (1/3 is not a float32): the look-ahead's lr is the
+    real step's; W = 1 is a valid warm-up whose factor is 1 from step 0."""
+    part = iegkit.LRWarmup(warmup_steps)
+    for step in range(warmup_steps + 2):
+        value = part.contribute(SimpleNamespace(step=step)).values[keys.LR_SCALE]
+        assert value.dtype == torch.float64
+        assert value.item() == min(1.0, (step + 1) / warmup_steps)
+
+
+def test_the_step_hooks_of_an_unbound_part_do_nothing():
+    part = iegkit.LRWarmup(4)
+    part.before_optimizer_step(0)  # factor 1/4, but no optimizer to scale
+    part.after_optimizer_step(0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    part.bind(torch.nn.Linear(1, 1), optimizer)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_after_the_warm_up_the_part_writes_no_lr():
+    """From step W - 1 on (factor 1) the hooks leave the lr alone: one that the user sets after an
+    optimizer.step() that raised (so no post-hook ran) is the next step's lr."""
+    model, x, y, _, _, _ = make_problem("mlp", batch=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pipeline = iegkit.compose(iegkit.CrossEntropy(), iegkit.LRWarmup(2), model=model,
+                              optimizer=optimizer)
+    seen = record_step_lrs(optimizer)
+
+    def closure():
+        raise RuntimeError("closure failed")
+
+    pipeline(x, y, step=1).loss.backward()
+    with pytest.raises(RuntimeError, match="closure failed"):
+        optimizer.step(closure)
+    optimizer.param_groups[0]["lr"] = 0.05  # e.g. the user's scheduler.step()
+    pipeline(x, y, step=2).loss.backward()
+    optimizer.step()
+    assert seen == [[0.1], [0.05]] and optimizer.param_groups[0]["lr"] == 0.05
+    pipeline.close()

@@ -473,7 +473,8 @@ def test_matches_timm_cosine_lr_scheduler(warmup, min_lr):
 # --- Paths the tests above leave out --------------------------------------------------------------
 # Found by mutation testing (docs/mutation.md): the part with a tensor lr, every setting reaching
 # the schedule, resuming (last_epoch) including mid-warmup, a param group added after the scheduler
-# was built, the restart list's defaults, and clocks at a restart and near the float maximum.
+# was built, the restart list's defaults, clocks at a restart and near the float maximum, and the
+# peak of a group whose initial_lr an earlier scheduler set (SequentialLR).
 
 
 def _optimizer(lr=0.1):
@@ -597,3 +598,25 @@ def test_a_clock_near_the_float_maximum():
     t, first, t_mul = 1.5e308, 1, 2.5
     assert sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul) == pytest.approx(
         _expected_far(t, first, t_mul), rel=1e-9, abs=1e-300)
+
+
+def test_after_a_sequential_warm_up_the_peak_is_the_initial_lr():
+    """SequentialLR's first scheduler (LinearLR) leaves lr at 0.001 and sets initial_lr 0.1, which
+    torch takes as SGDR's peak (setdefault): the settings are checked against 0.1, not 0.001."""
+    optimizer = _optimizer()
+    warm_up = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=5)
+    scheduler = SGDRSchedule(optimizer, 10, min_lr=0.01)
+    assert scheduler.base_lrs == [0.1]
+    sequential = torch.optim.lr_scheduler.SequentialLR(optimizer, [warm_up, scheduler], [5])
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # (no gradients: changes nothing; torch wants it before step())
+        sequential.step()
+    assert lrs[5:] == pytest.approx(
+        [sgdr(t, peak_lr=0.1, first_cycle_steps=10, min_lr=0.01) for t in range(7)], rel=1e-12)
+    # and an initial_lr below min_lr is refused, naming the group, whatever the lr
+    optimizer.param_groups[0]["initial_lr"] = 0.005
+    with pytest.raises(ValueError, match=r"^min_lr: expected <= peak_lr \(0\.005\), got 0\.01 "
+                                         r"\(peak_lr is the initial lr of param_groups\[0\]\)$"):
+        SGDRSchedule(optimizer, 10, min_lr=0.01)

@@ -44,7 +44,8 @@ class SGDRSchedule(LRScheduler, PartBase):
     scheduler rebuilt on a fresh optimizer and given ``load_state_dict`` continues identically.
 
     Args:
-      optimizer: any torch optimizer; each group's ``lr`` at construction is its peak.
+      optimizer: any torch optimizer; each group's ``lr`` at construction is its peak (its
+        ``initial_lr`` where one is set, by a resume or an earlier torch scheduler: torch's rule).
       first_cycle_steps: length of the first cycle in iterations, >= 1.
       t_mul: cycle length multiplier, >= 1. m_mul: cycle peak multiplier, in (0, 1].
       min_lr: absolute lr floor (not TF's fractional ``alpha``; see ``sgdr``), <= every peak.
@@ -83,8 +84,10 @@ class SGDRSchedule(LRScheduler, PartBase):
         self.warmup_start_lr = check_real("warmup_start_lr", warmup_start_lr)
         last_epoch = check_int("last_epoch", last_epoch, -1)
         # Validate every argument against every group's peak before LRScheduler touches the groups.
+        # The peak is torch's base_lr: a group's initial_lr where one is set (a resume, or an
+        # earlier scheduler on this optimizer, e.g. SequentialLR's warm-up: setdefault), else lr.
         for i, group in enumerate(optimizer.param_groups):
-            peak = group["initial_lr"] if last_epoch != -1 and "initial_lr" in group else group["lr"]
+            peak = group["initial_lr"] if "initial_lr" in group else group["lr"]
             self._lr_at(0, _as_float(peak), f"param_groups[{i}]")
         super().__init__(optimizer, last_epoch)
 
