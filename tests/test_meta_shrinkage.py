@@ -16,7 +16,7 @@ import iegkit
 from iegkit import recipes
 from iegkit.functional import normalize_meta_weights
 from iegkit.functional.relabel import relabel_from_meta_gradient
-from iegkit.functional.shrinkage import shrink_toward_init
+from iegkit.functional.shrinkage import shrink_toward_init, unshrink
 
 betas = st.floats(0.0, 1.0, allow_nan=False)
 
@@ -132,3 +132,14 @@ def test_robust_ieg_passes_its_meta_shrinkage_to_both_meta_parts():
         recipes.ROBUST_META_SHRINKAGE}
     official = recipes.ieg(model, opt, strong_augment=noise_augment)
     assert {p.shrinkage for p in official.parts if hasattr(p, "shrinkage")} == {0.0}
+
+
+# mutation testing (docs/mutation.md): beta = 0 returns the decision itself, whatever the init
+
+
+def test_unshrink_without_shrinkage_keeps_the_decision_its_shape_and_dtype():
+    decision = torch.tensor([0.5, 0.0, 1.0], dtype=torch.float32)
+    init = torch.full((3,), 0.9, dtype=torch.float64)  # would promote the result if read
+    got = unshrink(decision, init, 0.0)
+    assert got.dtype == torch.float32 and got.shape == (3,)
+    assert torch.equal(got, decision)

@@ -447,3 +447,29 @@ def test_alignment_defaults_and_result_dtype():
     torch.testing.assert_close(unsharpen(g), q)
     aligned = align_distribution(g.float(), model, target)
     assert aligned.dtype == torch.float32
+
+
+# --- DistributionAlignment's construction --------------------------------------------------------
+# mutation testing (docs/mutation.md): a prior alone fixes C and is normalised, the uniform prior
+# is float64, and an optimizer step with nothing measured leaves the marginal alone.
+
+
+def test_a_given_prior_alone_fixes_the_classes_and_is_normalised():
+    align = iegkit.DistributionAlignment(target=torch.tensor([1.0, 3.0]))
+    assert align.num_classes == 2
+    torch.testing.assert_close(align.target, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    torch.testing.assert_close(align.model_marginal, torch.full((2,), 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+def test_the_default_prior_is_uniform_in_float64(classes):
+    align = iegkit.DistributionAlignment(classes)
+    uniform = torch.full((classes,), 1.0 / classes, dtype=torch.float64)
+    torch.testing.assert_close(align.target, uniform)  # dtype checked too
+    torch.testing.assert_close(align.target.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_an_optimizer_step_before_any_pseudo_labels_keeps_the_marginal():
+    align = iegkit.DistributionAlignment(3, momentum=0.5)
+    align.after_optimizer_step(0)
+    assert torch.equal(align.model_marginal, torch.full((3,), 1 / 3, dtype=torch.float64))

@@ -248,6 +248,9 @@ def _exactly(message):
      "labeler: it reads keys.IMAGE_LABELER, which ConsistencyPseudoLabeler provides"),
     ((torch.zeros(0, 3), torch.zeros(0).long()), ValueError,
      "holdout_inputs: expected a non-empty tensor (N, ...)"),
+    # mutation testing (docs/mutation.md): a non-tensor that is no labeler is a ValueError
+    (([[0.0, 1.0]] * 4, torch.zeros(4).long()), ValueError,
+     "holdout_inputs: expected a non-empty tensor (N, ...)"),
     ((torch.zeros(4, 3), torch.zeros(3).long()), ValueError,
      "holdout_labels: expected integer class indices of shape (4,), got torch.Size([3])"),
     ((torch.zeros(4, 3), [0, 1, 2, 3]), ValueError,
