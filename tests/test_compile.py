@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import warnings
 
@@ -38,7 +39,14 @@ import torch.nn.functional as F
 
 from iegkit import MetaReweighter, compose, recipes
 from iegkit._core import tangent as tangent_module
+from iegkit._core.meta_step import (
+    LookaheadOptions,
+    MetaBatch,
+    PseudoLabelGraph,
+    lookahead_meta_gradients,
+)
 from iegkit._core.tangent import logit_tangent, probe_tangent
+from iegkit.functional.meta import MetaInit
 from iegkit.models import SmallCNN
 
 B, PROBE, SIDE = 32, 20, 16
@@ -301,15 +309,20 @@ def test_with_active_dropout_the_compiled_pass_is_not_compared(compiled_stand_in
     assert counts == {"eager": 1, "compiled": 2}
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
 @pytest.mark.parametrize("dtype,rel,used", [(torch.float32, 5e-3, True),
                                             (torch.float32, 5e-2, False),
                                             (torch.float64, 5e-7, True),
-                                            (torch.float64, 5e-6, False)])
-def test_the_check_tolerance_follows_the_dtype(compiled_stand_in, dtype, rel, used):
-    """float32: 1e-2 relative L2 (reassociation on deep nets); float64: 1e-6."""
+                                            (torch.float64, 5e-6, False),
+                                            (torch.bfloat16, 5e-2, True),
+                                            (torch.bfloat16, 0.5, False)])
+def test_the_check_tolerance_follows_the_dtype(compiled_stand_in, dtype, rel, used, scale):
+    """float32: 1e-2 relative L2 (reassociation on deep nets); float64: 1e-6; any other dtype
+    (bfloat16, float16): 1e-1. Relative to the eager u: the same decision at any scale of tau."""
     counts, settings = compiled_stand_in
     settings["rel"] = rel
     model, tau, x = _problem(dtype)
+    tau = {name: t * scale for name, t in tau.items()}
     _, eager, _ = logit_tangent(model, tau, x)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -324,3 +337,123 @@ def test_the_check_tolerance_follows_the_dtype(compiled_stand_in, dtype, rel, us
         assert model in tangent_module._COMPILE_FAILURES
         logit_tangent(model, tau, x, compile=True)
         assert counts["compiled"] == 1  # not tried again for this model
+
+
+# --- mutation testing (docs/mutation.md): the warnings, overflow, buffers, every JVP pass ---------
+# The compile-failure and autocast warnings are matched exactly (like tests/test_errors.py); the
+# compiled pass must leave BatchNorm statistics alone, skip the check where the eager pass
+# overflows, and serve the pseudo-label views' JVPs too.
+
+
+@pytest.mark.parametrize("error,reason", [
+    (RuntimeError("\n  first line  \n\n second line\nthird line"),
+     "RuntimeError: first line second line"),  # the first two non-blank lines, stripped
+    (ValueError("A" * 200 + "\n" + "B" * 200),
+     "ValueError: " + ("A" * 200 + " " + "B" * 200)[:300]),  # at most 300 characters
+], ids=["lines", "long"])
+def test_the_compile_failure_warning_gives_the_model_and_the_error(monkeypatch, error, reason):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
+    model, tau, x = _problem()
+    with pytest.warns(RuntimeWarning, match="^" + re.escape(
+            f"iegkit: the compiled tangent pass (compile_tangent=True) is not used for Sequential: "
+            f"{reason}. The look-ahead runs it eagerly for this model (the same exact "
+            "meta-gradients, not sped up). torch.compile needs a C++ compiler on CPU (Triton on "
+            "CUDA).") + "$"):
+        logit_tangent(model, tau, x, compile=True)
+    assert tangent_module._COMPILE_FAILURES[model] == reason  # benchmarks/meta_step.py prints it
+
+
+def test_the_autocast_warning_is_given_once_and_says_why(compiled_stand_in, monkeypatch):
+    counts, _ = compiled_stand_in
+    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", False)
+    model, tau, x = _problem()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(RuntimeWarning, match="^" + re.escape(
+                "iegkit: compile_tangent=True is not used under torch.autocast (forward-mode AD "
+                "does not compile with autocast); the tangent pass runs eagerly") + "$"):
+            logit_tangent(model, tau, x, compile=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process, not once per call
+            logit_tangent(model, tau, x, compile=True)
+    assert counts["compiled"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled:DeprecationWarning")
+def test_autocast_is_detected_with_the_api_of_torch_before_2_4(compiled_stand_in, monkeypatch):
+    """torch < 2.4 (supported: torch>=2.1) has is_autocast_enabled() for CUDA only and
+    is_autocast_cpu_enabled() for the CPU."""
+    counts, _ = compiled_stand_in
+    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", True)
+    real = torch.is_autocast_enabled
+    model, tau, x = _problem()
+
+    def before_2_4(*device_type):
+        if device_type:
+            raise TypeError("is_autocast_enabled() takes 0 positional arguments but 1 was given")
+        return real("cuda")
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), monkeypatch.context() as patch:
+        _, eager, _ = logit_tangent(model, tau, x)
+        patch.setattr(torch, "is_autocast_enabled", before_2_4)
+        _, u, _ = logit_tangent(model, tau, x, compile=True)
+    assert counts["compiled"] == 0 and torch.equal(u, eager)  # the eager pass
+
+
+class OverflowingLogits(torch.nn.Module):
+    """A linear layer whose last logit is +inf (a constant buffer): u = J tau stays finite."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(6, 4)
+        self.register_buffer("shift", torch.tensor([0.0, 0.0, 0.0, float("inf")]))
+
+    def forward(self, x):
+        return self.linear(x) + self.shift
+
+
+def test_where_the_eager_pass_overflows_it_is_used_and_checked_again(compiled_stand_in):
+    counts, settings = compiled_stand_in
+    settings["rel"] = 1e-3
+    model = OverflowingLogits()
+    tau = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    _, eager, _ = logit_tangent(model, tau, x)
+    assert bool(torch.isfinite(eager).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to compare: no warning
+        for calls in (1, 2):
+            logits, u, _ = logit_tangent(model, tau, x, compile=True)
+            assert torch.equal(u, eager) and bool(torch.isinf(logits[:, 3]).all())
+            assert counts == {"eager": 1 + calls, "compiled": calls}  # checked on every use
+    assert model not in tangent_module._COMPILE_FAILURES
+
+
+def test_the_compiled_pass_leaves_the_batchnorm_statistics_alone(compiled_stand_in):
+    model, tau, x = _problem()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    for _ in range(2):  # checked against eager, then not
+        logit_tangent(model, tau, x, compile=True)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_compile_tangent_also_compiles_the_pseudo_label_views(compiled_stand_in):
+    counts, _ = compiled_stand_in
+    model, _, x = _problem()
+    gen = torch.Generator().manual_seed(2)
+    xp, yp = torch.randn(5, 6, generator=gen), torch.tensor([0, 1, 2, 3, 0])
+    y, view = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), x.flip(-1)
+    logits, view_logits = model(x), model(view)
+    graph = PseudoLabelGraph(lambda a, b: torch.softmax((a + b) / 2, -1),
+                             [(None, lambda: logits), (view, lambda: view_logits)])
+    q = graph.fn(logits, view_logits).detach()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q), MetaInit(0.0, 0.9),
+                             training_logits=lambda: logits, pseudo_graph=graph,
+                             options=LookaheadOptions(compile_tangent=True))
+    # the training batch's JVP and the view's, both compiled; one check for their common shape
+    assert counts == {"eager": 1, "compiled": 2}

@@ -8,10 +8,16 @@ import math
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 from conftest import make_problem, take_real_step
 from reference import reference_meta_gradients
 
-from iegkit._core.meta_step import LookaheadOptions, MetaBatch, lookahead_meta_gradients
+from iegkit._core.meta_step import (
+    LookaheadOptions,
+    MetaBatch,
+    PseudoLabelGraph,
+    lookahead_meta_gradients,
+)
 from iegkit._core.tangent import logit_tangent, probe_tangent
 from iegkit.functional import meta_gradients, mix_targets
 from iegkit.functional.meta import MetaInit
@@ -259,3 +265,38 @@ def test_a_look_ahead_over_parameters_that_do_not_reach_the_logits_is_zero():
                          pseudo_targets=q)
     assert torch.equal(got.weight, torch.zeros_like(got.weight))
     assert torch.equal(got.label, torch.zeros_like(got.label))
+
+
+# --- mutation testing (docs/mutation.md): dropout in every JVP pass -------------------------------
+
+
+class DropoutSpy(torch.nn.Dropout):
+    """Dropout(0.5) that records, for each forward-mode (JVP) pass through it, whether it drops."""
+
+    def __init__(self):
+        super().__init__(0.5)
+        self.jvp_passes: list[bool] = []
+
+    def forward(self, x):
+        if fwAD.unpack_dual(x).tangent is not None:
+            self.jvp_passes.append(self.training and self.p > 0)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_the_pseudo_label_views_jvp_follows_the_dropout_option(dropout):
+    """The JVP of a view other than the training batch (a look-ahead through the pseudo labels)
+    runs dropout exactly where the training batch's does."""
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = DropoutMLP().double()
+    spy = model.net[2] = DropoutSpy()
+    view = x.flip(-1)
+    logits, view_logits = model(x), model(view)
+    graph = PseudoLabelGraph(lambda a, b: torch.softmax((a + b) / 2, -1),
+                             [(None, lambda: logits), (view, lambda: view_logits)])
+    q = graph.fn(logits, view_logits).detach()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q), MetaInit(0.125, 0.9),
+                             training_logits=lambda: logits, pseudo_graph=graph,
+                             options=LookaheadOptions(dropout=dropout))
+    assert spy.jvp_passes == [dropout, dropout]  # the training batch's JVP, then the view's
