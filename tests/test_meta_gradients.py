@@ -17,10 +17,12 @@ from iegkit._core.meta_step import (
     MetaBatch,
     PseudoLabelGraph,
     lookahead_meta_gradients,
+    virtual_gradients,
 )
 from iegkit._core.tangent import logit_tangent, probe_tangent
 from iegkit.functional import meta_gradients, mix_targets
 from iegkit.functional.meta import MetaInit
+from iegkit.functional.relabel import relabeled_cross_entropy
 
 SGD_CONFIGS = [
     dict(momentum=0.0),
@@ -300,3 +302,44 @@ def test_the_pseudo_label_views_jvp_follows_the_dropout_option(dropout):
                              training_logits=lambda: logits, pseudo_graph=graph,
                              options=LookaheadOptions(dropout=dropout))
     assert spy.jvp_passes == [dropout, dropout]  # the training batch's JVP, then the view's
+
+
+# --- mutation testing (docs/mutation.md): the virtual gradient is the real step's -----------------
+
+
+def test_the_virtual_gradient_is_the_real_steps_in_the_logits_dtype():
+    """g0 = grad sum_i omega0_i l_i is, at omega0 = 1/B, exactly the gradient of the real step's
+    loss (MetaRelabeler's relabeled_cross_entropy): the label mix is cast to the logits' dtype in
+    both, so float64 pseudo labels on a float32 model round the same way."""
+    model, x, y, _, _, q = make_problem("mlp", batch=6, dtype=torch.float32)
+    q = q.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(x)
+    got = virtual_gradients(model, opt, logits, y, torch.full((6,), 1 / 6), 0.9, q,
+                            retain_graph=True)
+    real = relabeled_cross_entropy(logits, y, torch.full((6,), 0.9, dtype=torch.float64), q)
+    want = torch.autograd.grad(real, list(model.parameters()))
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("steps", [3, 8])  # 8 = B: broadcast against the labels' one-hot
+def test_training_logits_not_b_by_c_are_refused_before_the_virtual_gradient(steps):
+    """A model whose output is not (B, C) is refused naming the model and the training logits'
+    shape, with omega0 != 0 (a virtual-gradient forward) as with omega0 = 0 (none)."""
+
+    class PerStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(6, steps * 4)
+
+        def forward(self, x):
+            return self.net(x).reshape(x.shape[0], steps, 4)
+
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = PerStep().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=rf"^model: expected logits of shape \(B, C\), got "
+                                         rf"\(8, {steps}, 4\)$"):
+        meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125)

@@ -24,7 +24,12 @@ from iegkit._core.modes import buffers_snapshot, train_mode
 from iegkit._core.tangent import logit_tangent, probe_tangent
 from iegkit.functional.distributed import all_reduce_mean
 from iegkit.functional.lookahead import trainable_parameters
-from iegkit.functional.losses import check_targets, mix_targets, soft_cross_entropy
+from iegkit.functional.losses import (
+    check_logits,
+    check_targets,
+    mix_targets,
+    soft_cross_entropy,
+)
 from iegkit.functional.meta import (
     InnerLoss,
     MetaGradients,
@@ -145,7 +150,7 @@ def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
                                     inner_loss=options.inner_loss)
     else:
         with train_mode(model), torch.enable_grad():
-            logits = functional_call(model, buffers_snapshot(model), (batch.inputs,))
+            logits = check_logits(functional_call(model, buffers_snapshot(model), (batch.inputs,)))
             check_pseudo_targets(batch.pseudo_targets, relabeling=label_init is not None,
                                  logits=logits)
             check_targets("targets", batch.targets, batch.inputs.shape[0], logits.shape[-1])
