@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from iegkit._core.compose import compose
 from iegkit._core.part import Contribution, Part, Plan
+from iegkit.functional import schedule
 from iegkit.functional.schedule import sgdr, sgdr_restarts
 from iegkit.parts.cross_entropy import CrossEntropy
 from iegkit.parts.sgdr_schedule import SGDRSchedule
@@ -620,3 +621,23 @@ def test_after_a_sequential_warm_up_the_peak_is_the_initial_lr():
     with pytest.raises(ValueError, match=r"^min_lr: expected <= peak_lr \(0\.005\), got 0\.01 "
                                          r"\(peak_lr is the initial lr of param_groups\[0\]\)$"):
         SGDRSchedule(optimizer, 10, min_lr=0.01)
+
+
+# --- mutation testing (docs/mutation.md): the cycle search costs the same at any step ------------
+
+
+@pytest.mark.parametrize("t,first,t_mul", [
+    (1e6, 500, 1.5), (4062.5, 500, 1.5), (123456.7, 3, 1.1), (2e5, 10, 2.0),
+    (1e6, 1, 1 + 2**-10),  # some 7000 cycles in
+    (1.797e308, 1, 2.001),  # t / first * (t_mul - 1) overflows: the estimate from logarithms
+])
+def test_the_cycle_is_found_from_the_closed_form_estimate_not_by_walking(monkeypatch, t, first,
+                                                                         t_mul):
+    """The estimate floor(log(1 + t/first (t_mul - 1)) / log(t_mul)) is off by at most one cycle
+    (rounding), so the search reads at most 4 cycle starts at any step: one to check the
+    estimate's start, one correction, one to check the next start, and the cycle's start."""
+    calls = []
+    cycle_start = schedule._cycle_start
+    monkeypatch.setattr(schedule, "_cycle_start", lambda *a: calls.append(a) or cycle_start(*a))
+    assert 0.0 <= sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul) <= 0.1
+    assert 3 <= len(calls) <= 4
