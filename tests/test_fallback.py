@@ -11,10 +11,13 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from conftest import Square, SquareNoJvp, make_problem
 from reference import reference_meta_gradients
+from test_distributed import two_identical_ranks  # noqa: F401 - a fixture
 from torch import nn
+from torch.func import functional_call
 
 import iegkit
-from iegkit._core.tangent import logit_tangent
+from iegkit._core.modes import buffers_snapshot
+from iegkit._core.tangent import _dual_logits, logit_tangent, probe_tangent
 from iegkit.functional import meta_gradients
 
 
@@ -100,7 +103,8 @@ WORDINGS = [
 def test_every_wording_of_a_missing_forward_formula_falls_back_exactly(error):
     model, x, y, xp, yp, q = _model_with(RaisesUnderForwardAD(error))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with pytest.warns(RuntimeWarning, match=r"layer 'net\.2' \(RaisesUnderForwardAD\)"):
+    with pytest.warns(RuntimeWarning, match=r"layer 'net\.2' \(RaisesUnderForwardAD\) has no "
+                      r"forward-mode \(JVP\) formula " + re.escape(f"({error});")):
         got = meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9,
                              pseudo_targets=q)
     assert got.used_fallback
@@ -187,3 +191,62 @@ def test_the_fallback_warning_names_the_layer_and_the_fix():
                         "to use the fast path.") + "$")):
         _, _, fallback = logit_tangent(model, _tangents(model), x)
     assert fallback
+
+
+# --- mutation testing (docs/mutation.md): the forward-mode pass, a failure before any layer -------
+# u = J tau is checked against reverse mode (the double-backward trick of
+# torch.autograd.functional.jvp); a forward-mode failure before any layer's forward (in a forward
+# pre-hook of the model) falls back like any other; a parameter the probe loss never reaches has a
+# zero tangent, also where the probe gradients are averaged over ranks.
+
+
+def _reverse_mode_jvp(model, tangents, x):
+    """(logits, J tau) by reverse mode, on copies of the buffers."""
+    names = list(tangents)
+
+    def logits(*params):
+        return functional_call(model, {**buffers_snapshot(model), **dict(zip(names, params))}, (x,))
+
+    params = tuple(model.get_parameter(n).detach() for n in names)
+    return torch.autograd.functional.jvp(logits, params, tuple(tangents[n] for n in names))
+
+
+def test_the_forward_mode_pass_is_the_jvp_with_the_models_own_or_given_buffers():
+    model, x, *_ = make_problem("mlp")
+    model.eval()  # BatchNorm reads its running statistics: the buffers matter
+    with torch.no_grad():
+        model.net[1].running_mean.uniform_(-1, 1)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    want_logits, want_u = _reverse_mode_jvp(model, _tangents(model), x)
+    for buffers in (None, buffers_snapshot(model)):  # None: the model's own
+        logits, u = _dual_logits(model, params, _tangents(model), x, buffers)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(u, want_u, rtol=1e-12, atol=1e-15)
+
+
+def test_a_failure_before_any_layer_runs_falls_back_naming_the_model():
+    model, x, *_ = make_problem("mlp")
+    model.scale = nn.Parameter(torch.tensor(1.5, dtype=x.dtype))
+    model.register_forward_pre_hook(lambda m, args: (args[0] * SquareNoJvp.apply(m.scale),))
+    with pytest.warns(RuntimeWarning, match=r"^iegkit: layer '' \(TinyMLP\) has no forward-mode"):
+        logits, u, fallback = logit_tangent(model, _tangents(model), x)
+    assert fallback
+    want_logits, want_u = _reverse_mode_jvp(model, _tangents(model), x)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(u, want_u, rtol=1e-12, atol=1e-15)
+
+
+def test_a_parameter_the_probe_loss_never_reaches_has_a_zero_tangent_over_ranks(
+        two_identical_ranks):  # noqa: F811 - the fixture imported above
+    group, _ = two_identical_ranks  # the other rank holds the same probe batch
+    _, _, _, xp, yp, _ = make_problem("mlp")
+    model = RootLevelSquare(unused=True).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    single, single_loss = probe_tangent(model, opt, xp, yp)
+    ranks, loss = probe_tangent(model, opt, xp, yp, process_group=group)
+    torch.testing.assert_close(single["unused"], torch.zeros(3, dtype=torch.float64),
+                               rtol=0, atol=0)
+    assert ranks.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(ranks[name], single[name], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(loss, single_loss, rtol=0, atol=0)
