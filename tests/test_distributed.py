@@ -139,25 +139,7 @@ def test_sync_batchnorm_is_refused_at_bind_time():
 # 1/2 on each rank (1 over both batches), while per-rank weights are the single-process weights.
 
 
-@pytest.fixture
-def two_identical_ranks(monkeypatch):
-    fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no process group of the caller")
-
-    def all_reduce_sum_of_two(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
-        assert op == dist.ReduceOp.SUM
-        assert group is dist.group.WORLD, "the collective runs over the pipeline's group"
-        tensor.mul_(other_rank["factor"])
-
-    other_rank = {"factor": 2}  # 2: the other rank holds the same tensor; 1: it holds zeros
-
-    dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=0, world_size=2)
-    monkeypatch.setattr(dist, "all_reduce", all_reduce_sum_of_two)
-    try:
-        yield dist.group.WORLD, other_rank
-    finally:
-        dist.destroy_process_group()
+# (the fixture two_identical_ranks lives in conftest.py: tests/test_fallback.py uses it too)
 
 
 def test_collectives_average_and_sum_over_ranks(two_identical_ranks):

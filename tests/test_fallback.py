@@ -11,7 +11,6 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from conftest import Square, SquareNoJvp, make_problem
 from reference import reference_meta_gradients
-from test_distributed import two_identical_ranks  # noqa: F401 - a fixture
 from torch import nn
 from torch.func import functional_call
 
@@ -237,7 +236,7 @@ def test_a_failure_before_any_layer_runs_falls_back_naming_the_model():
 
 
 def test_a_parameter_the_probe_loss_never_reaches_has_a_zero_tangent_over_ranks(
-        two_identical_ranks):  # noqa: F811 - the fixture imported above
+        two_identical_ranks):
     group, _ = two_identical_ranks  # the other rank holds the same probe batch
     _, _, _, xp, yp, _ = make_problem("mlp")
     model = RootLevelSquare(unused=True).double()
