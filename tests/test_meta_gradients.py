@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 from conftest import make_problem, take_real_step
 from reference import reference_meta_gradients
 
@@ -20,7 +21,7 @@ from iegkit._core.meta_step import (
     virtual_gradients,
 )
 from iegkit._core.tangent import logit_tangent, probe_tangent
-from iegkit.functional import meta_gradients, mix_targets
+from iegkit.functional import generalized_cross_entropy, meta_gradients, mix_targets
 from iegkit.functional.meta import MetaInit
 from iegkit.functional.relabel import relabeled_cross_entropy
 
@@ -273,15 +274,20 @@ def test_a_look_ahead_over_parameters_that_do_not_reach_the_logits_is_zero():
 
 
 class DropoutSpy(torch.nn.Dropout):
-    """Dropout(0.5) that records, for each forward-mode (JVP) pass through it, whether it drops."""
+    """Dropout(0.5) that records, for each forward-mode (JVP) pass and each other pass through it,
+    whether it drops."""
 
     def __init__(self):
         super().__init__(0.5)
         self.jvp_passes: list[bool] = []
+        self.plain_passes: list[bool] = []
 
     def forward(self, x):
+        drops = self.training and self.p > 0
         if fwAD.unpack_dual(x).tangent is not None:
-            self.jvp_passes.append(self.training and self.p > 0)
+            self.jvp_passes.append(drops)
+        else:
+            self.plain_passes.append(drops)
         return super().forward(x)
 
 
@@ -343,3 +349,82 @@ def test_training_logits_not_b_by_c_are_refused_before_the_virtual_gradient(step
     with pytest.raises(ValueError, match=rf"^model: expected logits of shape \(B, C\), got "
                                          rf"\(8, {steps}, 4\)$"):
         meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125)
+
+
+# --- mutation testing (docs/mutation.md): the look-ahead at the caller's forward ------------------
+
+
+def gce(logits, targets):
+    return generalized_cross_entropy(logits, targets, 0.7)
+
+
+def test_a_robust_inner_loss_is_reweighted_at_the_callers_forward_too():
+    """With the caller's forward (StepContext's path) and omega0 != 0, the virtual gradient is that
+    of the inner loss: the exact meta-gradient of sum_i omega_i GCE_i, as without it."""
+    model, x, y, xp, yp, _ = make_problem("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    want, _ = reference_meta_gradients(model, opt, x, y, xp, yp, weight_init=0.125,
+                                       inner_loss=gce)
+    logits = model(x)
+    got = lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp), MetaInit(0.125),
+                                   training_logits=lambda: logits,
+                                   options=LookaheadOptions(inner_loss=gce))
+    torch.testing.assert_close(got.weight, want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_the_probe_pass_follows_the_dropout_option(dropout):
+    """The probe pass L_p(theta') runs dropout exactly where the JVP does."""
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = DropoutMLP().double()
+    spy = model.net[2] = DropoutSpy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp), MetaInit(0.0),
+                             options=LookaheadOptions(dropout=dropout))
+    assert spy.plain_passes == [dropout]  # omega0 = 0: no virtual-gradient forward, one probe pass
+    assert spy.jvp_passes == [dropout]
+
+
+def test_the_meta_gradient_is_taken_at_the_callers_logits():
+    """dL_p/d omega_i = <softmax(z_i) - onehot(y_i), u_i> at the caller's logits z (its real
+    forward, here with a dropout mask), u = J tau of the dropout-free network (dropout=False);
+    plain SGD at omega0 = 0 looks ahead along tau = -lr grad L_p(theta)."""
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = DropoutMLP().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    z = model(x)
+    got = lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp), MetaInit(0.0),
+                                   training_logits=lambda: z,
+                                   options=LookaheadOptions(dropout=False)).weight
+    model.eval()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    probe = F.cross_entropy(model(xp), yp)
+    tau = {n: -0.1 * g for n, g in zip(params, torch.autograd.grad(probe, model.parameters()))}
+    clean, u = torch.func.jvp(lambda p: torch.func.functional_call(model, p, (x,)), (params,),
+                              (tau,))
+    assert not torch.allclose(z, clean)  # the caller's logits are not the dropout-free network's
+    want = ((torch.softmax(z.detach(), -1) - F.one_hot(y, 4)) * u).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+class Squeezed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.net(x).squeeze()  # (C,) for a batch of one
+
+
+@pytest.mark.parametrize("weight_init", [0.0, 0.125])
+def test_logits_that_lose_the_batch_axis_are_refused_with_or_without_a_virtual_forward(weight_init):
+    """A model that squeezes its output gives (C,) logits for a training batch of one (the probe
+    batch's are (B_p, C)): refused naming the model at omega0 = 0 (the JVP's logits) as at
+    omega0 != 0 (the virtual-gradient forward)."""
+    _, x, y, xp, yp, _ = make_problem("mlp")
+    model = Squeezed().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"^model: expected logits of shape \(B, C\), got \(4,\)$"):
+        meta_gradients(model, opt, x[:1], y[:1], xp, yp, weight_init=weight_init)

@@ -7,8 +7,11 @@ import torch
 from conftest import make_problem
 
 import iegkit
+from iegkit._core.meta_step import MetaBatch, lookahead_meta_gradients
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.errors import NonFiniteLossError
+from iegkit.functional import generalized_cross_entropy
+from iegkit.functional.meta import MetaInit
 
 
 def buffers(model):
@@ -123,3 +126,38 @@ def test_eval_mode_and_dropout_warn_once_and_meta_dropout_makes_the_step_determi
     with pytest.warns(RuntimeWarning, match="BatchNorm layers in eval mode"):
         iegkit.recipes.l2r(eval_model, torch.optim.SGD(eval_model.parameters(), lr=0.1))(
             *make_problem("cnn", batch=12)[1:5], step=0)
+
+
+# --- mutation testing (docs/mutation.md): the look-ahead's arguments, refused before any pass -----
+
+
+def count_forwards(model):
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_a_robust_inner_loss_with_relabeling_is_refused_by_name_before_any_pass():
+    model, x, y, xp, yp, q = make_problem("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = count_forwards(model)
+    with pytest.raises(ValueError, match=r"^inner_loss: a loss other than cross-entropy has no "
+                                         r"relabeling meta-gradient; use it without label_init$"):
+        iegkit.functional.meta_gradients(
+            model, opt, x, y, xp, yp, weight_init=0.125, label_init=0.9, pseudo_targets=q,
+            inner_loss=lambda z, t: generalized_cross_entropy(z, t, 0.7))
+    assert calls == []
+
+
+@pytest.mark.parametrize("weight_init", [0.0, 0.125])
+def test_relabeling_without_pseudo_labels_is_refused_before_any_pass(weight_init):
+    """Before the caller's forward too (StepContext's training_logits), with or without a
+    virtual gradient."""
+    model, x, y, xp, yp, _ = make_problem("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = count_forwards(model)
+    with pytest.raises(ValueError, match=r"^pseudo_targets: required \(shape \(B, C\)\) when "
+                                         r"label_init is given$"):
+        lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp), MetaInit(weight_init, 0.9),
+                                 training_logits=lambda: model(x))
+    assert calls == []

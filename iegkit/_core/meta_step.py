@@ -222,7 +222,7 @@ def lookahead_meta_gradients(
     jvp_logits, u, fallback = logit_tangent(model, tangents, batch.inputs,
                                             dropout=options.dropout,
                                             compile=options.compile_tangent)
-    logits = jvp_logits if training_logits is None else training_logits()
+    logits = check_logits(jvp_logits if training_logits is None else training_logits())
     check_targets("targets", batch.targets, batch_size, logits.shape[-1])
     check_pseudo_targets(batch.pseudo_targets, relabeling=label_init is not None, logits=logits)
     pseudo_tangents = None
