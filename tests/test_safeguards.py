@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import linecache
 import math
+import re
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_problem
+from conftest import Square, make_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iegkit
 from iegkit import keys, recipes
+from iegkit._core import tangent as tangent_module
+from iegkit._core.meta_step import LookaheadOptions, MetaBatch, lookahead_meta_gradients
+from iegkit._core.tangent import logit_tangent
 from iegkit.ema import ema_decay
 from iegkit.errors import MissingProviderError
 from iegkit.functional.collapse import (
@@ -22,6 +29,7 @@ from iegkit.functional.collapse import (
 from iegkit.functional.confidence_mask import confidence_mask
 from iegkit.functional.consistency import kl_consistency
 from iegkit.functional.distribution_alignment import align_distribution, unsharpen, updated_marginal
+from iegkit.functional.meta import MetaInit
 from iegkit.functional.pseudo_label import sharpen
 
 
@@ -473,3 +481,167 @@ def test_an_optimizer_step_before_any_pseudo_labels_keeps_the_marginal():
     align = iegkit.DistributionAlignment(3, momentum=0.5)
     align.after_optimizer_step(0)
     assert torch.equal(align.model_marginal, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+# --- mutation testing (docs/mutation.md): class axis, dtypes, default prior, bad shapes -----------
+# The pure functions check no shape: the class axis is the last one (any leading axes are batch
+# axes, as in torch.softmax(dim=-1)), so (B, T, C) pseudo labels, one per token, give what their
+# (B * T, C) rows give. Results keep their input's precision; metrics are float32 shares.
+
+
+def one_per_token():
+    """(B, T, C) = (2, 5, 3) pseudo labels: T != C, so a reduction over the wrong axis shows."""
+    return torch.softmax(randn(7, 2, 5, 3), -1)
+
+
+def test_the_confidence_mask_reduces_over_the_class_axis_only():
+    g = one_per_token()
+    threshold = float(g.max(-1).values.median())  # some tokens kept, some not
+    mask = confidence_mask(g, threshold)
+    assert mask.shape == (2, 5) and 0 < int(mask.sum()) < 10
+    assert torch.equal(mask, confidence_mask(g.reshape(10, 3), threshold).reshape(2, 5))
+    assert torch.equal(mask, (g.max(-1).values >= threshold).to(g.dtype))
+
+
+def test_alignment_and_unsharpening_act_on_the_class_axis_only():
+    g = one_per_token()
+    model = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    target = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    aligned = align_distribution(g, model, target)
+    torch.testing.assert_close(aligned, align_distribution(g.reshape(10, 3), model,
+                                                           target).reshape(2, 5, 3))
+    want = g * (target / model) ** 2  # tau = 1/2: g' proportional to g (p_target / p_model)^(1/tau)
+    torch.testing.assert_close(aligned, want / want.sum(-1, keepdim=True))
+    q = unsharpen(g)
+    torch.testing.assert_close(q, unsharpen(g.reshape(10, 3)).reshape(2, 5, 3))
+    torch.testing.assert_close(q, g.sqrt() / g.sqrt().sum(-1, keepdim=True))
+
+
+def test_accuracy_compares_the_class_argmax_of_every_token():
+    g = one_per_token()
+    labels = torch.tensor([[0, 1, 2, 0, 1], [2, 2, 0, 1, 0]])
+    accuracy = pseudo_label_accuracy(g, labels)
+    assert accuracy.dtype == torch.float32
+    assert float(accuracy) == pytest.approx(float((g.argmax(-1) == labels).double().mean()),
+                                            abs=1e-7)
+    assert float(accuracy) == pytest.approx(float(pseudo_label_accuracy(g.reshape(10, 3),
+                                                                        labels.reshape(10))))
+
+
+def test_updated_marginal_is_computed_in_the_running_marginals_dtype():
+    """The batch mean is cast to the running marginal's dtype first: a float64 marginal updated
+    from float32 probabilities is the float64 update, and a float32 one stays float32."""
+    running = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    batch = torch.softmax(randn(3, 6, 3, dtype=torch.float32), -1)
+    for momentum in (0.9, 0.99, 0.3):
+        got = updated_marginal(running, batch, momentum)
+        assert got.dtype == torch.float64
+        assert torch.equal(got, momentum * running
+                           + (1.0 - momentum) * batch.mean(0).to(torch.float64))
+    got = updated_marginal(running.float(), batch.double(), 0.9)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, 0.9 * running.float() + 0.1 * batch.double().mean(0).float())
+
+
+def test_the_top_share_is_exact_in_the_labels_dtype():
+    """count / B in the labels' own dtype: 2/3 for float64 labels is the float64 2/3, not a
+    float32 rounding of it."""
+    pseudo = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]], dtype=torch.float64)
+    top, entropy = pseudo_label_concentration(pseudo)
+    assert top.dtype == entropy.dtype == torch.float64
+    assert top.item() == 2 / 3
+    top32, _ = pseudo_label_concentration(pseudo.float())
+    assert top32.dtype == torch.float32 and top32.item() == torch.tensor(2 / 3).item()
+
+
+@pytest.mark.parametrize("classes", [6, 7, 13])
+def test_the_default_prior_is_the_uniform_prior_given_explicitly(classes):
+    """target=None means p_target = 1/C: the same prior, to the last bit, as passing
+    torch.full((C,), 1/C) (both normalised by their sum; for these C that sum is not exactly 1)."""
+    default = iegkit.DistributionAlignment(classes)
+    given = iegkit.DistributionAlignment(
+        target=torch.full((classes,), 1.0 / classes, dtype=torch.float64))
+    assert torch.equal(default.target, given.target)
+    g = torch.softmax(randn(classes, 4, classes), -1)
+    ctx = SimpleNamespace(get=lambda key, *default_value: g)
+    assert torch.equal(default.contribute(ctx).values[keys.PSEUDO_TARGETS],
+                       given.contribute(ctx).values[keys.PSEUDO_TARGETS])
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 3)])
+def test_alignment_refuses_pseudo_labels_that_are_not_a_batch_of_rows(shape, num_classes):
+    """Pseudo labels from a provider that are not (B, C) (keys.PSEUDO_TARGETS) are refused with
+    the ValueError that names them and their shape: not an IndexError, not a count of classes
+    taken from another axis."""
+    pseudo = torch.softmax(randn(0, *shape), -1)
+    align = iegkit.DistributionAlignment(num_classes)
+    with pytest.raises(ValueError, match=r"^pseudo: expected a non-empty \(B, C\) batch, got "
+                                         + re.escape(str(shape)) + "$"):
+        align.contribute(SimpleNamespace(get=lambda key, *default: pseudo))
+
+
+def test_the_metrics_of_alignment_and_mask_are_float32_shares_for_float64_labels():
+    """model_marginal_max and kept_fraction are float32 scalars whatever the labels' dtype (like
+    ConsistencyPseudoLabeler's agreement), so 0.6 and 1/3 are logged as their float32 values."""
+    pseudo = torch.tensor([[0.97, 0.02, 0.01], [0.6, 0.3, 0.1], [0.4, 0.5, 0.1]],
+                          dtype=torch.float64)
+    ctx = SimpleNamespace(get=lambda key, *default: pseudo)
+    align = iegkit.DistributionAlignment(3)
+    align.model_marginal = torch.tensor([0.3, 0.6, 0.1], dtype=torch.float64)
+    largest = align.contribute(ctx).metrics["model_marginal_max"]
+    assert largest.dtype == torch.float32 and largest.item() == torch.tensor(0.6).item()
+    kept = iegkit.ConfidenceMask(0.95).contribute(ctx).metrics["kept_fraction"]
+    assert kept.dtype == torch.float32 and kept.item() == torch.tensor(1 / 3).item()
+
+
+# --- mutation testing (docs/mutation.md): where the look-ahead's warnings point --------------------
+# Each warning of the tangent pass is attributed to a caller's frame (stacklevel > 1), never to the
+# warnings.warn call inside iegkit. Which caller exactly is not checked: mutmut's copy puts two
+# trampoline frames under every mutated function, so only this property holds on both.
+
+
+def assert_attributed_to_a_caller(caught, text):
+    (warning,) = [w for w in caught if text in str(w.message)]
+    assert "warnings.warn(" not in linecache.getline(warning.filename, warning.lineno), (
+        warning.filename, warning.lineno)
+
+
+def all_ones_tangents(model):
+    return {n: torch.ones_like(p) for n, p in model.named_parameters()}
+
+
+def test_the_fallback_warning_is_attributed_to_a_caller():
+    model, x, *_ = make_problem("mlp")
+    model.net = torch.nn.Sequential(model.net[0], model.net[1], Square(), model.net[3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logit_tangent(model, all_ones_tangents(model), x)
+    assert_attributed_to_a_caller(caught, "falls back to double backward")
+
+
+def test_the_compile_failure_warning_is_attributed_to_a_caller(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
+    model, x, *_ = make_problem("mlp")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logit_tangent(model, all_ones_tangents(model), x, compile=True)
+    assert_attributed_to_a_caller(caught, "compiled tangent pass")
+
+
+def test_the_autocast_warning_is_attributed_to_a_caller(monkeypatch):
+    def never():
+        raise AssertionError("forward-mode AD under autocast does not compile")
+
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", never)
+    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", False)
+    model, x, y, xp, yp, _ = make_problem("mlp", dtype=torch.float32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lookahead_meta_gradients(model, optimizer, MetaBatch(x, y, xp, yp), MetaInit(0.0),
+                                 options=LookaheadOptions(compile_tangent=True))
+    assert_attributed_to_a_caller(caught, "torch.autocast")
