@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import linecache
 import re
 import warnings
 
@@ -15,9 +16,12 @@ from torch import nn
 from torch.func import functional_call
 
 import iegkit
+from iegkit._core import tangent as tangent_module
+from iegkit._core.meta_step import LookaheadOptions, MetaBatch, lookahead_meta_gradients
 from iegkit._core.modes import buffers_snapshot
 from iegkit._core.tangent import _dual_logits, logit_tangent, probe_tangent
 from iegkit.functional import meta_gradients
+from iegkit.functional.meta import MetaInit
 
 
 def model_with_custom_layer():
@@ -249,3 +253,55 @@ def test_a_parameter_the_probe_loss_never_reaches_has_a_zero_tangent_over_ranks(
     for name in single:
         torch.testing.assert_close(ranks[name], single[name], rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(loss, single_loss, rtol=0, atol=0)
+
+
+# --- mutation testing (docs/mutation.md): where the look-ahead's warnings point --------------------
+# Each warning of the tangent pass is attributed to a caller's frame (stacklevel > 1), never to the
+# warnings.warn call inside iegkit. Which caller exactly is not checked: mutmut's copy puts two
+# trampoline frames under every mutated function, so only this property holds on both.
+
+
+def assert_attributed_to_a_caller(caught, text):
+    (warning,) = [w for w in caught if text in str(w.message)]
+    assert "warnings.warn(" not in linecache.getline(warning.filename, warning.lineno), (
+        warning.filename, warning.lineno)
+
+
+def all_ones_tangents(model):
+    return {n: torch.ones_like(p) for n, p in model.named_parameters()}
+
+
+def test_the_fallback_warning_is_attributed_to_a_caller():
+    model, x, *_ = make_problem("mlp")
+    model.net = torch.nn.Sequential(model.net[0], model.net[1], Square(), model.net[3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logit_tangent(model, all_ones_tangents(model), x)
+    assert_attributed_to_a_caller(caught, "falls back to double backward")
+
+
+def test_the_compile_failure_warning_is_attributed_to_a_caller(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
+    model, x, *_ = make_problem("mlp")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logit_tangent(model, all_ones_tangents(model), x, compile=True)
+    assert_attributed_to_a_caller(caught, "compiled tangent pass")
+
+
+def test_the_autocast_warning_is_attributed_to_a_caller(monkeypatch):
+    def never():
+        raise AssertionError("forward-mode AD under autocast does not compile")
+
+    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", never)
+    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", False)
+    model, x, y, xp, yp, _ = make_problem("mlp", dtype=torch.float32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lookahead_meta_gradients(model, optimizer, MetaBatch(x, y, xp, yp), MetaInit(0.0),
+                                 options=LookaheadOptions(compile_tangent=True))
+    assert_attributed_to_a_caller(caught, "torch.autocast")

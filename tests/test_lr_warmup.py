@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 import iegkit
 from iegkit import keys
-from iegkit.functional import schedule
-from iegkit.functional.schedule import linear_warmup, sgdr
+from iegkit.functional.schedule import linear_warmup
 
 
 # -- the pure function ------------------------------------------------------------------------------
@@ -314,54 +313,3 @@ def test_after_the_warm_up_the_part_writes_no_lr():
     optimizer.step()
     assert seen == [[0.1], [0.05]] and optimizer.param_groups[0]["lr"] == 0.05
     pipeline.close()
-
-
-def test_a_part_handed_its_optimizer_directly_gives_back_only_what_it_took():
-    """The after-hook restores only lrs that a before-hook scaled: a fresh part whose optimizer is
-    set without bind() (as a subclass's own bind() may do) leaves the lr alone, then scales it
-    by 1/4 at step 0 and gives it back as usual."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    part = iegkit.LRWarmup(4)
-    part.optimizer = optimizer
-    part.after_optimizer_step(0)
-    assert optimizer.param_groups[0]["lr"] == 0.1
-    part.before_optimizer_step(0)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025, rel=1e-15)
-    part.after_optimizer_step(0)
-    assert optimizer.param_groups[0]["lr"] == 0.1
-
-
-# -- mutation testing (docs/mutation.md): SGDR's cycle search near the float maximum -----------------
-# tests/test_sgdr_schedule.py bounds the search at 4 cycle starts; these clocks take the overflow
-# branch of the estimate (t / first * (t_mul - 1) is inf) with first > 1 and t_mul - 1 != 1, and
-# one of them (first 2, t_mul 5) has an estimate one cycle too high that the search corrects.
-
-
-def _cycle_of(t, first, t_mul):
-    """The cycle i with S_i <= t < S_{i+1}, by bisection on S_i = first (t_mul^i - 1) / (t_mul - 1)."""
-    def start(i):
-        try:
-            return first * (t_mul**i - 1.0) / (t_mul - 1.0)
-        except OverflowError:
-            return math.inf
-
-    low, high = 0, 1
-    while start(high) <= t:
-        high *= 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if start(middle) <= t else (low, middle)
-    return low, start(low)
-
-
-@pytest.mark.parametrize("t,first,t_mul", [(1e308, 1, 3.0), (1e308, 2, 5.0), (1.5e308, 1, 4.0)])
-def test_near_the_float_maximum_the_cycle_search_is_exact_and_short(monkeypatch, t, first, t_mul):
-    assert math.isinf(t / first * (t_mul - 1.0))
-    calls = []
-    cycle_start = schedule._cycle_start
-    monkeypatch.setattr(schedule, "_cycle_start", lambda *a: calls.append(a) or cycle_start(*a))
-    lr = sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul)  # m_mul 0.9, min_lr 0
-    assert 3 <= len(calls) <= 4
-    i, start = _cycle_of(t, first, t_mul)
-    assert lr == 0.1 * 0.9**i * (0.5 * (1.0 + math.cos(math.pi * ((t - start)
-                                                                  / (first * t_mul**i)))))

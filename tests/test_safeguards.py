@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import linecache
 import math
 import re
-import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import Square, make_problem
+from conftest import make_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iegkit
 from iegkit import keys, recipes
-from iegkit._core import tangent as tangent_module
-from iegkit._core.meta_step import LookaheadOptions, MetaBatch, lookahead_meta_gradients
-from iegkit._core.tangent import logit_tangent
 from iegkit.ema import ema_decay
 from iegkit.errors import MissingProviderError
 from iegkit.functional.collapse import (
@@ -28,8 +23,11 @@ from iegkit.functional.collapse import (
 )
 from iegkit.functional.confidence_mask import confidence_mask
 from iegkit.functional.consistency import kl_consistency
-from iegkit.functional.distribution_alignment import align_distribution, unsharpen, updated_marginal
-from iegkit.functional.meta import MetaInit
+from iegkit.functional.distribution_alignment import (
+    align_distribution,
+    unsharpen,
+    updated_marginal,
+)
 from iegkit.functional.pseudo_label import sharpen
 
 
@@ -579,69 +577,3 @@ def test_alignment_refuses_pseudo_labels_that_are_not_a_batch_of_rows(shape, num
     with pytest.raises(ValueError, match=r"^pseudo: expected a non-empty \(B, C\) batch, got "
                                          + re.escape(str(shape)) + "$"):
         align.contribute(SimpleNamespace(get=lambda key, *default: pseudo))
-
-
-def test_the_metrics_of_alignment_and_mask_are_float32_shares_for_float64_labels():
-    """model_marginal_max and kept_fraction are float32 scalars whatever the labels' dtype (like
-    ConsistencyPseudoLabeler's agreement), so 0.6 and 1/3 are logged as their float32 values."""
-    pseudo = torch.tensor([[0.97, 0.02, 0.01], [0.6, 0.3, 0.1], [0.4, 0.5, 0.1]],
-                          dtype=torch.float64)
-    ctx = SimpleNamespace(get=lambda key, *default: pseudo)
-    align = iegkit.DistributionAlignment(3)
-    align.model_marginal = torch.tensor([0.3, 0.6, 0.1], dtype=torch.float64)
-    largest = align.contribute(ctx).metrics["model_marginal_max"]
-    assert largest.dtype == torch.float32 and largest.item() == torch.tensor(0.6).item()
-    kept = iegkit.ConfidenceMask(0.95).contribute(ctx).metrics["kept_fraction"]
-    assert kept.dtype == torch.float32 and kept.item() == torch.tensor(1 / 3).item()
-
-
-# --- mutation testing (docs/mutation.md): where the look-ahead's warnings point --------------------
-# Each warning of the tangent pass is attributed to a caller's frame (stacklevel > 1), never to the
-# warnings.warn call inside iegkit. Which caller exactly is not checked: mutmut's copy puts two
-# trampoline frames under every mutated function, so only this property holds on both.
-
-
-def assert_attributed_to_a_caller(caught, text):
-    (warning,) = [w for w in caught if text in str(w.message)]
-    assert "warnings.warn(" not in linecache.getline(warning.filename, warning.lineno), (
-        warning.filename, warning.lineno)
-
-
-def all_ones_tangents(model):
-    return {n: torch.ones_like(p) for n, p in model.named_parameters()}
-
-
-def test_the_fallback_warning_is_attributed_to_a_caller():
-    model, x, *_ = make_problem("mlp")
-    model.net = torch.nn.Sequential(model.net[0], model.net[1], Square(), model.net[3])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        logit_tangent(model, all_ones_tangents(model), x)
-    assert_attributed_to_a_caller(caught, "falls back to double backward")
-
-
-def test_the_compile_failure_warning_is_attributed_to_a_caller(monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler here")
-
-    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", lambda: broken)
-    model, x, *_ = make_problem("mlp")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        logit_tangent(model, all_ones_tangents(model), x, compile=True)
-    assert_attributed_to_a_caller(caught, "compiled tangent pass")
-
-
-def test_the_autocast_warning_is_attributed_to_a_caller(monkeypatch):
-    def never():
-        raise AssertionError("forward-mode AD under autocast does not compile")
-
-    monkeypatch.setattr(tangent_module, "_compiled_dual_logits", never)
-    monkeypatch.setattr(tangent_module, "_WARNED_AUTOCAST", False)
-    model, x, y, xp, yp, _ = make_problem("mlp", dtype=torch.float32)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lookahead_meta_gradients(model, optimizer, MetaBatch(x, y, xp, yp), MetaInit(0.0),
-                                 options=LookaheadOptions(compile_tangent=True))
-    assert_attributed_to_a_caller(caught, "torch.autocast")

@@ -641,3 +641,39 @@ def test_the_cycle_is_found_from_the_closed_form_estimate_not_by_walking(monkeyp
     monkeypatch.setattr(schedule, "_cycle_start", lambda *a: calls.append(a) or cycle_start(*a))
     assert 0.0 <= sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul) <= 0.1
     assert 3 <= len(calls) <= 4
+
+
+# -- mutation testing (docs/mutation.md): SGDR's cycle search near the float maximum -----------------
+# tests/test_sgdr_schedule.py bounds the search at 4 cycle starts; these clocks take the overflow
+# branch of the estimate (t / first * (t_mul - 1) is inf) with first > 1 and t_mul - 1 != 1, and
+# one of them (first 2, t_mul 5) has an estimate one cycle too high that the search corrects.
+
+
+def _cycle_of(t, first, t_mul):
+    """The cycle i with S_i <= t < S_{i+1}, by bisection on S_i = first (t_mul^i - 1) / (t_mul - 1)."""
+    def start(i):
+        try:
+            return first * (t_mul**i - 1.0) / (t_mul - 1.0)
+        except OverflowError:
+            return math.inf
+
+    low, high = 0, 1
+    while start(high) <= t:
+        high *= 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if start(middle) <= t else (low, middle)
+    return low, start(low)
+
+
+@pytest.mark.parametrize("t,first,t_mul", [(1e308, 1, 3.0), (1e308, 2, 5.0), (1.5e308, 1, 4.0)])
+def test_near_the_float_maximum_the_cycle_search_is_exact_and_short(monkeypatch, t, first, t_mul):
+    assert math.isinf(t / first * (t_mul - 1.0))
+    calls = []
+    cycle_start = schedule._cycle_start
+    monkeypatch.setattr(schedule, "_cycle_start", lambda *a: calls.append(a) or cycle_start(*a))
+    lr = sgdr(t, peak_lr=0.1, first_cycle_steps=first, t_mul=t_mul)  # m_mul 0.9, min_lr 0
+    assert 3 <= len(calls) <= 4
+    i, start = _cycle_of(t, first, t_mul)
+    assert lr == 0.1 * 0.9**i * (0.5 * (1.0 + math.cos(math.pi * ((t - start)
+                                                                  / (first * t_mul**i)))))
