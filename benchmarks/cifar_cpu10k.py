@@ -5,6 +5,7 @@ and the driver."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import sys
 import time
@@ -116,17 +117,25 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                        "consistency_weight": 0.0}),
     # baselines of benchmarks/baselines.py (docs/results.md), for --variants and benchmarks/gpu.sh:
     # plain+, GLC's second stage, small-loss selection (each after the plain run of the same seed)
+    # plain again, only to record GLC's C_hat where the stored plain run predates it; its record
+    # never replaces the plain run's, which the tables pair with robust IEG's of the same code
+    "plain/c_hat": ("plain", {}),
     "plain_plus": ("plain_plus", {}),
     "plain_plus/mixup_weight=5": ("plain_plus", {"mixup_weight": 5.0}),
     "glc": ("glc", {"transition": PLAIN_TRANSITION}),
     "glc/trusted_weight=0.1": ("glc", {"transition": PLAIN_TRANSITION, "trusted_weight": 0.1}),
     "small_loss": ("small_loss", {"noise_rate": PLAIN_TRANSITION, "steps_per_epoch": STEPS_PER_EPOCH}),
+    "small_loss/rampup_epochs=5": ("small_loss", {"noise_rate": PLAIN_TRANSITION,
+                                                  "steps_per_epoch": STEPS_PER_EPOCH,
+                                                  "rampup_epochs": 5.0}),
     # the recommended composition: robust IEG's label posterior through GLC's C_hat
     "robust_ieg_glc": ("robust_ieg", {"label_transition": PLAIN_TRANSITION}),
 }
-#: the baselines of --baselines, cheapest first: each at the candidate that cpumem's selection chose
-#: for the same setting (on its noisy validation labels; cpu10k's clean split chooses nothing)
-BASELINES = ("glc", "small_loss", "plain_plus", "robust_ieg_glc")
+#: the runs of --baselines, in the order they run: each at the candidate that cpumem's selection
+#: chose for the same setting (on its noisy validation labels; cpu10k's clean split chooses none
+#: of their options), after the plain run whose C_hat GLC, small-loss and robust_ieg_glc read
+BASELINES = ("glc", "small_loss", "plain_plus")
+RECOMMENDED = "robust_ieg_glc"
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
 LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
                        if recipe in ("eg", "robust_eg"))
@@ -151,14 +160,22 @@ EVAL_S_PER_EPOCH = 16.0
 EVAL_EMA_DECAY = 0.99
 
 
+@functools.lru_cache(maxsize=None)
 def cpumem_selection(method: str, setting: str) -> str:
     """The variant of ``method`` that benchmarks/baselines.py selected for ``setting`` on cpumem's
-    noisy validation labels (its default while that selection is incomplete)."""
+    noisy validation labels (its default while that selection is incomplete), read once per
+    process from the tracked cpumem store."""
     from benchmarks import baselines  # the cpumem protocol, read only for its selection
 
-    store = Store(baselines.STORE)
-    chosen = baselines.selected_variant(store, method, setting, baselines.CONFIG.name)
+    chosen = baselines.selected_variant(_cpumem_store(), method, setting, baselines.CONFIG.name)
     return chosen or next(iter(baselines.CANDIDATES[method]))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpumem_store() -> Store:
+    from benchmarks import baselines
+
+    return Store(baselines.STORE)
 
 
 def setting_key(kind: str, rate: float) -> str:
@@ -220,9 +237,13 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
     for name in variants:
         for setting in order:
             add(setting, name, 0, variant=True)
-    for method in BASELINES if baselines else ():
+    if baselines:
         for setting in order:
-            add(setting, cpumem_selection(method, setting_key(*setting)), 0, variant=True)
+            add(setting, "plain", 0, variant=True)
+            add(setting, "plain/c_hat", 0, variant=True)  # finished where plain has its C_hat
+        for method in (*BASELINES, RECOMMENDED):
+            for setting in order:
+                add(setting, cpumem_selection(method, setting_key(*setting)), 0, variant=True)
     return runs
 
 
@@ -394,17 +415,25 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
 
 
 def _finished(store: Store, args, cfg: Config):
-    """Whether a run is stored (and, with --rerun-without-ema, has its evaluation EMA; with
-    --baselines, a seed-0 plain run has GLC's C_hat, which the runs before it did not record: the
-    same training is repeated for it)."""
+    """Whether a run is stored (and, with --rerun-without-ema, has its evaluation EMA). A
+    plain/c_hat run counts as finished where the plain run of its setting and seed has C_hat."""
     def finished(key: str) -> bool:
-        if not store.done(key, cfg):
-            return False
-        record = store.runs[key]
-        needs_transition = (args.baselines and record["method"] == "plain" and record["seed"] == 0
-                            and "transition" not in record)
-        return not (needs_transition or (args.rerun_without_ema and not has_ema(record)))
+        plain = key.replace("|plain/c_hat|", "|plain|")
+        if plain != key and store.done(plain, cfg) and "transition" in store.runs[plain]:
+            return True
+        return store.done(key, cfg) and not (args.rerun_without_ema
+                                             and not has_ema(store.runs[key]))
     return finished
+
+
+def plain_transition(store: Store, run: Cpu10kRun, label: str) -> list | None:
+    """GLC's C_hat of the plain run of the run's setting and seed (GLC's first stage), or of its
+    repetition plain/c_hat where that run predates the record."""
+    for first_stage in ("plain", "plain/c_hat"):
+        record = store.runs.get(Cpu10kRun(run.setting, first_stage, run.seed).key(label), {})
+        if "transition" in record:
+            return record["transition"]
+    return None
 
 
 def _report(args, store: Store, cfg: Config, label: str, runs: list[Cpu10kRun]) -> int:
@@ -482,10 +511,10 @@ def _run_one(run: Cpu10kRun, args, cfg: Config, label: str, store: Store, store_
           flush=True)
     checkpoint = (Path(store_path).with_suffix("") / "checkpoints"
                   / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".pt"))
-    plain = store.runs.get(Cpu10kRun(run.setting, "plain", run.seed).key(label), {})
     record = train_cpu10k(run, split, labels, cfg, device, max_steps=args.max_steps,
                           progress=not args.no_progress and sys.stderr.isatty(), desc=desc,
-                          checkpoint=checkpoint, plain_transition=plain.get("transition"))
+                          checkpoint=checkpoint,
+                          plain_transition=plain_transition(store, run, label))
     record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
                    "command": command(args.argv), "machine": results_machine(),
                    "load_average": load_average(), "date": now()})

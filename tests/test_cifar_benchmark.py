@@ -102,12 +102,13 @@ def test_run_list_priority_label_free_methods_and_shards(bench):
 def test_baselines_run_after_the_rest_at_cpumems_selection(bench, monkeypatch):
     chosen = {("glc", "uniform:0.4"): "glc/trusted_weight=0.1",
               ("plain_plus", "uniform:0.4"): "plain_plus/mixup_weight=5"}
-    monkeypatch.setattr(bench._owner("cpumem_selection"), "cpumem_selection",
+    monkeypatch.setattr(bench._owner("cpu10k_runs"), "cpumem_selection",
                         lambda method, setting: chosen.get((method, setting), method))
     settings = [("uniform", 0.8), ("uniform", 0.4)]
-    runs = bench.cpu10k_runs(settings, ["plain"], seeds=1, baselines=True)
+    runs = bench.cpu10k_runs(settings, [], seeds=1, baselines=True)
     assert [r.key("c") for r in runs] == [
-        "uniform:0.8|plain|0|c", "uniform:0.4|plain|0|c",
+        "uniform:0.8|plain|0|c", "uniform:0.8|plain/c_hat|0|c",
+        "uniform:0.4|plain|0|c", "uniform:0.4|plain/c_hat|0|c",
         "uniform:0.8|glc|0|c", "uniform:0.4|glc/trusted_weight=0.1|0|c",
         "uniform:0.8|small_loss|0|c", "uniform:0.4|small_loss|0|c",
         "uniform:0.8|plain_plus|0|c", "uniform:0.4|plain_plus/mixup_weight=5|0|c",
@@ -115,29 +116,36 @@ def test_baselines_run_after_the_rest_at_cpumems_selection(bench, monkeypatch):
     assert all(r.method in bench.VARIANTS for r in runs)
 
 
-def test_cpumem_selection_is_a_stored_candidate_of_the_method(bench):
+def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
     from benchmarks import baselines
 
-    for method in bench.BASELINES:
-        for setting in baselines.SETTINGS:
-            variant = bench.cpumem_selection(method, setting)
-            assert variant in baselines.CANDIDATES[method] and variant in bench.VARIANTS
-            assert bench.VARIANTS[variant][1].items() >= baselines.VARIANTS[variant][1].items()
+    for method in (*bench.BASELINES, bench.RECOMMENDED):
+        for variant in baselines.CANDIDATES[method]:
+            assert variant in bench.VARIANTS, variant
+            recipe, options = bench.VARIANTS[variant]
+            assert recipe == baselines.VARIANTS[variant][0] or variant == "robust_ieg_glc"
+            assert options.items() >= baselines.VARIANTS[variant][1].items()
+        assert bench.cpumem_selection(method, "uniform:0.4") in baselines.CANDIDATES[method]
 
 
-def test_a_seed_0_plain_run_without_its_c_hat_is_repeated_only_for_the_baselines(bench, tmp_path):
+def test_plain_is_repeated_for_its_c_hat_only_where_its_record_lacks_it(bench, tmp_path):
     import argparse
 
     cfg = bench.CONFIGS["cpu10k"]
     store = bench.Store(tmp_path / "runs.jsonl")
-    base = {"cfg": dataclasses.asdict(cfg), "method": "plain", "history": [{"ema_val_accuracy": 0}]}
-    store.add("old", {**base, "seed": 0})
-    store.add("new", {**base, "seed": 0, "transition": [[1.0]]})
-    store.add("seed1", {**base, "seed": 1})
-    for baselines, expected in ((False, [True, True, True]), (True, [False, True, True])):
-        args = argparse.Namespace(baselines=baselines, rerun_without_ema=False)
-        finished = bench._owner("_finished")._finished(store, args, cfg)
-        assert [finished(k) for k in ("old", "new", "seed1")] == expected
+    base = {"cfg": dataclasses.asdict(cfg), "seed": 0, "history": [{"ema_val_accuracy": 0}]}
+    store.add("u|plain|0|c", {**base, "method": "plain"})  # stored before C_hat was recorded
+    store.add("a|plain|0|c", {**base, "method": "plain", "transition": [[1.0]]})
+    finished = bench._owner("_finished")._finished(
+        store, argparse.Namespace(rerun_without_ema=False), cfg)
+    assert finished("u|plain|0|c") and finished("a|plain|0|c") and finished("a|plain/c_hat|0|c")
+    assert not finished("u|plain/c_hat|0|c")
+    transition = bench._owner("plain_transition").plain_transition
+    assert transition(store, bench.Cpu10kRun("u", "glc", 0), "c") is None
+    store.add("u|plain/c_hat|0|c", {**base, "method": "plain/c_hat", "transition": [[0.5]]})
+    assert finished("u|plain/c_hat|0|c") and store.runs["u|plain|0|c"]["method"] == "plain"
+    assert transition(store, bench.Cpu10kRun("u", "glc", 0), "c") == [[0.5]]
+    assert transition(store, bench.Cpu10kRun("a", "glc", 0), "c") == [[1.0]]
 
 
 def test_baseline_table_takes_the_selected_variant_and_the_best_baseline(bench, monkeypatch):
