@@ -290,6 +290,7 @@ def test_the_step_hooks_of_an_unbound_part_do_nothing():
     part.after_optimizer_step(0)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     part.bind(torch.nn.Linear(1, 1), optimizer)
+    part.after_optimizer_step(0)  # nothing was taken while unbound: nothing to give back
     assert optimizer.param_groups[0]["lr"] == 0.1
 
 

@@ -644,7 +644,7 @@ def test_the_cycle_is_found_from_the_closed_form_estimate_not_by_walking(monkeyp
 
 
 # -- mutation testing (docs/mutation.md): SGDR's cycle search near the float maximum -----------------
-# tests/test_sgdr_schedule.py bounds the search at 4 cycle starts; these clocks take the overflow
+# The section above bounds the search at 4 cycle starts; these clocks take the overflow
 # branch of the estimate (t / first * (t_mul - 1) is inf) with first > 1 and t_mul - 1 != 1, and
 # one of them (first 2, t_mul 5) has an estimate one cycle too high that the search corrects.
 
