@@ -171,3 +171,24 @@ def two_identical_ranks(monkeypatch):
         yield dist.group.WORLD, other_rank
     finally:
         dist.destroy_process_group()
+
+
+def lookahead_through_two_views(model, x, y, xp, yp, weight_init, options):
+    """One look-ahead through pseudo labels averaged over the batch and its flipped view (the
+    graph a look-ahead through the pseudo labels differentiates)."""
+    from iegkit._core.meta_step import (
+        MetaBatch,
+        PseudoLabelGraph,
+        lookahead_meta_gradients,
+    )
+    from iegkit.functional.meta import MetaInit
+
+    view = x.flip(-1)
+    logits, view_logits = model(x), model(view)
+    graph = PseudoLabelGraph(lambda a, b: torch.softmax((a + b) / 2, -1),
+                             [(None, lambda: logits), (view, lambda: view_logits)])
+    q = graph.fn(logits, view_logits).detach()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q),
+                                    MetaInit(weight_init, 0.9), training_logits=lambda: logits,
+                                    pseudo_graph=graph, options=options)

@@ -36,17 +36,14 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lookahead_through_two_views
 
 from iegkit import MetaReweighter, compose, recipes
 from iegkit._core import tangent as tangent_module
 from iegkit._core.meta_step import (
     LookaheadOptions,
-    MetaBatch,
-    PseudoLabelGraph,
-    lookahead_meta_gradients,
 )
 from iegkit._core.tangent import logit_tangent, probe_tangent
-from iegkit.functional.meta import MetaInit
 from iegkit.models import SmallCNN
 
 B, PROBE, SIDE = 32, 20, 16
@@ -446,14 +443,7 @@ def test_compile_tangent_also_compiles_the_pseudo_label_views(compiled_stand_in)
     model, _, x = _problem()
     gen = torch.Generator().manual_seed(2)
     xp, yp = torch.randn(5, 6, generator=gen), torch.tensor([0, 1, 2, 3, 0])
-    y, view = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), x.flip(-1)
-    logits, view_logits = model(x), model(view)
-    graph = PseudoLabelGraph(lambda a, b: torch.softmax((a + b) / 2, -1),
-                             [(None, lambda: logits), (view, lambda: view_logits)])
-    q = graph.fn(logits, view_logits).detach()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q), MetaInit(0.0, 0.9),
-                             training_logits=lambda: logits, pseudo_graph=graph,
-                             options=LookaheadOptions(compile_tangent=True))
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    lookahead_through_two_views(model, x, y, xp, yp, 0.0, LookaheadOptions(compile_tangent=True))
     # the training batch's JVP and the view's, both compiled; one check for their common shape
     assert counts == {"eager": 1, "compiled": 2}

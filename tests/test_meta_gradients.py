@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from conftest import make_problem, take_real_step
+from conftest import lookahead_through_two_views, make_problem, take_real_step
 from reference import reference_meta_gradients
 
 from iegkit._core.meta_step import (
     LookaheadOptions,
     MetaBatch,
-    PseudoLabelGraph,
     lookahead_meta_gradients,
     virtual_gradients,
 )
@@ -298,15 +297,7 @@ def test_the_pseudo_label_views_jvp_follows_the_dropout_option(dropout):
     _, x, y, xp, yp, _ = make_problem("mlp")
     model = DropoutMLP().double()
     spy = model.net[2] = DropoutSpy()
-    view = x.flip(-1)
-    logits, view_logits = model(x), model(view)
-    graph = PseudoLabelGraph(lambda a, b: torch.softmax((a + b) / 2, -1),
-                             [(None, lambda: logits), (view, lambda: view_logits)])
-    q = graph.fn(logits, view_logits).detach()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q), MetaInit(0.125, 0.9),
-                             training_logits=lambda: logits, pseudo_graph=graph,
-                             options=LookaheadOptions(dropout=dropout))
+    lookahead_through_two_views(model, x, y, xp, yp, 0.125, LookaheadOptions(dropout=dropout))
     assert spy.jvp_passes == [dropout, dropout]  # the training batch's JVP, then the view's
 
 
