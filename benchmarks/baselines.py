@@ -62,8 +62,7 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks import cifar_runs as cifar
-from benchmarks.results_io import command, load_average, now, write_section
-from benchmarks.results_io import machine as results_machine
+from benchmarks.results_io import run_provenance, write_section
 from iegkit import recipes, training
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.data import NoisyDataset, split_trusted
@@ -631,8 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = train_run(run, split, noisy_train, noisy_val, cfg, store, label,
                            checkpoint=checkpoint, max_steps=3 if args.dry_run else None,
                            progress=not args.no_progress and sys.stderr.isatty())
-        record.update({"config": label, "cfg": dataclasses.asdict(cfg), "command": command(argv),
-                       "machine": results_machine(), "load_average": load_average(), "date": now()})
+        record.update({"config": label, "cfg": dataclasses.asdict(cfg), **run_provenance(argv)})
         store.add(key, record)
         checkpoint.unlink(missing_ok=True)
         final = record["final"]

@@ -41,8 +41,7 @@ from benchmarks.cifar_runs import (
     to_input,
     top_share,
 )
-from benchmarks.results_io import command, load_average, now, write_section
-from benchmarks.results_io import machine as results_machine
+from benchmarks.results_io import run_provenance, write_section
 from iegkit import WeightEMA, recipes, training
 from iegkit.augment import strong_augment
 from iegkit.functional import noise_rate_from_transition
@@ -516,8 +515,7 @@ def _run_one(run: Cpu10kRun, args, cfg: Config, label: str, store: Store, store_
                           checkpoint=checkpoint,
                           plain_transition=plain_transition(store, run, label))
     record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
-                   "command": command(args.argv), "machine": results_machine(),
-                   "load_average": load_average(), "date": now()})
+                   **run_provenance(args.argv)})
     store.add(key, record)
     checkpoint.unlink(missing_ok=True)
     print(f"{desc}: final test accuracy {100 * record['test_accuracy']:.2f}%, val "

@@ -45,8 +45,7 @@ from torch import Tensor
 
 from benchmarks import baselines
 from benchmarks import cifar_runs as cifar
-from benchmarks.results_io import command, load_average, now, write_section
-from benchmarks.results_io import machine as results_machine
+from benchmarks.results_io import run_provenance, write_section
 from iegkit import recipes
 from iegkit.diagnostics import (
     StepRecorder,
@@ -208,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(arrays, path)
         record.update({"arrays": str(path.relative_to(store.path.parent)), "config": label,
-                       "cfg": dataclasses.asdict(cfg), "command": command(argv),
-                       "machine": results_machine(), "load_average": load_average(),
-                       "date": now()})
+                       "cfg": dataclasses.asdict(cfg), **run_provenance(argv)})
         store.add(key, record)
         print(f"{key}: stored in {path} ({(time.perf_counter() - started) / 60:.1f} min)",
               flush=True)

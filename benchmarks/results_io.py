@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,9 +50,46 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_commit(root: str | Path = REPO_ROOT) -> str | None:
+    """The git commit of the code a run ran (``root``'s checkout), ``"+dirty"`` appended when a
+    tracked file of ``iegkit/`` or ``benchmarks/`` differs from it (untracked files are not
+    counted); None outside a git checkout.
+    Stored with each run: two runs of one seed that disagree are then traced to a commit range."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "iegkit", "benchmarks")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def load_average() -> str:
     """The 1, 5 and 15-minute load averages, e.g. ``"2.18 1.61 2.26"``."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def cpu_kernels() -> str:
+    """The CPU model and the vector kernels torch dispatches to (e.g. ``"... Xeon ..., AVX512"``):
+    two hosts with different kernels round the same seed's run differently."""
+    try:
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        names = []
+    model = names[0].strip() if names else (platform.processor() or platform.machine())
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def run_provenance(argv: Sequence[str] | None = None) -> dict[str, str | None]:
+    """What every stored run records about how it was made: command, machine, load, date, the
+    commit of the code and the CPU kernels (what a bit-exact rerun needs the same)."""
+    return {"command": command(argv), "machine": machine(), "load_average": load_average(),
+            "date": now(), "commit": code_commit(), "cpu": cpu_kernels()}
 
 
 def provenance(date_note: str = "") -> str:

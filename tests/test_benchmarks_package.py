@@ -59,3 +59,32 @@ def test_a_command_recorded_before_the_package_reruns_as_a_module():
     assert rerunnable(old) == ".venv/bin/python -m benchmarks.noisy_cifar10 --config cpu10k --shard 0/2"
     assert rerunnable(rerunnable(old)) == rerunnable(old)
     assert rerunnable("bash benchmarks/gpu.sh --dry-run") == "bash benchmarks/gpu.sh --dry-run"
+
+
+def _git(root: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+
+
+def test_each_stored_run_names_the_commit_it_ran_and_whether_the_code_differed(tmp_path):
+    from benchmarks.results_io import code_commit, run_provenance
+
+    assert code_commit(tmp_path) is None  # not a checkout: nothing to name
+    (tmp_path / "iegkit").mkdir()
+    (tmp_path / "iegkit" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "one")
+    head = code_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "notes.md").write_text("b\n")  # outside the code: the run is still that commit's
+    (tmp_path / "iegkit" / "new.py").write_text("")  # untracked files are not counted
+    assert code_commit(tmp_path) == head
+    (tmp_path / "iegkit" / "a.py").write_text("x = 2\n")
+    assert code_commit(tmp_path) == head + "+dirty"
+    assert set(run_provenance(["--seeds", "3"])) == {"command", "machine", "load_average", "date",
+                                                     "commit", "cpu"}
