@@ -248,13 +248,16 @@ def _exactly(message):
      "labeler: it reads keys.IMAGE_LABELER, which ConsistencyPseudoLabeler provides"),
     ((torch.zeros(0, 3), torch.zeros(0).long()), ValueError,
      "holdout_inputs: expected a non-empty tensor (N, ...)"),
-    # mutation testing (docs/mutation.md): a non-tensor that is no labeler is a ValueError
-    (([[0.0, 1.0]] * 4, torch.zeros(4).long()), ValueError,
+    # a non-tensor that is no labeler is a TypeError naming the argument
+    (([[0.0, 1.0]] * 4, torch.zeros(4).long()), TypeError,
+     "holdout_inputs: expected a tensor, got list"),
+    ((torch.zeros(4, 2), [0, 1, 0, 1]), TypeError, "holdout_labels: expected a tensor, got list"),
+    ((torch.tensor(1.0), torch.zeros(1).long()), ValueError,
      "holdout_inputs: expected a non-empty tensor (N, ...)"),
     ((torch.zeros(4, 3), torch.zeros(3).long()), ValueError,
-     "holdout_labels: expected integer class indices of shape (4,), got torch.Size([3])"),
-    ((torch.zeros(4, 3), [0, 1, 2, 3]), ValueError,
-     "holdout_labels: expected integer class indices of shape (4,), got <class 'list'>"),
+     "holdout_labels: expected integer class indices of shape (4,), got (3,) torch.int64"),
+    ((torch.zeros(4, 3), torch.zeros(4)), ValueError,
+     "holdout_labels: expected integer class indices of shape (4,), got (4,) torch.float32"),
 ])
 def test_errors_name_the_argument_exactly(args, error, message):
     with pytest.raises(error, match=_exactly(message)):

@@ -50,13 +50,17 @@ class TrustedGate(PartBase):
             raise TypeError("holdout_inputs: expected a tensor; TrustedGate no longer takes the "
                             "pseudo labeler: it reads keys.IMAGE_LABELER, which "
                             "ConsistencyPseudoLabeler provides")
-        if not isinstance(holdout_inputs, Tensor) or holdout_inputs.shape[0] == 0:
+        for argument, value in (("holdout_inputs", holdout_inputs),
+                                ("holdout_labels", holdout_labels)):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{argument}: expected a tensor, got {type(value).__name__}")
+        if holdout_inputs.ndim == 0 or holdout_inputs.shape[0] == 0:
             raise ValueError("holdout_inputs: expected a non-empty tensor (N, ...)")
-        if (not isinstance(holdout_labels, Tensor) or holdout_labels.dtype.is_floating_point
+        if (holdout_labels.dtype.is_floating_point
                 or holdout_labels.shape != (holdout_inputs.shape[0],)):
             raise ValueError(f"holdout_labels: expected integer class indices of shape "
                              f"({holdout_inputs.shape[0]},), got "
-                             f"{getattr(holdout_labels, 'shape', type(holdout_labels))}")
+                             f"{tuple(holdout_labels.shape)} {holdout_labels.dtype}")
         if int(holdout_labels.min()) < 0:
             raise ValueError(f"holdout_labels: expected class indices >= 0, got "
                              f"{int(holdout_labels.min())}")
