@@ -630,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = train_run(run, split, noisy_train, noisy_val, cfg, store, label,
                            checkpoint=checkpoint, max_steps=3 if args.dry_run else None,
                            progress=not args.no_progress and sys.stderr.isatty())
-        record.update({"config": label, "cfg": dataclasses.asdict(cfg), **run_provenance(argv)})
+        record.update({"config": label, "cfg": dataclasses.asdict(cfg), **run_provenance(argv, split)})
         store.add(key, record)
         checkpoint.unlink(missing_ok=True)
         final = record["final"]

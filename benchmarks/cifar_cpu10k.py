@@ -515,7 +515,7 @@ def _run_one(run: Cpu10kRun, args, cfg: Config, label: str, store: Store, store_
                           checkpoint=checkpoint,
                           plain_transition=plain_transition(store, run, label))
     record.update({"config": label, "cfg": dataclasses.asdict(cfg), "wrong_labels": wrong,
-                   **run_provenance(args.argv)})
+                   **run_provenance(args.argv, split)})
     store.add(key, record)
     checkpoint.unlink(missing_ok=True)
     print(f"{desc}: final test accuracy {100 * record['test_accuracy']:.2f}%, val "

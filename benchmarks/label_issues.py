@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(arrays, path)
         record.update({"arrays": str(path.relative_to(store.path.parent)), "config": label,
-                       "cfg": dataclasses.asdict(cfg), **run_provenance(argv)})
+                       "cfg": dataclasses.asdict(cfg), **run_provenance(argv, split)})
         store.add(key, record)
         print(f"{key}: stored in {path} ({(time.perf_counter() - started) / 60:.1f} min)",
               flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import os
 import platform
 import re
@@ -85,11 +87,28 @@ def cpu_kernels() -> str:
     return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
 
 
-def run_provenance(argv: Sequence[str] | None = None) -> dict[str, str | None]:
+def data_fingerprint(split) -> str:
+    """The first 16 hex digits of a SHA-256 over every tensor field of the dataclass ``split``
+    (images and labels, in field order): the data a run trained and was scored on. JPEG decoding
+    may change with the image library that filled the cache; this tells whether it did."""
+    digest = hashlib.sha256()
+    for field in dataclasses.fields(split):
+        value = getattr(split, field.name)
+        if isinstance(value, torch.Tensor):
+            digest.update(field.name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_provenance(argv: Sequence[str] | None = None, split=None) -> dict[str, str | None]:
     """What every stored run records about how it was made: command, machine, load, date, the
-    commit of the code and the CPU kernels (what a bit-exact rerun needs the same)."""
-    return {"command": command(argv), "machine": machine(), "load_average": load_average(),
-            "date": now(), "commit": code_commit(), "cpu": cpu_kernels()}
+    commit of the code, the CPU kernels and (given its ``split``) the data: what a bit-exact
+    rerun needs the same."""
+    record = {"command": command(argv), "machine": machine(), "load_average": load_average(),
+              "date": now(), "commit": code_commit(), "cpu": cpu_kernels()}
+    if split is not None:
+        record["data"] = data_fingerprint(split)
+    return record
 
 
 def provenance(date_note: str = "") -> str:

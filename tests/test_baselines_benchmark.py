@@ -97,6 +97,7 @@ def test_dry_run_stores_every_method_and_reports(bench, tmp_path):
                        str(store)]) == 0
     records = [json.loads(line) for line in store.read_text().splitlines()]
     assert {r["method"] for r in records} == set(bench.METHODS)
+    assert len({r["data"] for r in records}) == 1 and all(r["cpu"] for r in records)
     plain = next(r for r in records if r["method"] == "plain")
     assert plain["transition"] == plain["history"][plain["transition_epoch"] - 1]["transition"]
     transition = torch.tensor(plain["transition"])

@@ -88,3 +88,31 @@ def test_each_stored_run_names_the_commit_it_ran_and_whether_the_code_differed(t
     assert code_commit(tmp_path) == head + "+dirty"
     assert set(run_provenance(["--seeds", "3"])) == {"command", "machine", "load_average", "date",
                                                      "commit", "cpu"}
+
+
+def test_the_data_fingerprint_changes_with_any_pixel_or_label_and_with_nothing_else():
+    import dataclasses
+
+    import torch
+
+    from benchmarks.results_io import data_fingerprint, run_provenance
+
+    @dataclasses.dataclass
+    class Split:
+        images: torch.Tensor
+        labels: torch.Tensor
+        note: str = "not data"
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    split = Split(images, torch.tensor([0, 1]))
+    same = Split(images.clone(), torch.tensor([0, 1]), note="other")
+    assert data_fingerprint(split) == data_fingerprint(same)
+    assert len(data_fingerprint(split)) == 16
+    pixel = images.clone()
+    pixel[1, 2, 3, 3] += 1
+    assert data_fingerprint(Split(pixel, split.labels)) != data_fingerprint(split)
+    assert data_fingerprint(Split(images, torch.tensor([1, 1]))) != data_fingerprint(split)
+    # a non-contiguous view of the same values is the same data
+    assert data_fingerprint(Split(images.transpose(2, 3).contiguous().transpose(2, 3),
+                                  split.labels)) == data_fingerprint(split)
+    assert run_provenance(None, split)["data"] == data_fingerprint(split)

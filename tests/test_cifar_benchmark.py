@@ -281,6 +281,9 @@ def test_dry_run_stores_each_run_skips_it_on_restart_and_reports(bench, tmp_path
         assert 0 <= r["ema_test_accuracy"] <= 1 and r["ema_since_epoch"] == 0
         assert r["ema_decay"] == bench.EVAL_EMA_DECAY
         assert r["max_ema_test_top_share"] == max(h["ema_test_top_share"] for h in r["history"])
+    # what a bit-exact rerun needs the same: code, CPU kernels, data (one split for both runs)
+    assert {"commit", "cpu", "data", "command", "machine", "date"} <= set(records[0])
+    assert records[0]["data"] == records[1]["data"] and len(records[0]["data"]) == 16
     ieg = records[1]
     assert {"pseudo_labeler/top_share", "pseudo_labeler/marginal_entropy",
             "pseudo_labeler/probe_accuracy", "distribution_alignment/top_share"} <= set(
