@@ -388,6 +388,28 @@ def test_bad_inputs_are_named_on_every_path():
                                  pseudo_graph=PseudoLabelGraph(lambda z: z, []))
 
 
+@pytest.mark.parametrize("shape", [(8, 2, 4), (8, 1, 4), (4,)])  # (8, 2, 4): a broadcast error
+def test_the_callers_logits_are_checked_before_the_virtual_gradient_uses_them(shape):
+    """omega0 != 0 with the caller's forward (``training_logits``): logits that are not (B, C) are
+    refused naming the model, and labels out of range naming the targets, before the virtual
+    gradient broadcasts them against the labels' one-hot."""
+    model, x, y, xp, yp, q = make_problem("mlp")  # 8 examples, 4 classes
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    init = MetaInit(torch.full((8,), 0.125, dtype=x.dtype), torch.full((8,), 0.9, dtype=x.dtype))
+    per_view = shape[1] if len(shape) == 3 else None
+    bad_logits = (model(x)[0] if per_view is None
+                  else torch.cat([model(x)] * per_view, dim=1).reshape(shape))
+    with pytest.raises(ValueError, match=re.escape(f"model: expected logits of shape (B, C), got "
+                                                   f"{shape}")):
+        lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q), init,
+                                 training_logits=lambda: bad_logits)
+    bad = y.clone()
+    bad[0] = 4  # == C
+    with pytest.raises(ValueError, match=r"^targets: labels must lie in \[0, 4\)"):
+        lookahead_meta_gradients(model, opt, MetaBatch(x, bad, xp, yp, q), init,
+                                 training_logits=lambda: model(x))
+
+
 def test_check_targets_and_logits_edges():
     check_targets("t", torch.zeros(0, dtype=torch.long), 0, 3)  # an empty batch has no range
     check_targets("t", torch.tensor([2]), 1, 3)

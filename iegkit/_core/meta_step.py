@@ -144,7 +144,9 @@ def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         return None
     if training_logits is not None:
         # The virtual gradient reuses the real forward's graph; the real backward runs later.
-        virtual = virtual_gradients(model, optimizer, training_logits(), batch.targets,
+        logits = check_logits(training_logits())
+        check_targets("targets", batch.targets, batch.inputs.shape[0], logits.shape[-1])
+        virtual = virtual_gradients(model, optimizer, logits, batch.targets,
                                     weight_init, label_init, targets_for_virtual,
                                     retain_graph=True, through_pseudo_targets=through,
                                     inner_loss=options.inner_loss)
