@@ -19,9 +19,9 @@ def align_distribution(pseudo: Tensor, model_marginal: Tensor, target_marginal: 
                        temperature: float = 0.5) -> Tensor:
     """ReMixMatch's q' = Normalize(q * p_target / p_model), applied to sharpened pseudo labels.
 
-    ``pseudo`` g = sharpen(q, tau) (B, C), or any (..., C); sharpening commutes with the rescaling as
-    sharpen(q * r) = Normalize(sharpen(q) * r^(1/tau)), so the result equals sharpening the aligned
-    q. Rows stay on the simplex; a uniform ratio leaves g unchanged; permuting the batch permutes
+    ``pseudo`` g = sharpen(q, tau) (B, C), or any (..., C); sharpening commutes with the
+    rescaling as sharpen(q * r) = Normalize(sharpen(q) * r^(1/tau)), so the result equals
+    sharpening the aligned q. Rows stay on the simplex; a uniform ratio leaves g unchanged; permuting the batch permutes
     the result.
     """
     if temperature <= 0:
