@@ -21,8 +21,8 @@ def align_distribution(pseudo: Tensor, model_marginal: Tensor, target_marginal: 
 
     ``pseudo`` g = sharpen(q, tau) (B, C), or any (..., C); sharpening commutes with the
     rescaling as sharpen(q * r) = Normalize(sharpen(q) * r^(1/tau)), so the result equals
-    sharpening the aligned q. Rows stay on the simplex; a uniform ratio leaves g unchanged; permuting the batch permutes
-    the result.
+    sharpening the aligned q. Rows stay on the simplex; a uniform ratio leaves g unchanged;
+    permuting the batch permutes the result.
     """
     if temperature <= 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
