@@ -241,7 +241,9 @@ def _baseline_table(group, settings: Sequence[str]) -> list[str]:
              "at the candidate that `benchmarks/baselines.py` selected for the setting on cpumem's "
              "noisy validation labels (named in brackets where not the default): none of their "
              "options is chosen on cpu10k's clean split; robust_ieg's defaults were (section "
-             "'Robust IEG: what was selected, and on what'). Cell: test % · clean val % · ms/step:",
+             "'Robust IEG: what was selected, and on what'). Cell: test % · clean val % · ms/step "
+             "(as measured in that run, with up to three other jobs on the machine's two cores: "
+             "compare cost in 'Baselines: cost per step, side by side', measured in one run):",
              "", "| method | " + " | ".join(st.replace(":", " ") for st in settings) + " |",
              "|" + " --- |" * (len(settings) + 1)]
     for method in BASELINE_ROWS:
