@@ -99,7 +99,7 @@ def test_run_list_priority_label_free_methods_and_shards(bench):
     assert bench.config_label(dataclasses.replace(cfg, epochs=30)) == "cpu10k,epochs=30"
 
 
-def test_baselines_run_after_the_rest_at_cpumems_selection(bench, monkeypatch):
+def test_baselines_run_after_the_rest_at_cpumems_selection_seed_by_seed(bench, monkeypatch):
     chosen = {("glc", "uniform:0.4"): "glc/trusted_weight=0.1",
               ("plain_plus", "uniform:0.4"): "plain_plus/mixup_weight=5"}
     monkeypatch.setattr(bench._owner("cpu10k_runs"), "cpumem_selection",
@@ -114,6 +114,13 @@ def test_baselines_run_after_the_rest_at_cpumems_selection(bench, monkeypatch):
         "uniform:0.8|plain_plus|0|c", "uniform:0.4|plain_plus/mixup_weight=5|0|c",
         "uniform:0.8|robust_ieg_glc|0|c", "uniform:0.4|robust_ieg_glc|0|c"]
     assert all(r.method in bench.VARIANTS for r in runs)
+    later = bench.cpu10k_runs(settings, [], seeds=2, baselines=True)[len(runs):]
+    assert [r.key("c") for r in later] == [  # plain+ first; GLC's first stage before its readers
+        "uniform:0.8|plain_plus|1|c", "uniform:0.4|plain_plus/mixup_weight=5|1|c",
+        "uniform:0.8|plain/c_hat|1|c", "uniform:0.8|glc|1|c",
+        "uniform:0.4|plain/c_hat|1|c", "uniform:0.4|glc/trusted_weight=0.1|1|c",
+        "uniform:0.8|robust_ieg_glc|1|c", "uniform:0.4|robust_ieg_glc|1|c",
+        "uniform:0.8|small_loss|1|c", "uniform:0.4|small_loss|1|c"]
 
 
 def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
