@@ -129,6 +129,14 @@ def _check_arguments(init: MetaInit, training_logits: Callable[[], Tensor] | Non
                          "training_logits (the caller's forward with graph)")
 
 
+def _checked_logits(logits: Tensor, batch: MetaBatch, *, relabeling: bool) -> Tensor:
+    """The training logits, once checked against the batch's targets and pseudo targets."""
+    logits = check_logits(logits)
+    check_targets("targets", batch.targets, batch.inputs.shape[0], logits.shape[-1])
+    check_pseudo_targets(batch.pseudo_targets, relabeling=relabeling, logits=logits)
+    return logits
+
+
 def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: MetaBatch,
                       weight_init: Tensor, label_init: Tensor | None,
                       training_logits: Callable[[], Tensor] | None,
@@ -144,18 +152,15 @@ def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         return None
     if training_logits is not None:
         # The virtual gradient reuses the real forward's graph; the real backward runs later.
-        logits = check_logits(training_logits())
-        check_targets("targets", batch.targets, batch.inputs.shape[0], logits.shape[-1])
+        logits = _checked_logits(training_logits(), batch, relabeling=label_init is not None)
         virtual = virtual_gradients(model, optimizer, logits, batch.targets,
                                     weight_init, label_init, targets_for_virtual,
                                     retain_graph=True, through_pseudo_targets=through,
                                     inner_loss=options.inner_loss)
     else:
         with train_mode(model), torch.enable_grad():
-            logits = check_logits(functional_call(model, buffers_snapshot(model), (batch.inputs,)))
-            check_pseudo_targets(batch.pseudo_targets, relabeling=label_init is not None,
-                                 logits=logits)
-            check_targets("targets", batch.targets, batch.inputs.shape[0], logits.shape[-1])
+            logits = functional_call(model, buffers_snapshot(model), (batch.inputs,))
+            logits = _checked_logits(logits, batch, relabeling=label_init is not None)
             virtual = virtual_gradients(model, optimizer, logits, batch.targets, weight_init,
                                         label_init, batch.pseudo_targets, retain_graph=False,
                                         inner_loss=options.inner_loss)
@@ -224,9 +229,11 @@ def lookahead_meta_gradients(
     jvp_logits, u, fallback = logit_tangent(model, tangents, batch.inputs,
                                             dropout=options.dropout,
                                             compile=options.compile_tangent)
-    logits = check_logits(jvp_logits if training_logits is None else training_logits())
-    check_targets("targets", batch.targets, batch_size, logits.shape[-1])
-    check_pseudo_targets(batch.pseudo_targets, relabeling=label_init is not None, logits=logits)
+    if training_logits is not None and virtual is not None:
+        logits = training_logits()  # checked by _virtual_gradient, before its backward
+    else:
+        logits = _checked_logits(jvp_logits if training_logits is None else training_logits(),
+                                 batch, relabeling=label_init is not None)
     pseudo_tangents = None
     if pseudo_graph is not None and label_init is not None:
         pseudo_tangents = _pseudo_label_tangent(model, tangents, u, pseudo_graph, options)
