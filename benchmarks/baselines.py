@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import statistics
 import sys
@@ -62,7 +61,7 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks import cifar_runs as cifar
-from benchmarks.results_io import run_provenance, write_section
+from benchmarks.results_io import run_provenance, t_interval, write_section
 from iegkit import recipes, training
 from iegkit.augment import strong_augment, weak_augment
 from iegkit.data import NoisyDataset, split_trusted
@@ -236,10 +235,8 @@ def train_run(run: Run, split: Split, noisy_train: Tensor, noisy_val: Tensor, cf
                             cutout=cfg.cutout, per_image_policy=True)
     pipeline = build_pipeline(run, model, optimizer, cfg, total, per_epoch, strong, store, label)
     train_images, train_labels = split.train_images, noisy_train
-    if run.method == "trusted_only":  # tiled: the same steps and epochs as every other method
-        reps = math.ceil(n / split.trusted_images.shape[0])
-        train_images = split.trusted_images.repeat(reps, 1, 1, 1)[:n]
-        train_labels = split.trusted_labels.repeat(reps)[:n]
+    if run.method == "trusted_only":
+        train_images, train_labels = cifar.tiled_trusted(split, n)
     views = (cifar.StrongViews(train_images, strong, run.seed, per_epoch, device)
              if "strong" in pipeline.plan.views else None)
     weak = weak_augment(pad=cfg.weak_pad, value_range=(-1.0, 1.0))
@@ -379,18 +376,6 @@ def shard_of(runs: Sequence[Run], shards: int) -> dict[Run, int]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def t_interval(diffs: Sequence[float]) -> str:
-    """mean [95% t interval] of paired differences, in points."""
-    from statistics import mean, stdev
-
-    n = len(diffs)
-    if n < 2:
-        return f"{100 * diffs[0]:+.1f} (1 seed)"
-    t975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
-    half = t975.get(n, 1.96) * stdev(diffs) / math.sqrt(n)
-    return f"{100 * mean(diffs):+.1f} [{100 * (mean(diffs) - half):+.1f}, {100 * (mean(diffs) + half):+.1f}]"
 
 
 def last3(record: dict, key: str = "test") -> float:

@@ -37,6 +37,7 @@ from benchmarks.cifar_runs import (
     predict,
     prepare_cpu10k_split,
     run_timing,
+    tiled_trusted,
     time_steps,
     to_input,
     top_share,
@@ -129,15 +130,26 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                   "rampup_epochs": 5.0}),
     # the recommended composition: robust IEG's label posterior through GLC's C_hat
     "robust_ieg_glc": ("robust_ieg", {"label_transition": PLAIN_TRANSITION}),
+    # the rest of benchmarks/baselines.py's grid, with its options (at cpumem's selection)
+    "gce": ("gce", {}), "gce/q=0.4": ("gce", {"q": 0.4}), "gce/q=0.9": ("gce", {"q": 0.9}),
+    "sce": ("sce", {}), "sce/alpha=1": ("sce", {"alpha": 1.0}),
+    "sce/beta=0.5": ("sce", {"beta": 0.5}),
+    "forward_online": ("forward_online", {}),
+    "forward_online/estimate_fraction=0.3": ("forward_online", {"estimate_fraction": 0.3}),
+    "l2r_gce": ("l2r_gce", {}),
+    # plain on the trusted images alone, tiled to the training set's size (the floor)
+    "trusted_only": ("plain", {}),
 }
 #: the runs of --baselines, in the order they run: each at the candidate that cpumem's selection
 #: chose for the same setting (on its noisy validation labels; cpu10k's clean split chooses none
 #: of their options), after the plain run whose C_hat GLC, small-loss and robust_ieg_glc read
-BASELINES = ("glc", "small_loss", "plain_plus")
+BASELINES = ("glc", "small_loss", "plain_plus", "gce", "sce", "forward_online", "l2r_gce",
+             "trusted_only")
 RECOMMENDED = "robust_ieg_glc"
 #: the baselines at the seeds after 0: plain+ first (the best baseline of seed 0 at uniform noise),
 #: so that the paired intervals against robust_ieg (seeds 0-2 stored) come soonest
-LATER_SEED_ORDER = ("plain_plus", "glc", RECOMMENDED, "small_loss")
+LATER_SEED_ORDER = ("plain_plus", "glc", RECOMMENDED, "small_loss", "gce", "sce", "forward_online",
+                    "l2r_gce", "trusted_only")
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
 LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
                        if recipe in ("eg", "robust_eg"))
@@ -154,7 +166,8 @@ TABLE7_VARIANTS = tuple(f"robust_ieg-{n}" for n in recipes.TABLE7 if n != 5)
 #: ms per training step, measured with --time-steps on the shared 2-core machine (1 thread): only
 #: used to balance --shard (an estimate of each run's cost), never reported.
 STEP_MS = {"plain": 280.0, "l2r": 715.0, "eg": 1260.0, "ieg": 1975.0, "robust_eg": 1465.0,
-           "robust_ieg": 2320.0, "plain_plus": 850.0, "glc": 330.0, "small_loss": 280.0}
+           "robust_ieg": 2320.0, "plain_plus": 850.0, "glc": 330.0, "small_loss": 280.0,
+           "gce": 280.0, "sce": 280.0, "forward_online": 330.0, "l2r_gce": 715.0}
 # the trained weights' evaluation (the evaluation EMA doubles it; kept, so that --shard assigns
 # the runs as before)
 EVAL_S_PER_EPOCH = 16.0
@@ -247,10 +260,10 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
         for seed in range(seeds):
             for method in (BASELINES + (RECOMMENDED,) if seed == 0 else LATER_SEED_ORDER):
                 for setting in order:
-                    if method != "plain_plus":  # GLC's first stage, of the same seed
+                    chosen = cpumem_selection(method, setting_key(*setting))
+                    if PLAIN_TRANSITION in VARIANTS[chosen][1].values():  # GLC's first stage
                         add(setting, "plain/c_hat", seed, variant=True)
-                    add(setting, cpumem_selection(method, setting_key(*setting)), seed,
-                        variant=True)
+                    add(setting, chosen, seed, variant=True)
     return runs
 
 
@@ -302,6 +315,9 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
     if variant_options.get("label_accuracy") == MEASURED_LABEL_ACCURACY:
         variant_options = {**variant_options,
                            "label_accuracy": float((labels == split.train_clean).float().mean())}
+    if run.method == "trusted_only":  # the trusted images as the training set (clean labels)
+        images, labels = tiled_trusted(split, split.train_images.shape[0])
+        split = dataclasses.replace(split, train_images=images, train_clean=labels)
     per_epoch = training.steps_per_epoch(split.train_images.shape[0], cfg.batch_size)
     variant_options = resolved_options(run.method, variant_options, plain_transition, per_epoch)
     torch.manual_seed(run.seed)
@@ -417,7 +433,7 @@ def train_cpu10k(run: Cpu10kRun, split: Split, labels: Tensor, cfg: Config, devi
         # GLC's first stage (C_hat of the final model on the trusted images), for the glc variant
         **({"transition": recipes.glc_transition(model, to_input(split.trusted_images, device),
                                                  split.trusted_labels.to(device)).tolist()}
-           if recipe == "plain" else {}),
+           if recipe == "plain" and run.method != "trusted_only" else {}),
     }
 
 

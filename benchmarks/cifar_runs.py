@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import json
 import os
 import platform
@@ -387,6 +388,13 @@ def predict(model: torch.nn.Module, images: Tensor, device: torch.device,
 def top_share(predictions: Tensor) -> float:
     """The share of the largest predicted class (1/C: balanced; 1: collapsed)."""
     return float(torch.bincount(predictions, minlength=NUM_CLASSES).max()) / max(1, predictions.numel())
+
+
+def tiled_trusted(split: Split, n: int) -> tuple[Tensor, Tensor]:
+    """The trusted images and labels repeated to ``n`` rows: the trusted-only baseline trains on
+    them for the same steps and epochs as every other method."""
+    reps = math.ceil(n / split.trusted_images.shape[0])
+    return split.trusted_images.repeat(reps, 1, 1, 1)[:n], split.trusted_labels.repeat(reps)[:n]
 
 
 def device_data(split: Split, labels: Tensor, weak_pad: int, device: torch.device):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import math
 import os
 import platform
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import mean, stdev
 
 import torch
 
@@ -157,3 +159,13 @@ class RunStore:
         with self.path.open("a") as handle:  # appended as it finishes: a killed run loses nothing
             handle.write(self._json.dumps(record) + "\n")
         self.runs[key] = record
+
+
+def t_interval(diffs: Sequence[float]) -> str:
+    """mean [95% t interval] of paired differences, in points."""
+    n = len(diffs)
+    if n < 2:
+        return f"{100 * diffs[0]:+.1f} (1 seed)"
+    t975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+    half = t975.get(n, 1.96) * stdev(diffs) / math.sqrt(n)
+    return f"{100 * mean(diffs):+.1f} [{100 * (mean(diffs) - half):+.1f}, {100 * (mean(diffs) + half):+.1f}]"

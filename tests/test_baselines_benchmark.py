@@ -77,12 +77,6 @@ def test_shards_keep_plain_with_glc_and_balance(bench, tmp_path):
     assert set(owner.values()) == {0, 1}
 
 
-def test_paired_interval(bench):
-    assert bench.t_interval([0.01]) == "+1.0 (1 seed)"
-    # mean 2, sd 1, n 3: half-width 4.30 / sqrt(3)
-    assert bench.t_interval([0.01, 0.02, 0.03]) == "+2.0 [-0.5, +4.5]"
-
-
 def test_every_candidate_builds_with_its_recipe(bench):
     assert set(bench.STEP_MS) == set(bench.METHODS)
     for name, (method, _) in bench.VARIANTS.items():

@@ -116,3 +116,13 @@ def test_the_data_fingerprint_changes_with_any_pixel_or_label_and_with_nothing_e
     assert data_fingerprint(Split(images.transpose(2, 3).contiguous().transpose(2, 3),
                                   split.labels)) == data_fingerprint(split)
     assert run_provenance(None, split)["data"] == data_fingerprint(split)
+
+
+def test_paired_interval():
+    from benchmarks.results_io import t_interval
+
+    assert t_interval([0.01]) == "+1.0 (1 seed)"
+    # mean 2, sd 1, n 3: half-width 4.30 / sqrt(3)
+    assert t_interval([0.01, 0.02, 0.03]) == "+2.0 [-0.5, +4.5]"
+    # n 2: the t quantile of one degree of freedom, 12.71
+    assert t_interval([0.01, 0.03]) == "+2.0 [-10.7, +14.7]"

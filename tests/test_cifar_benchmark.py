@@ -112,6 +112,8 @@ def test_baselines_run_after_the_rest_at_cpumems_selection_seed_by_seed(bench, m
         "uniform:0.8|glc|0|c", "uniform:0.4|glc/trusted_weight=0.1|0|c",
         "uniform:0.8|small_loss|0|c", "uniform:0.4|small_loss|0|c",
         "uniform:0.8|plain_plus|0|c", "uniform:0.4|plain_plus/mixup_weight=5|0|c",
+        *(f"{st}|{m}|0|c" for m in ("gce", "sce", "forward_online", "l2r_gce", "trusted_only")
+          for st in ("uniform:0.8", "uniform:0.4")),
         "uniform:0.8|robust_ieg_glc|0|c", "uniform:0.4|robust_ieg_glc|0|c"]
     assert all(r.method in bench.VARIANTS for r in runs)
     later = bench.cpu10k_runs(settings, [], seeds=2, baselines=True)[len(runs):]
@@ -120,7 +122,9 @@ def test_baselines_run_after_the_rest_at_cpumems_selection_seed_by_seed(bench, m
         "uniform:0.8|plain/c_hat|1|c", "uniform:0.8|glc|1|c",
         "uniform:0.4|plain/c_hat|1|c", "uniform:0.4|glc/trusted_weight=0.1|1|c",
         "uniform:0.8|robust_ieg_glc|1|c", "uniform:0.4|robust_ieg_glc|1|c",
-        "uniform:0.8|small_loss|1|c", "uniform:0.4|small_loss|1|c"]
+        "uniform:0.8|small_loss|1|c", "uniform:0.4|small_loss|1|c",
+        *(f"{st}|{m}|1|c" for m in ("gce", "sce", "forward_online", "l2r_gce", "trusted_only")
+          for st in ("uniform:0.8", "uniform:0.4"))]
 
 
 def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
@@ -130,7 +134,10 @@ def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
         for variant in baselines.CANDIDATES[method]:
             assert variant in bench.VARIANTS, variant
             recipe, options = bench.VARIANTS[variant]
-            assert recipe == baselines.VARIANTS[variant][0] or variant == "robust_ieg_glc"
+            # the cpumem names of two compositions, the recipes they build
+            cpumem_recipe = {"robust_ieg_glc": "robust_ieg", "trusted_only": "plain"}.get(
+                baselines.VARIANTS[variant][0], baselines.VARIANTS[variant][0])
+            assert recipe == cpumem_recipe, variant
             assert options.items() >= baselines.VARIANTS[variant][1].items()
         assert bench.cpumem_selection(method, "uniform:0.4") in baselines.CANDIDATES[method]
 
@@ -155,7 +162,7 @@ def test_plain_is_repeated_for_its_c_hat_only_where_its_record_lacks_it(bench, t
     assert transition(store, bench.Cpu10kRun("a", "glc", 0), "c") == [[1.0]]
 
 
-def test_baseline_table_takes_the_selected_variant_and_the_best_baseline(bench, monkeypatch):
+def test_baseline_table_takes_the_selected_variant_and_pairs_with_the_best_mean(bench, monkeypatch):
     report = bench._owner("_baseline_table")
     monkeypatch.setattr(report, "cpumem_selection",
                         lambda method, setting: "glc/trusted_weight=0.1" if method == "glc" else method)
@@ -175,10 +182,14 @@ def test_baseline_table_takes_the_selected_variant_and_the_best_baseline(bench, 
     assert report._baseline_table(lambda s, m: runs.get(m, []) if m == "plain" else [],
                                   ["uniform:0.4"]) == []
     lines = report._baseline_table(group, ["uniform:0.4"])
-    assert "| plain | 50.0 · 51.0 · 100 |" in lines
+    assert "| plain | 70.0 [2] · 71.0 · 100 |" in lines  # the mean over its seeds
     assert "| glc (trusted_weight=0.1) | 55.0 · 56.0 · 100 |" in lines
     assert "| small_loss | - |" in lines
-    assert lines[-2].endswith("uniform 0.4: robust_ieg − glc +5.0.")
+    # the best mean is plain's; robust_ieg pairs with it over the one seed both have
+    assert lines[-2].endswith("uniform 0.4: robust_ieg − plain +10.0 (1 seed).")
+    runs["robust_ieg"].append(record("robust_ieg", 0.94, seed=1))
+    assert report._baseline_table(group, ["uniform:0.4"])[-2].endswith(
+        "uniform 0.4: robust_ieg − plain +7.0 [-31.1, +45.1] (seeds 0, 1).")
 
 
 def test_store_skips_cut_lines_and_sees_the_other_process(bench, tmp_path):
