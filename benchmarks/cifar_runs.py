@@ -391,8 +391,9 @@ def top_share(predictions: Tensor) -> float:
 
 
 def tiled_trusted(split: Split, n: int) -> tuple[Tensor, Tensor]:
-    """The trusted images and labels repeated to ``n`` rows: the trusted-only baseline trains on
-    them for the same steps and epochs as every other method."""
+    """The trusted images and labels repeated to ``n`` rows, as ``iegkit.data.trusted_only`` repeats
+    them (the benchmarks' splits are not yet a ``NoisyDataset`` here): the trusted-only baseline
+    trains on them for the same steps and epochs as every other method."""
     reps = math.ceil(n / split.trusted_images.shape[0])
     return split.trusted_images.repeat(reps, 1, 1, 1)[:n], split.trusted_labels.repeat(reps)[:n]
 

@@ -33,6 +33,7 @@ __all__ = [
     "make_noisy_digits",
     "split_trusted",
     "stratified_split",
+    "trusted_only",
     "uniform_noise",
 ]
 
@@ -111,6 +112,20 @@ class NoisyDataset:
         """Every tensor on ``device`` (a copy; the labels keep their dtype)."""
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if isinstance(getattr(self, f.name), Tensor)})
+
+
+def trusted_only(dataset: NoisyDataset) -> NoisyDataset:
+    """The trusted-only baseline's data (the floor every method must beat): the trusted examples
+    as the training set, repeated in order to the training set's size, so that a loop over it runs
+    the same steps and epochs as over the noisy data. Its labels are clean (``noise_rate`` 0); the
+    trusted and test splits are unchanged."""
+    n, k = dataset.train_inputs.shape[0], dataset.trusted_inputs.shape[0]
+    if k == 0:
+        raise ValueError("dataset: the trusted set is empty")
+    rows = torch.arange(n, device=dataset.trusted_labels.device) % k
+    labels = dataset.trusted_labels[rows]
+    return replace(dataset, train_inputs=dataset.trusted_inputs[rows], train_labels=labels,
+                   train_clean_labels=labels)
 
 
 def make_noisy_digits(noise: float = 0.8, trusted_per_class: int = 10, *, test_fraction: float = 0.3,

@@ -407,6 +407,38 @@ def test_l2r_gce_pipeline_reweights_the_gce_loss(step_problem):
     torch.testing.assert_close(out.loss, (weights * (1 - p_true(z, y) ** 0.7) / 0.7).sum())
 
 
+def _dataset(n: int, k: int) -> iegkit.data.NoisyDataset:
+    g = torch.Generator().manual_seed(n * 31 + k)
+    return iegkit.data.NoisyDataset(
+        torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g),
+        torch.randint(0, 3, (n,), generator=g), torch.randn(k, 2, generator=g),
+        torch.randint(0, 3, (k,), generator=g), torch.randn(4, 2), torch.zeros(4, dtype=torch.long), 3)
+
+
+def test_trusted_only_is_the_trusted_set_repeated_to_the_training_size():
+    noisy = _dataset(7, 3)
+    floor = iegkit.data.trusted_only(noisy)
+    reps = torch.cat([noisy.trusted_inputs] * 3)[:7]  # the reference: whole copies, cut at n
+    torch.testing.assert_close(floor.train_inputs, reps)
+    torch.testing.assert_close(floor.train_labels, torch.cat([noisy.trusted_labels] * 3)[:7])
+    assert floor.noise_rate == 0.0 and floor.trusted_inputs is noisy.trusted_inputs
+    assert floor.test_inputs is noisy.test_inputs
+    with pytest.raises(ValueError, match="dataset: the trusted set is empty"):
+        iegkit.data.trusted_only(_dataset(7, 0))
+
+
+@given(st.integers(1, 60), st.integers(1, 20))
+def test_trusted_only_uses_every_trusted_example_evenly(n, k):
+    noisy = _dataset(n, k)
+    floor = iegkit.data.trusted_only(noisy)
+    match = (floor.train_inputs[:, None, :] == noisy.trusted_inputs[None]).all(-1)  # (n, k)
+    assert floor.train_inputs.shape[0] == n and bool((match.sum(1) == 1).all())
+    index = match.float().argmax(1)  # the trusted example each training row is
+    torch.testing.assert_close(floor.train_labels, noisy.trusted_labels[index])
+    counts = torch.bincount(index, minlength=k)
+    assert int(counts.max() - counts.min()) <= 1  # as even as n rows allow
+
+
 # --------------------------------------------------------------------------- errors
 
 
