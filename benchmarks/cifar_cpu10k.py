@@ -52,7 +52,8 @@ from iegkit.functional import noise_rate_from_transition
 CPU10K_HEADING = "Noisy CIFAR-10, --config cpu10k (benchmarks/noisy_cifar10.py)"
 # tracked in git, so that the table grows over sessions (a fresh checkout keeps the finished runs)
 CPU10K_STORE = REPO / "benchmarks" / "results" / "cifar10_cpu10k.jsonl"
-#: The setting of a run that never reads the noisy labels (EG, robust EG): one run per seed,
+#: The setting of a run that never reads the noisy labels (EG, robust EG, trusted-only): one run
+#: per seed,
 #: reported in every row (the data split, initialisation and draws do not depend on the setting).
 ANY_SETTING = "any"
 #: robust_ieg's meta_shrinkage candidates; the default's runs are stored as "robust_ieg".
@@ -151,8 +152,8 @@ RECOMMENDED = "robust_ieg_glc"
 LATER_SEED_ORDER = ("plain_plus", "glc", RECOMMENDED, "small_loss", "gce", "sce", "forward_online",
                     "l2r_gce", "trusted_only")
 #: the runs of the recipes that never read the noisy labels (every variant of EG and robust EG)
-LABEL_FREE = frozenset(name for name, (recipe, _) in VARIANTS.items()
-                       if recipe in ("eg", "robust_eg"))
+LABEL_FREE = frozenset({*(name for name, (recipe, _) in VARIANTS.items()
+                          if recipe in ("eg", "robust_eg")), "trusted_only"})
 #: stored runs of earlier code under the same options: never the defaults' runs
 HISTORICAL_VARIANTS = frozenset({"robust_ieg/posterior_v1"})
 #: robust_ieg's candidate defaults, compared on the validation split (the selection table).
@@ -261,10 +262,16 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
             for method in (BASELINES + (RECOMMENDED,) if seed == 0 else LATER_SEED_ORDER):
                 for setting in order:
                     chosen = cpumem_selection(method, setting_key(*setting))
-                    if PLAIN_TRANSITION in VARIANTS[chosen][1].values():  # GLC's first stage
+                    if needs_first_stage(chosen):  # GLC's first stage, of the same seed
+                        add(setting, "plain", seed, variant=True)
                         add(setting, "plain/c_hat", seed, variant=True)
                     add(setting, chosen, seed, variant=True)
     return runs
+
+
+def needs_first_stage(variant: str) -> bool:
+    """Whether a variant reads GLC's C_hat of the plain run of its setting and seed."""
+    return PLAIN_TRANSITION in VARIANTS[variant][1].values()
 
 
 def run_cost(run: Cpu10kRun, cfg: Config) -> float:
@@ -275,11 +282,18 @@ def run_cost(run: Cpu10kRun, cfg: Config) -> float:
 
 def assign_shards(runs: Sequence[Cpu10kRun], shards: int, cfg: Config) -> list[int]:
     """Each run, in priority order, to the shard with the least estimated work so far: disjoint,
-    balanced, and the same for every invocation with the same run list."""
+    balanced, and the same for every invocation with the same run list. A run that reads GLC's
+    first stage goes to the shard of that stage's run (listed before it), which it waits for."""
     load = [0.0] * shards
-    out = []
+    out: list[int] = []
     for run in runs:
         shard = min(range(shards), key=lambda i: load[i])
+        if needs_first_stage(run.method):
+            for stage in ("plain/c_hat", "plain"):
+                first = Cpu10kRun(run.setting, stage, run.seed)
+                if first in runs[:len(out)]:
+                    shard = out[runs.index(first)]
+                    break
         out.append(shard)
         load[shard] += run_cost(run, cfg)
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import json
 import os
 import platform
@@ -394,8 +393,8 @@ def tiled_trusted(split: Split, n: int) -> tuple[Tensor, Tensor]:
     """The trusted images and labels repeated to ``n`` rows, as ``iegkit.data.trusted_only`` repeats
     them (the benchmarks' splits are not yet a ``NoisyDataset`` here): the trusted-only baseline
     trains on them for the same steps and epochs as every other method."""
-    reps = math.ceil(n / split.trusted_images.shape[0])
-    return split.trusted_images.repeat(reps, 1, 1, 1)[:n], split.trusted_labels.repeat(reps)[:n]
+    rows = torch.arange(n) % split.trusted_images.shape[0]
+    return split.trusted_images[rows], split.trusted_labels[rows]
 
 
 def device_data(split: Split, labels: Tensor, weak_pad: int, device: torch.device):

@@ -190,8 +190,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated VARIANTS (e.g. robust_ieg/shrink_0.5), seed 0, at "
                              "every --settings, after the other runs (selection on the val split)")
     cpu10k.add_argument("--baselines", action="store_true",
-                        help="also plain+, GLC, small-loss selection and robust_ieg_glc (seeds "
-                             "0..--seeds-1, every --settings), each at the candidate "
+                        help="also the baselines of benchmarks/baselines.py (plain+, GLC, small-loss "
+                             "selection, GCE, SCE, online forward correction, l2r_gce, "
+                             "trusted-only) and robust_ieg_glc (seeds 0..--seeds-1, every "
+                             "--settings), each at the candidate "
                              "benchmarks/baselines.py selected for the setting on cpumem's noisy "
                              "validation labels")
     cpu10k.add_argument("--ablations", choices=["none", "safeguards", "table7", "all"],

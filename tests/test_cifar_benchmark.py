@@ -112,19 +112,26 @@ def test_baselines_run_after_the_rest_at_cpumems_selection_seed_by_seed(bench, m
         "uniform:0.8|glc|0|c", "uniform:0.4|glc/trusted_weight=0.1|0|c",
         "uniform:0.8|small_loss|0|c", "uniform:0.4|small_loss|0|c",
         "uniform:0.8|plain_plus|0|c", "uniform:0.4|plain_plus/mixup_weight=5|0|c",
-        *(f"{st}|{m}|0|c" for m in ("gce", "sce", "forward_online", "l2r_gce", "trusted_only")
-          for st in ("uniform:0.8", "uniform:0.4")),
+        *(f"{st}|{m}|0|c" for m in ("gce", "sce", "forward_online", "l2r_gce")
+          for st in ("uniform:0.8", "uniform:0.4")), "any|trusted_only|0|c",
         "uniform:0.8|robust_ieg_glc|0|c", "uniform:0.4|robust_ieg_glc|0|c"]
     assert all(r.method in bench.VARIANTS for r in runs)
     later = bench.cpu10k_runs(settings, [], seeds=2, baselines=True)[len(runs):]
     assert [r.key("c") for r in later] == [  # plain+ first; GLC's first stage before its readers
         "uniform:0.8|plain_plus|1|c", "uniform:0.4|plain_plus/mixup_weight=5|1|c",
-        "uniform:0.8|plain/c_hat|1|c", "uniform:0.8|glc|1|c",
-        "uniform:0.4|plain/c_hat|1|c", "uniform:0.4|glc/trusted_weight=0.1|1|c",
+        "uniform:0.8|plain|1|c", "uniform:0.8|plain/c_hat|1|c", "uniform:0.8|glc|1|c",
+        "uniform:0.4|plain|1|c", "uniform:0.4|plain/c_hat|1|c",
+        "uniform:0.4|glc/trusted_weight=0.1|1|c",
         "uniform:0.8|robust_ieg_glc|1|c", "uniform:0.4|robust_ieg_glc|1|c",
         "uniform:0.8|small_loss|1|c", "uniform:0.4|small_loss|1|c",
-        *(f"{st}|{m}|1|c" for m in ("gce", "sce", "forward_online", "l2r_gce", "trusted_only")
-          for st in ("uniform:0.8", "uniform:0.4"))]
+        *(f"{st}|{m}|1|c" for m in ("gce", "sce", "forward_online", "l2r_gce")
+          for st in ("uniform:0.8", "uniform:0.4")), "any|trusted_only|1|c"]
+    assert set(bench.LATER_SEED_ORDER) == {*bench.BASELINES, bench.RECOMMENDED}
+    owner = bench.assign_shards(runs + later, 2, bench.CONFIGS["cpu10k"])
+    where = {r: s for r, s in zip(runs + later, owner)}
+    for run in runs + later:  # a reader of GLC's first stage shares its shard
+        if bench.needs_first_stage(run.method):
+            assert where[run] == where[bench.Cpu10kRun(run.setting, "plain/c_hat", run.seed)]
 
 
 def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
@@ -185,11 +192,16 @@ def test_baseline_table_takes_the_selected_variant_and_pairs_with_the_best_mean(
     assert "| plain | 70.0 [2] · 71.0 · 100 |" in lines  # the mean over its seeds
     assert "| glc (trusted_weight=0.1) | 55.0 · 56.0 · 100 |" in lines
     assert "| small_loss | - |" in lines
-    # the best mean is plain's; robust_ieg pairs with it over the one seed both have
-    assert lines[-2].endswith("uniform 0.4: robust_ieg − plain +10.0 (1 seed).")
+    # paired over the seeds both have: seed 0 only, where glc (55) is above plain (50) though
+    # plain's mean over its seeds (70) is higher
+    assert lines[-2].endswith("uniform 0.4: robust_ieg − glc +5.0 (1 seed).")
     runs["robust_ieg"].append(record("robust_ieg", 0.94, seed=1))
+    runs["glc/trusted_weight=0.1"].append(record("glc/trusted_weight=0.1", 0.93, seed=1))
+    runs["trusted_only"] = [record("trusted_only", 0.99)]  # the floor: never "the best"
+    # against plain +10 and +4 (mean +7), against glc +5 and +1 (mean +3): glc is the least
+    # favourable comparison
     assert report._baseline_table(group, ["uniform:0.4"])[-2].endswith(
-        "uniform 0.4: robust_ieg − plain +7.0 [-31.1, +45.1] (seeds 0, 1).")
+        "uniform 0.4: robust_ieg − glc +3.0 [-22.4, +28.4] (seeds 0, 1).")
 
 
 def test_store_skips_cut_lines_and_sees_the_other_process(bench, tmp_path):
@@ -212,7 +224,9 @@ def test_a_shortened_run_needs_its_own_store(bench):
     """--max-steps would store a partial run under the full run's key in the tracked store."""
     with pytest.raises(SystemExit, match="--store"):
         bench.main(["--config", "cpu10k", "--max-steps", "78", "--list-runs"])
-    assert all(bench.VARIANTS[m][0] in ("eg", "robust_eg") for m in bench.LABEL_FREE)
+    # the label-free runs: every EG and robust EG variant, and the trusted-only floor
+    assert all(bench.VARIANTS[m][0] in ("eg", "robust_eg") or m == "trusted_only"
+               for m in bench.LABEL_FREE) and "trusted_only" in bench.LABEL_FREE
 
 
 def test_report_of_the_full_training_set_configuration(bench, tmp_path, capsys):
@@ -392,3 +406,18 @@ def test_a_run_killed_after_its_last_checkpoint_is_stored_on_restart(bench, tmp_
     assert bench.main([*argv, "--report-only", "--write", str(results),
                        "--figures-dir", str(tmp_path / "figures")]) == 0
     assert ("Evaluated as the official code evaluates" in results.read_text()) is not drop_ema
+
+
+def test_the_benchmarks_trusted_only_tiling_is_the_librarys(bench):
+    import iegkit
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (7, 3, 2, 2), dtype=torch.uint8, generator=g)
+    split = bench.Split(images, torch.arange(7) % 3, images[:3] + 1, torch.tensor([2, 0, 1]),
+                        images[:2], torch.tensor([0, 1]))
+    tiled, labels = bench.tiled_trusted(split, 7)
+    data = iegkit.data.NoisyDataset(split.train_images, split.train_clean, split.train_clean,
+                                    split.trusted_images, split.trusted_labels, split.test_images,
+                                    split.test_labels, 3)
+    floor = iegkit.data.trusted_only(data)
+    assert torch.equal(tiled, floor.train_inputs) and torch.equal(labels, floor.train_labels)

@@ -410,6 +410,18 @@ def test_the_callers_logits_are_checked_before_the_virtual_gradient_uses_them(sh
                                  training_logits=lambda: model(x))
 
 
+@pytest.mark.parametrize("omega0", [0.0, 0.125])  # with and without the virtual gradient
+def test_pseudo_targets_are_checked_against_the_callers_logits(omega0):
+    """With ``training_logits``, pseudo targets of the wrong shape are refused naming them, whether
+    the virtual gradient reads the caller's logits (omega0 != 0) or only the contraction does."""
+    model, x, y, xp, yp, q = make_problem("mlp")  # 8 examples, 4 classes
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    init = MetaInit(torch.full((8,), omega0, dtype=x.dtype), torch.full((8,), 0.9, dtype=x.dtype))
+    with pytest.raises(ValueError, match="^pseudo_targets"):
+        lookahead_meta_gradients(model, opt, MetaBatch(x, y, xp, yp, q[:, :3]), init,
+                                 training_logits=lambda: model(x))
+
+
 def test_check_targets_and_logits_edges():
     check_targets("t", torch.zeros(0, dtype=torch.long), 0, 3)  # an empty batch has no range
     check_targets("t", torch.tensor([2]), 1, 3)

@@ -141,15 +141,15 @@ def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
                       weight_init: Tensor, label_init: Tensor | None,
                       training_logits: Callable[[], Tensor] | None,
                       pseudo_graph: PseudoLabelGraph | None,
-                      options: LookaheadOptions) -> list[Tensor] | None:
+                      options: LookaheadOptions) -> tuple[list[Tensor] | None, Tensor | None]:
     """g0 = grad sum_i omega0_i l_i (averaged over the processes under DDP), or None where
-    omega0 = 0 (L2R), where it is 0."""
+    omega0 = 0 (L2R); and the caller's training logits where it read (and checked) them."""
     through = pseudo_graph is not None and label_init is not None
     targets_for_virtual = batch.pseudo_targets
     if through:
         targets_for_virtual = pseudo_graph.fn(*(logits() for _, logits in pseudo_graph.views))
     if not bool((weight_init != 0).any()):
-        return None
+        return None, None
     if training_logits is not None:
         # The virtual gradient reuses the real forward's graph; the real backward runs later.
         logits = _checked_logits(training_logits(), batch, relabeling=label_init is not None)
@@ -157,14 +157,14 @@ def _virtual_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
                                     weight_init, label_init, targets_for_virtual,
                                     retain_graph=True, through_pseudo_targets=through,
                                     inner_loss=options.inner_loss)
-    else:
-        with train_mode(model), torch.enable_grad():
-            logits = functional_call(model, buffers_snapshot(model), (batch.inputs,))
-            logits = _checked_logits(logits, batch, relabeling=label_init is not None)
-            virtual = virtual_gradients(model, optimizer, logits, batch.targets, weight_init,
-                                        label_init, batch.pseudo_targets, retain_graph=False,
-                                        inner_loss=options.inner_loss)
-    return all_reduce_mean(virtual, options.process_group)
+        return all_reduce_mean(virtual, options.process_group), logits
+    with train_mode(model), torch.enable_grad():
+        logits = functional_call(model, buffers_snapshot(model), (batch.inputs,))
+        logits = _checked_logits(logits, batch, relabeling=label_init is not None)
+        virtual = virtual_gradients(model, optimizer, logits, batch.targets, weight_init,
+                                    label_init, batch.pseudo_targets, retain_graph=False,
+                                    inner_loss=options.inner_loss)
+    return all_reduce_mean(virtual, options.process_group), None
 
 
 def _pseudo_label_tangent(model: torch.nn.Module, tangents: dict[str, Tensor], u: Tensor,
@@ -218,8 +218,8 @@ def lookahead_meta_gradients(
     weight_init = init.weight_init(batch_size, reference)
     label_init = init.label_init(batch_size, reference)
     check_pseudo_targets(batch.pseudo_targets, relabeling=label_init is not None)
-    virtual = _virtual_gradient(model, optimizer, batch, weight_init, label_init, training_logits,
-                                pseudo_graph, options)
+    virtual, checked_logits = _virtual_gradient(model, optimizer, batch, weight_init, label_init,
+                                                training_logits, pseudo_graph, options)
     tangents, probe_loss = probe_tangent(model, optimizer, batch.probe_inputs, batch.probe_targets,
                                          virtual, lr=options.lr, dropout=options.dropout,
                                          process_group=options.process_group)
@@ -229,9 +229,8 @@ def lookahead_meta_gradients(
     jvp_logits, u, fallback = logit_tangent(model, tangents, batch.inputs,
                                             dropout=options.dropout,
                                             compile=options.compile_tangent)
-    if training_logits is not None and virtual is not None:
-        logits = training_logits()  # checked by _virtual_gradient, before its backward
-    else:
+    logits = checked_logits
+    if logits is None:
         logits = _checked_logits(jvp_logits if training_logits is None else training_logits(),
                                  batch, relabeling=label_init is not None)
     pseudo_tangents = None
