@@ -5,6 +5,7 @@ and the driver."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import re
 import sys
@@ -267,6 +268,19 @@ def cpu10k_runs(settings: Sequence[tuple[str, float]], methods: Sequence[str], s
                         add(setting, "plain/c_hat", seed, variant=True)
                     add(setting, chosen, seed, variant=True)
     return runs
+
+
+def only_runs(runs: Sequence[Cpu10kRun], patterns: Sequence[str], label: str) -> list[Cpu10kRun]:
+    """The runs whose key matches one of the glob ``patterns`` (all runs without patterns), in
+    their priority order, with GLC's first stage of each kept run that reads it (a second-stage
+    run cannot train without it)."""
+    if not patterns:
+        return list(runs)
+    kept = {run for run in runs if any(fnmatch.fnmatchcase(run.key(label), p) for p in patterns)}
+    for run in list(kept):
+        if needs_first_stage(run.method):
+            kept.update(Cpu10kRun(run.setting, stage, run.seed) for stage in ("plain", "plain/c_hat"))
+    return [run for run in runs if run in kept]
 
 
 def needs_first_stage(variant: str) -> bool:
@@ -581,6 +595,7 @@ def main_cpu10k(args, cfg: Config) -> int:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
     runs = cpu10k_runs(args.settings, methods, seeds, args.ablations, variants, args.baselines)
+    runs = only_runs(runs, [p.strip() for p in args.only.split(",") if p.strip()], label)
     shard, shards = 0, 1
     if args.shard:
         shard, shards = (int(x) for x in args.shard.split("/"))

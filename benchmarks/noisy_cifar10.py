@@ -196,6 +196,10 @@ def _parser() -> argparse.ArgumentParser:
                              "--settings), each at the candidate "
                              "benchmarks/baselines.py selected for the setting on cpumem's noisy "
                              "validation labels")
+    cpu10k.add_argument("--only", default="",
+                        help="comma-separated glob patterns on run keys (setting|method|seed|"
+                             "config, as --list-runs prints them): only the matching runs, with "
+                             "GLC's first stage where a run reads it (e.g. '*|robust_ieg_glc|1|*')")
     cpu10k.add_argument("--ablations", choices=["none", "safeguards", "table7", "all"],
                         default="none",
                         help="also the safeguard ablations of robust_ieg and/or IEG-1..8 with "

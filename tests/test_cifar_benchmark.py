@@ -421,3 +421,19 @@ def test_the_benchmarks_trusted_only_tiling_is_the_librarys(bench):
                                     split.test_labels, 3)
     floor = iegkit.data.trusted_only(data)
     assert torch.equal(tiled, floor.train_inputs) and torch.equal(labels, floor.train_labels)
+
+
+def test_only_keeps_the_matching_runs_in_order_with_glcs_first_stage(bench, monkeypatch):
+    monkeypatch.setattr(bench._owner("cpu10k_runs"), "cpumem_selection",
+                        lambda method, setting: method)
+    runs = bench.cpu10k_runs([("uniform", 0.8), ("uniform", 0.4)], [], seeds=2, baselines=True)
+    assert bench.only_runs(runs, [], "c") == runs
+    picked = bench.only_runs(runs, ["uniform:0.4|glc|1|*", "*|sce|0|*"], "c")
+    assert [r.key("c") for r in picked] == [
+        "uniform:0.8|sce|0|c", "uniform:0.4|sce|0|c",
+        "uniform:0.4|plain|1|c", "uniform:0.4|plain/c_hat|1|c", "uniform:0.4|glc|1|c"]
+    picked = bench.only_runs(runs, ["uniform:0.8|robust_ieg_glc|*"], "c")
+    assert [r.key("c") for r in picked] == [
+        "uniform:0.8|plain|0|c", "uniform:0.8|plain/c_hat|0|c", "uniform:0.8|robust_ieg_glc|0|c",
+        "uniform:0.8|plain|1|c", "uniform:0.8|plain/c_hat|1|c", "uniform:0.8|robust_ieg_glc|1|c"]
+    assert bench.only_runs(runs, ["nothing*"], "c") == []
