@@ -172,7 +172,9 @@ def test_plain_is_repeated_for_its_c_hat_only_where_its_record_lacks_it(bench, t
 def test_baseline_table_takes_the_selected_variant_and_pairs_with_the_best_mean(bench, monkeypatch):
     report = bench._owner("_baseline_table")
     monkeypatch.setattr(report, "cpumem_selection",
-                        lambda method, setting: "glc/trusted_weight=0.1" if method == "glc" else method)
+                        lambda method, setting: ("glc/trusted_weight=0.1"
+                                                 if (method, setting) == ("glc", "uniform:0.4")
+                                                 else method))
 
     def record(method, acc, seed=0):
         return {"method": method, "seed": seed, "test_accuracy": acc, "val_accuracy": acc + 0.01,
@@ -190,8 +192,10 @@ def test_baseline_table_takes_the_selected_variant_and_pairs_with_the_best_mean(
                                   ["uniform:0.4"]) == []
     lines = report._baseline_table(group, ["uniform:0.4"])
     assert "| plain | 70.0 [2] · 71.0 · 100 |" in lines  # the mean over its seeds
-    assert "| glc (trusted_weight=0.1) | 55.0 · 56.0 · 100 |" in lines
+    assert "| glc | 55.0 · 56.0 · 100 (trusted_weight=0.1) |" in lines  # the setting's candidate
     assert "| small_loss | - |" in lines
+    two = report._baseline_table(group, ["uniform:0.4", "uniform:0.8"])
+    assert "| glc | 55.0 · 56.0 · 100 (trusted_weight=0.1) | 99.0 · 100.0 · 100 |" in two
     # paired over the seeds both have: seed 0 only, where glc (55) is above plain (50) though
     # plain's mean over its seeds (70) is higher
     assert lines[-2].endswith("uniform 0.4: robust_ieg − glc +5.0 (1 seed).")
