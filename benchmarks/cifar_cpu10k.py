@@ -297,17 +297,20 @@ def run_cost(run: Cpu10kRun, cfg: Config) -> float:
 def assign_shards(runs: Sequence[Cpu10kRun], shards: int, cfg: Config) -> list[int]:
     """Each run, in priority order, to the shard with the least estimated work so far: disjoint,
     balanced, and the same for every invocation with the same run list. A run that reads GLC's
-    first stage goes to the shard of that stage's run (listed before it), which it waits for."""
+    first stage goes to the shard of that stage's run (listed before it), which it waits for; a
+    plain/c_hat run to the shard of its plain run, which makes it unnecessary once it records
+    C_hat (on two shards both would train plain)."""
     load = [0.0] * shards
     out: list[int] = []
     for run in runs:
         shard = min(range(shards), key=lambda i: load[i])
-        if needs_first_stage(run.method):
-            for stage in ("plain/c_hat", "plain"):
-                first = Cpu10kRun(run.setting, stage, run.seed)
-                if first in runs[:len(out)]:
-                    shard = out[runs.index(first)]
-                    break
+        stages = (("plain",) if run.method == "plain/c_hat"
+                  else ("plain/c_hat", "plain") if needs_first_stage(run.method) else ())
+        for stage in stages:
+            first = Cpu10kRun(run.setting, stage, run.seed)
+            if first in runs[:len(out)]:
+                shard = out[runs.index(first)]
+                break
         out.append(shard)
         load[shard] += run_cost(run, cfg)
     return out

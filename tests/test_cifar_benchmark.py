@@ -129,9 +129,12 @@ def test_baselines_run_after_the_rest_at_cpumems_selection_seed_by_seed(bench, m
     assert set(bench.LATER_SEED_ORDER) == {*bench.BASELINES, bench.RECOMMENDED}
     owner = bench.assign_shards(runs + later, 2, bench.CONFIGS["cpu10k"])
     where = {r: s for r, s in zip(runs + later, owner)}
-    for run in runs + later:  # a reader of GLC's first stage shares its shard
-        if bench.needs_first_stage(run.method):
+    for run in runs + later:  # a reader of GLC's first stage shares its shard, and so does
+        if bench.needs_first_stage(run.method):  # the plain/c_hat run with its plain run
             assert where[run] == where[bench.Cpu10kRun(run.setting, "plain/c_hat", run.seed)]
+        if run.method == "plain/c_hat":
+            assert where[run] == where[bench.Cpu10kRun(run.setting, "plain", run.seed)]
+    assert len(set(owner)) == 2
 
 
 def test_every_cpumem_candidate_of_the_baselines_is_a_cpu10k_variant(bench):
