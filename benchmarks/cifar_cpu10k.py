@@ -279,7 +279,8 @@ def only_runs(runs: Sequence[Cpu10kRun], patterns: Sequence[str], label: str) ->
     kept = {run for run in runs if any(fnmatch.fnmatchcase(run.key(label), p) for p in patterns)}
     for run in list(kept):
         if needs_first_stage(run.method):
-            kept.update(Cpu10kRun(run.setting, stage, run.seed) for stage in ("plain", "plain/c_hat"))
+            kept.update(Cpu10kRun(run.setting, stage, run.seed)
+                        for stage in ("plain", "plain/c_hat"))
     return [run for run in runs if run in kept]
 
 

@@ -265,8 +265,8 @@ def _baseline_table(group, settings: Sequence[str]) -> list[str]:
     lines = ["Baselines (`--baselines`; final epoch, mean over the stored seeds, their number in "
              "brackets where more than one). Each baseline and robust_ieg_glc runs "
              "at the candidate that `benchmarks/baselines.py` selected for the setting on cpumem's "
-             "noisy validation labels (named at the end of the cell where not the default): none of their "
-             "options is chosen on cpu10k's clean split; robust_ieg's defaults were (section "
+             "noisy validation labels (named at the end of the cell where not the default): "
+             "none of their options is chosen on cpu10k's clean split; robust_ieg's defaults were (section "
              "'Robust IEG: what was selected, and on what'). Cell: test % · clean val % · ms/step "
              "(as measured in that run, with up to three other jobs on the machine's two cores: "
              "compare cost in 'Baselines: cost per step, side by side', measured in one run):",
